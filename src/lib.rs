@@ -1,0 +1,5 @@
+//! ringmq: a thread-per-core MQTT 3.1, 3.1.1 and 5.0 broker.
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod protocol;
+pub mod topic;

@@ -1,0 +1,223 @@
+//! Framing: fixed header, size limit, then dispatch to the packet's decoder.
+//!
+//! ```text
+//!   byte 0          bytes 1..=4               remaining length bytes
+//! +--------+--------------------------+------------------------------------+
+//! |type|flg| remaining length (VBI)   | variable header + payload          |
+//! +--------+--------------------------+------------------------------------+
+//! ```
+//!
+//! The header is checked (type, flags, size limit) as soon as its bytes are
+//! in, before the body is buffered: an oversize or nonsensical packet is
+//! refused without reserving memory for it.
+
+use bytes::{BufMut, BytesMut};
+
+use super::error::{DecodeError, EncodeError};
+use super::primitives::{read_varint, varint_len, Counter, Reader, Sink, VarIntRead, MAX_VARINT};
+use super::{
+    Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, Publish, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
+};
+
+/// Default largest packet the broker accepts (1 MiB).
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 1 << 20;
+
+/// A decoder/encoder for one connection.
+///
+/// A server-side codec starts without a version: the first packet must be
+/// CONNECT, whose protocol level then fixes the version for the connection.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    version: Option<ProtocolVersion>,
+    max_packet_bytes: usize,
+}
+
+impl Codec {
+    /// A codec for the server side of a connection, before CONNECT.
+    pub fn server(max_packet_bytes: usize) -> Codec {
+        Codec {
+            version: None,
+            max_packet_bytes,
+        }
+    }
+
+    /// A codec that speaks `version` from the start (the client side).
+    pub fn new(version: ProtocolVersion, max_packet_bytes: usize) -> Codec {
+        Codec {
+            version: Some(version),
+            max_packet_bytes,
+        }
+    }
+
+    /// The version fixed by CONNECT, if it has been seen.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.version
+    }
+
+    /// Decodes the next packet, if `buf` holds a whole one, and removes its
+    /// bytes from `buf`. `Ok(None)` means more bytes are needed (and `buf`
+    /// has been given room for them, up to the size limit).
+    ///
+    /// # Errors
+    /// Any [`DecodeError`]: the connection must be closed (after a CONNACK or
+    /// DISCONNECT carrying [`DecodeError::reason_code`] in MQTT 5).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let packet = decode_packet(buf, self.version, self.max_packet_bytes)?;
+        if let (None, Some(Packet::Connect(c))) = (self.version, &packet) {
+            self.version = Some(c.protocol);
+        }
+        Ok(packet)
+    }
+
+    /// Appends `packet` to `buf`, in this connection's version.
+    ///
+    /// # Errors
+    /// [`EncodeError`]; nothing is written then.
+    pub fn encode(&self, packet: &Packet, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let version = self.version.unwrap_or(ProtocolVersion::V311);
+        encode_packet(packet, version, usize::MAX, buf)
+    }
+}
+
+/// Decodes one packet from the front of `buf` (see [`Codec::decode`]).
+/// `version` is `None` before CONNECT, when only CONNECT is accepted.
+///
+/// # Errors
+/// Any [`DecodeError`].
+pub fn decode_packet(
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+    max_packet_bytes: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    let Some(&byte0) = buf.first() else {
+        return Ok(None);
+    };
+    let nibble = byte0 >> 4;
+    let flags = byte0 & 0x0F;
+    let packet_type = PacketType::from_nibble(nibble)
+        .filter(|t| *t != PacketType::Auth || version.is_none_or(|v| v.is_v5()))
+        .ok_or(DecodeError::ReservedPacketType {
+            packet_type: nibble,
+        })?;
+    if packet_type != PacketType::Publish && flags != packet_type.required_flags() {
+        return Err(DecodeError::InvalidFlags { packet_type, flags });
+    }
+    if version.is_none() && packet_type != PacketType::Connect {
+        return Err(DecodeError::FirstPacketNotConnect { packet_type });
+    }
+    let (remaining, len_bytes) = match read_varint(buf.get(1..).unwrap_or_default())? {
+        VarIntRead::Done(v, n) => (v as usize, n),
+        VarIntRead::Incomplete => return Ok(None),
+    };
+    let size = 1 + len_bytes + remaining;
+    if size > max_packet_bytes {
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: max_packet_bytes,
+        });
+    }
+    if buf.len() < size {
+        buf.reserve(size - buf.len());
+        return Ok(None);
+    }
+    let frame = buf.split_to(size).freeze();
+    let mut r = Reader::new(frame.slice(1 + len_bytes..));
+    // Only CONNECT may arrive without a version, and it carries its own.
+    let v = version.unwrap_or(ProtocolVersion::V5);
+    let packet = match packet_type {
+        PacketType::Connect => Packet::Connect(Box::new(Connect::decode(&mut r)?)),
+        PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::decode(&mut r, v)?)),
+        PacketType::Publish => Packet::Publish(Publish::decode(&mut r, flags, v)?),
+        PacketType::PubAck => Packet::PubAck(Ack::decode(&mut r, packet_type, v)?),
+        PacketType::PubRec => Packet::PubRec(Ack::decode(&mut r, packet_type, v)?),
+        PacketType::PubRel => Packet::PubRel(Ack::decode(&mut r, packet_type, v)?),
+        PacketType::PubComp => Packet::PubComp(Ack::decode(&mut r, packet_type, v)?),
+        PacketType::Subscribe => Packet::Subscribe(Subscribe::decode(&mut r, v)?),
+        PacketType::SubAck => Packet::SubAck(SubAck::decode(&mut r, v)?),
+        PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::decode(&mut r, v)?),
+        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::decode(&mut r, v)?),
+        PacketType::PingReq => {
+            r.finish()?;
+            Packet::PingReq
+        }
+        PacketType::PingResp => {
+            r.finish()?;
+            Packet::PingResp
+        }
+        PacketType::Disconnect => Packet::Disconnect(Disconnect::decode(&mut r, v)?),
+        PacketType::Auth => Packet::Auth(Auth::decode(&mut r)?),
+    };
+    Ok(Some(packet))
+}
+
+fn write_body<S: Sink>(p: &Packet, v: ProtocolVersion, s: &mut S) -> Result<(), EncodeError> {
+    match p {
+        Packet::Connect(c) => c.write(s),
+        Packet::ConnAck(c) => c.write(v, s),
+        Packet::Publish(p) => p.write(v, s),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.write(v, s)
+        }
+        Packet::Subscribe(x) => x.write(v, s),
+        Packet::SubAck(x) => x.write(v, s),
+        Packet::Unsubscribe(x) => x.write(v, s),
+        Packet::UnsubAck(x) => x.write(v, s),
+        Packet::PingReq | Packet::PingResp => Ok(()),
+        Packet::Disconnect(d) => d.write(v, s),
+        Packet::Auth(a) => a.write(s),
+    }
+}
+
+/// Appends `packet` encoded for `version` to `buf`, refusing to produce a
+/// packet larger than `max_packet_bytes` (the peer's Maximum Packet Size,
+/// [MQTT-3.1.2-24]). CONNECT is always encoded in its own `protocol`.
+///
+/// # Errors
+/// [`EncodeError`]; `buf` is unchanged then.
+pub fn encode_packet(
+    packet: &Packet,
+    version: ProtocolVersion,
+    max_packet_bytes: usize,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let version = match packet {
+        Packet::Connect(c) => c.protocol,
+        Packet::Auth(_) if !version.is_v5() => {
+            return Err(EncodeError::NotInVersion {
+                packet_type: PacketType::Auth,
+                version,
+            })
+        }
+        _ => version,
+    };
+    let mut counter = Counter::default();
+    write_body(packet, version, &mut counter)?;
+    let remaining = counter.0;
+    let size = 1 + varint_len(remaining.min(MAX_VARINT as usize) as u32) + remaining;
+    if remaining > MAX_VARINT as usize || size > max_packet_bytes {
+        return Err(EncodeError::PacketTooLarge {
+            size,
+            max: max_packet_bytes.min(MAX_VARINT as usize + 5),
+        });
+    }
+    let packet_type = packet.packet_type();
+    let flags = match packet {
+        Packet::Publish(p) => p.flags(),
+        _ => packet_type.required_flags(),
+    };
+    buf.reserve(size);
+    BufMut::put_u8(buf, ((packet_type as u8) << 4) | flags);
+    Sink::put_varint(buf, remaining as u32);
+    write_body(packet, version, buf)
+}
+
+impl Packet {
+    /// Appends this packet encoded for `version` to `buf`, without a size limit.
+    ///
+    /// # Errors
+    /// [`EncodeError`].
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_packet(self, version, usize::MAX, buf)
+    }
+}

@@ -1,0 +1,116 @@
+//! PUBLISH.
+
+use bytes::Bytes;
+
+use super::connect::check_topic_name;
+use super::error::{DecodeError, EncodeError};
+use super::primitives::{MqttStr, Reader, Sink};
+use super::properties::{PropertyBlock, PublishProperties};
+use super::{PacketId, ProtocolVersion, QoS};
+
+/// PUBLISH: an application message. Topic and payload share the read buffer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Re-delivery flag (never set on QoS 0, [MQTT-3.3.1-2]).
+    pub dup: bool,
+    /// Quality of service.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Topic name; empty only in MQTT 5 when a topic alias stands for it.
+    pub topic: MqttStr,
+    /// Present exactly when QoS > 0 ([MQTT-2.2.1-2]).
+    pub packet_id: Option<PacketId>,
+    /// MQTT 5 properties.
+    pub properties: PublishProperties,
+    /// The application payload.
+    pub payload: Bytes,
+}
+
+impl std::fmt::Debug for Publish {
+    // Payloads are user data: log their size, not their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publish")
+            .field("dup", &self.dup)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("topic", &self.topic)
+            .field("packet_id", &self.packet_id)
+            .field("properties", &self.properties)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl Publish {
+    /// A QoS 0 message with no properties.
+    pub fn new(topic: MqttStr, payload: Bytes) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic,
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload,
+        }
+    }
+
+    pub(crate) fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
+    }
+
+    pub(crate) fn decode(
+        r: &mut Reader,
+        flags: u8,
+        version: ProtocolVersion,
+    ) -> Result<Self, DecodeError> {
+        let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
+        let dup = flags & 0b1000 != 0;
+        if dup && qos == QoS::AtMostOnce {
+            return Err(DecodeError::DupOnQoS0);
+        }
+        let topic = r.string()?;
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            Some(PacketId::new(r.u16()?).ok_or(DecodeError::ZeroPacketId)?)
+        };
+        let properties = if version.is_v5() {
+            PublishProperties::decode(r)?
+        } else {
+            PublishProperties::default()
+        };
+        // An empty topic is how MQTT 5 says "use the alias".
+        if !(topic.is_empty() && properties.topic_alias.is_some()) {
+            check_topic_name(&topic)?;
+        }
+        Ok(Publish {
+            dup,
+            qos,
+            retain: flags & 1 != 0,
+            topic,
+            packet_id,
+            properties,
+            payload: r.rest(),
+        })
+    }
+
+    pub(crate) fn write<S: Sink>(
+        &self,
+        version: ProtocolVersion,
+        s: &mut S,
+    ) -> Result<(), EncodeError> {
+        s.put_binary(self.topic.as_bytes())?;
+        match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, None) => {}
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => s.put_u16(id.get()),
+            _ => return Err(EncodeError::PacketIdMismatch),
+        }
+        if version.is_v5() {
+            self.properties.encode(s)?;
+        }
+        s.put_slice(&self.payload);
+        Ok(())
+    }
+}
