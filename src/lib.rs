@@ -3,3 +3,10 @@
 
 pub mod protocol;
 pub mod topic;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod session;
+pub mod shard;
+pub mod timer;

@@ -1,1 +1,27 @@
-fn main() {}
+//! The `ringmq` binary: flags → [`ringmq::config::Config`] → broker.
+
+use clap::Parser;
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() {
+    let cli = ringmq::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
+        eprintln!("ringmq: --log-level '{}': {e}", cli.log_level);
+        std::process::exit(2);
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringmq: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = ringmq::broker::run(config) {
+        eprintln!("ringmq: {e}");
+        std::process::exit(1);
+    }
+}

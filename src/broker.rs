@@ -1,0 +1,133 @@
+//! Bootstrap: the mesh channels, one executor thread per shard, port 0
+//! resolution, signals and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::shard::mesh_types::MESH_CHANNEL_BATCHES;
+use crate::shard::{ShardStart, Shared};
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// The addresses the broker listens on (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Starts a graceful shutdown: stop accepting, MQTT 5 clients get
+    /// DISCONNECT 0x8B, every connection is closed.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for every shard to stop.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the broker's shards and returns once every listener is bound.
+///
+/// # Errors
+/// A listener that cannot bind, or an executor that cannot start.
+pub fn start(config: Config) -> io::Result<BrokerHandle> {
+    let n = config.cores;
+    let shared = Arc::new(Shared::default());
+    let mut senders: Vec<Vec<Option<shared_channel::SharedSender<_>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<Option<shared_channel::SharedReceiver<_>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(MESH_CHANNEL_BATCHES);
+                senders[from][to] = Some(tx);
+                receivers[to][from] = Some(rx);
+            }
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let mut config = config;
+    let mut threads = Vec::with_capacity(n);
+    let mut addrs = Vec::new();
+    let mut shards: Vec<_> = senders.into_iter().zip(receivers).enumerate().collect();
+    // Shard 0 binds first, so that port 0 resolves once and the others
+    // bind the same port (SO_REUSEPORT).
+    for (id, (tx, rx)) in shards.drain(..) {
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let start = ShardStart {
+            id,
+            nr_shards: n,
+            config: Arc::new(config.clone()),
+            shared: shared.clone(),
+            senders: tx,
+            receivers: rx,
+            bound: bound_tx,
+        };
+        let placement = if n <= cpus {
+            Placement::Fixed(id)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("ringmq-shard-{id}"))
+            .spawn(move || crate::shard::run(start))
+            .map_err(|e| io::Error::other(format!("cannot start shard {id}: {e}")))?;
+        threads.push(handle);
+        let got = bound_rx
+            .recv()
+            .map_err(|_| io::Error::other(format!("shard {id} died while binding")))??;
+        if id == 0 {
+            config.listen = got.clone();
+            addrs = got;
+        }
+    }
+    tracing::info!(shards = n, listen = ?addrs, "ringmq started");
+    Ok(BrokerHandle {
+        addrs,
+        shared,
+        threads,
+    })
+}
+
+/// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully.
+///
+/// # Errors
+/// As [`start`].
+pub fn run(config: Config) -> io::Result<()> {
+    // Block the signals in every thread (shards inherit the mask) and wait
+    // for them here, on the main thread, which does nothing else.
+    // SAFETY: plain signal-mask calls on a set built here.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let handle = start(config)?;
+    let mut sig: libc::c_int = 0;
+    // SAFETY: waits on the blocked set; `sig` is a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    tracing::info!(signal = sig, "shutting down");
+    handle.shutdown();
+    handle.join();
+    tracing::info!("stopped");
+    Ok(())
+}

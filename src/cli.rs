@@ -1,0 +1,135 @@
+//! Command-line flags (the only module that knows clap) turned into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{parse_duration, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+
+/// A duration, or none ("never", "off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeDuration(pub Option<Duration>);
+
+fn duration_or_never(s: &str) -> Result<MaybeDuration, String> {
+    match s {
+        "never" | "off" => Ok(MaybeDuration(None)),
+        _ => parse_duration(s).map(|d| MaybeDuration(Some(d))),
+    }
+}
+
+/// ringmq: a thread-per-core MQTT 3.1/3.1.1/5.0 broker on io_uring.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Address to listen on; repeat for several. Use 0.0.0.0:1883 for every interface.
+    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: Vec<SocketAddr>,
+
+    /// Shards (executor threads). Default: every core this process may use.
+    /// More shards than cores is allowed; they are then not pinned.
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+
+    /// Directory for the per-shard logs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Connections accepted at once, whole broker.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Largest packet accepted from a client, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::protocol::DEFAULT_MAX_PACKET_BYTES)]
+    pub max_packet_size: usize,
+
+    /// Outbound QoS 1/2 messages in flight per session (a smaller client Receive Maximum wins).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_inflight: u16,
+
+    /// Messages queued per session behind the inflight window; past it the oldest
+    /// QoS 0 message, then the oldest message, is dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_queued_messages: usize,
+
+    /// Payload bytes queued per session behind the inflight window.
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20)]
+    pub max_queued_bytes: usize,
+
+    /// Largest keep-alive in seconds; MQTT 5 clients asking for more are told this value.
+    #[arg(long, value_name = "SECS", default_value_t = u16::MAX)]
+    pub max_keepalive: u16,
+
+    /// How long a 3.1.1 clean-session-0 session outlives its connection
+    /// (e.g. 1h, 7d; "never" keeps it forever, as the spec says).
+    #[arg(long, value_name = "DURATION", default_value = "never", value_parser = duration_or_never)]
+    pub v3_session_expiry: MaybeDuration,
+
+    /// Period of $SYS publication ("off" to disable).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_or_never)]
+    pub sys_interval: MaybeDuration,
+
+    /// How long a new connection may take to send CONNECT.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    #[arg(long)]
+    pub queue_qos0: bool,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Cli {
+    /// The validated configuration these flags describe.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for values that cannot run.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let defaults = Config::default();
+        let config = Config {
+            listen: self.listen,
+            cores: self.cores.unwrap_or(defaults.cores),
+            data_dir: self.data_dir,
+            max_connections: self.max_connections,
+            max_packet_bytes: self.max_packet_size,
+            max_inflight: self.max_inflight,
+            max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
+            max_keepalive: self.max_keepalive,
+            v3_session_expiry: self.v3_session_expiry.0,
+            sys_interval: self.sys_interval.0.filter(|d| !d.is_zero()),
+            connect_timeout: self.connect_timeout,
+            queue_qos0: self.queue_qos0,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from(["ringmq"]).expect("parses");
+        let c = cli.into_config().expect("valid");
+        assert_eq!(c.listen[0].to_string(), "127.0.0.1:1883");
+        assert_eq!(c.v3_session_expiry, None);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["ringmq", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["ringmq", "--sys-interval", "soon"]).is_err());
+        let cli = Cli::try_parse_from(["ringmq", "--cores", "0"]).expect("parses");
+        assert!(cli.into_config().is_err());
+        let cli = Cli::try_parse_from(["ringmq", "--listen", "0.0.0.0:1", "--listen", "[::1]:2"])
+            .expect("parses");
+        assert_eq!(cli.into_config().expect("valid").listen.len(), 2);
+    }
+}

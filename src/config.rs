@@ -1,0 +1,202 @@
+//! Broker configuration: plain data with documented defaults and one
+//! `validate` that refuses nonsense before any thread starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::DEFAULT_MAX_PACKET_BYTES;
+
+/// Default listener address: loopback only, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./ringmq-data";
+
+/// Everything the broker needs to start. Immutable once the shards run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on (every shard accepts on each, SO_REUSEPORT).
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards (one executor thread each).
+    pub cores: usize,
+    /// Where the per-shard logs live.
+    pub data_dir: PathBuf,
+    /// Connections accepted at once, whole broker; more are refused.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, fixed header included.
+    pub max_packet_bytes: usize,
+    /// Outbound QoS 1/2 window per session (the client's Receive Maximum wins if smaller).
+    pub max_inflight: u16,
+    /// Messages queued per session beyond the inflight window.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session beyond the inflight window.
+    pub max_queued_bytes: usize,
+    /// Largest keep-alive accepted; MQTT 5 clients asking for more are told this value.
+    pub max_keepalive: u16,
+    /// How long a 3.1.1 clean-session-0 session outlives its connection (`None`: forever).
+    pub v3_session_expiry: Option<Duration>,
+    /// `$SYS` publication period (`None`: off).
+    pub sys_interval: Option<Duration>,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![DEFAULT_LISTEN.parse().expect("invariant: valid default address")],
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_connections: 100_000,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            max_inflight: 64,
+            max_queued_messages: 100_000,
+            max_queued_bytes: 100 << 20,
+            max_keepalive: u16::MAX,
+            v3_session_expiry: None,
+            sys_interval: Some(Duration::from_secs(10)),
+            connect_timeout: Duration::from_secs(10),
+            queue_qos0: false,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No listener.
+    #[error("at least one --listen address is needed")]
+    NoListener,
+    /// Zero shards, or more than the mesh supports.
+    #[error("--cores must be between 1 and {max}, not {cores}")]
+    Cores {
+        /// Asked for.
+        cores: usize,
+        /// Largest allowed.
+        max: usize,
+    },
+    /// A limit that must be positive is zero.
+    #[error("--{flag} must be greater than 0")]
+    Zero {
+        /// The flag's name.
+        flag: &'static str,
+    },
+    /// Max packet size outside what MQTT can express or too small for CONNECT.
+    #[error("--max-packet-size must be between 64 and 268435460 bytes, not {0}")]
+    PacketSize(usize),
+}
+
+/// Most shards the broker runs (the mesh is a full graph of channels).
+pub const MAX_CORES: usize = 256;
+
+impl Config {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::NoListener);
+        }
+        if self.cores == 0 || self.cores > MAX_CORES {
+            return Err(ConfigError::Cores {
+                cores: self.cores,
+                max: MAX_CORES,
+            });
+        }
+        for (flag, v) in [
+            ("max-connections", self.max_connections),
+            ("max-inflight", usize::from(self.max_inflight)),
+            ("max-queued-messages", self.max_queued_messages),
+            ("max-queued-bytes", self.max_queued_bytes),
+            ("max-keepalive", usize::from(self.max_keepalive)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                flag: "connect-timeout",
+            });
+        }
+        if !(64..=268_435_460).contains(&self.max_packet_bytes) {
+            return Err(ConfigError::PacketSize(self.max_packet_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration: `250ms`, `10s`, `5m`, `2h`, `1d`, or bare seconds.
+///
+/// # Errors
+/// A message naming what could not be read.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 500ms, 10s, 5m, 2h, 1d)"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("'{s}' is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::default().listen[0].to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let c = Config {
+            cores: 0,
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Cores { .. })));
+        let c = Config {
+            max_inflight: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                flag: "max-inflight"
+            })
+        );
+        let c = Config {
+            max_packet_bytes: 10,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::PacketSize(10)));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

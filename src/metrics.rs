@@ -1,0 +1,73 @@
+//! Per-shard counters: plain integers owned by the shard, summed across
+//! shards for `$SYS` by messages, never shared.
+
+/// One shard's counters (or the sum of several).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Metrics {
+    pub clients_connected: u64,
+    pub clients_total: u64,
+    pub clients_maximum: u64,
+    pub sessions: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub publishes_received: u64,
+    pub publishes_sent: u64,
+    pub publishes_dropped: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    pub malformed_packets: u64,
+    pub protocol_errors: u64,
+    pub connect_timeouts: u64,
+    pub keepalive_timeouts: u64,
+    pub refused_connections: u64,
+}
+
+impl Metrics {
+    /// Adds `other` into `self` (counters and gauges alike; retained is a
+    /// replicated gauge, so the maximum is kept rather than the sum).
+    pub fn merge(&mut self, o: &Metrics) {
+        self.clients_connected += o.clients_connected;
+        self.clients_total += o.clients_total;
+        self.clients_maximum += o.clients_maximum;
+        self.sessions += o.sessions;
+        self.messages_received += o.messages_received;
+        self.messages_sent += o.messages_sent;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        self.publishes_received += o.publishes_received;
+        self.publishes_sent += o.publishes_sent;
+        self.publishes_dropped += o.publishes_dropped;
+        self.subscriptions += o.subscriptions;
+        self.retained = self.retained.max(o.retained);
+        self.malformed_packets += o.malformed_packets;
+        self.protocol_errors += o.protocol_errors;
+        self.connect_timeouts += o.connect_timeouts;
+        self.keepalive_timeouts += o.keepalive_timeouts;
+        self.refused_connections += o.refused_connections;
+    }
+
+    /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
+    pub fn sys_topics(&self) -> [(&'static str, u64); 16] {
+        [
+            ("clients/connected", self.clients_connected),
+            ("clients/total", self.sessions),
+            ("clients/maximum", self.clients_maximum),
+            ("messages/received", self.messages_received),
+            ("messages/sent", self.messages_sent),
+            ("bytes/received", self.bytes_received),
+            ("bytes/sent", self.bytes_sent),
+            ("publish/messages/received", self.publishes_received),
+            ("publish/messages/sent", self.publishes_sent),
+            ("publish/messages/dropped", self.publishes_dropped),
+            ("subscriptions/count", self.subscriptions),
+            ("retained messages/count", self.retained),
+            ("load/connections/total", self.clients_total),
+            ("errors/malformed", self.malformed_packets),
+            ("errors/protocol", self.protocol_errors),
+            ("errors/keepalive", self.keepalive_timeouts),
+        ]
+    }
+}

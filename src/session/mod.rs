@@ -1,0 +1,47 @@
+//! Sessions: the sans-IO state machine of one client's MQTT session.
+//!
+//! A [`Session`] holds the subscriptions' outbound half: the inflight window
+//! of QoS 1/2 messages sent and not yet acknowledged, the pending queue behind
+//! it (bounded, with a drop policy), packet identifiers, and the inbound QoS 2
+//! identifiers awaiting PUBREL. It never touches a socket or a clock: every
+//! method takes `now` where time matters and pushes the packets to send into
+//! an output vector that the shard encodes and writes.
+
+mod queue;
+
+pub use queue::{Delivery, DropReason, Limits, Session};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::protocol::{PublishProperties, QoS};
+use crate::topic::TopicName;
+
+/// An application message as it travels between shards: shared (`Arc`), never copied.
+#[derive(Debug)]
+pub struct Message {
+    /// Where it was published.
+    pub topic: TopicName,
+    /// The payload (a slice of the publisher's read buffer).
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag it was published with.
+    pub retain: bool,
+    /// MQTT 5 properties forwarded to subscribers (no topic alias, no
+    /// subscription identifiers: those are per connection).
+    pub properties: PublishProperties,
+    /// Client id of the publisher, for No Local.
+    pub publisher: Arc<str>,
+    /// When the Message Expiry Interval runs out, if one was set.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// True once the message's expiry has passed ([MQTT-3.3.2-5]).
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+}

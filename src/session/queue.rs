@@ -1,0 +1,332 @@
+//! The outbound half of a session: inflight window, pending queue, packet ids.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::protocol::{Ack, Packet, PacketId, PublishProperties, QoS, ReasonCode};
+
+use super::Message;
+
+/// Queue bounds and policy for one session.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most messages in the pending queue.
+    pub max_queued_messages: usize,
+    /// Most payload bytes in the pending queue.
+    pub max_queued_bytes: usize,
+    /// Queue QoS 0 messages while offline.
+    pub queue_qos0: bool,
+}
+
+/// One message on its way to this session's client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS granted for this delivery (min of published and subscribed).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Why a message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The pending queue was full.
+    QueueFull,
+    /// The message expired before it could be sent.
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    id: PacketId,
+    stage: Stage,
+    delivery: Delivery,
+}
+
+/// The outbound state of one MQTT session.
+///
+/// Invariant: `inflight.len() <= window`; messages leave `pending` only
+/// from the front, so a publisher's messages keep their order.
+#[derive(Debug)]
+pub struct Session {
+    limits: Limits,
+    window: usize,
+    inflight: VecDeque<Inflight>,
+    pending: VecDeque<Delivery>,
+    pending_bytes: usize,
+    next_id: u16,
+    /// Inbound QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
+    pub awaiting_rel: HashSet<u16>,
+    /// Messages dropped since the session began.
+    pub dropped: u64,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(limits: Limits, window: u16) -> Session {
+        Session {
+            limits,
+            window: usize::from(window.max(1)),
+            inflight: VecDeque::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            next_id: 0,
+            awaiting_rel: HashSet::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Sets the inflight window (the smaller of the broker's and the client's
+    /// Receive Maximum) for the current connection.
+    pub fn set_window(&mut self, window: u16) {
+        self.window = usize::from(window.max(1));
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages waiting behind the window.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Hands a message to the session. Online, it is sent now if the window
+    /// has room and nothing is queued before it; otherwise it is queued (QoS 0
+    /// only with `queue_qos0` or while online). Returns what was dropped to
+    /// make room, if anything.
+    pub fn deliver(
+        &mut self,
+        d: Delivery,
+        online: bool,
+        now: Instant,
+        out: &mut Vec<Packet>,
+    ) -> Option<DropReason> {
+        if d.msg.is_expired(now) {
+            self.dropped += 1;
+            return Some(DropReason::Expired);
+        }
+        if d.qos == QoS::AtMostOnce {
+            if online {
+                out.push(self.publish(&d, None, false, now));
+                return None;
+            }
+            if !self.limits.queue_qos0 {
+                return None;
+            }
+        }
+        if online && self.pending.is_empty() && self.inflight.len() < self.window {
+            self.send_new(d, now, out);
+            return None;
+        }
+        let dropped = self.enqueue(d);
+        if online {
+            self.drain(now, out);
+        }
+        dropped
+    }
+
+    fn enqueue(&mut self, d: Delivery) -> Option<DropReason> {
+        let mut dropped = None;
+        let len = d.msg.payload.len();
+        while !self.pending.is_empty()
+            && (self.pending.len() >= self.limits.max_queued_messages
+                || self.pending_bytes + len > self.limits.max_queued_bytes)
+        {
+            // QoS 0 goes first, then the oldest message.
+            let victim = self
+                .pending
+                .iter()
+                .position(|p| p.qos == QoS::AtMostOnce)
+                .unwrap_or(0);
+            if let Some(v) = self.pending.remove(victim) {
+                self.pending_bytes -= v.msg.payload.len();
+            }
+            self.dropped += 1;
+            dropped = Some(DropReason::QueueFull);
+        }
+        if len > self.limits.max_queued_bytes {
+            self.dropped += 1;
+            return Some(DropReason::QueueFull);
+        }
+        self.pending_bytes += len;
+        self.pending.push_back(d);
+        dropped
+    }
+
+    fn alloc_id(&mut self) -> PacketId {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id == 0 {
+                self.next_id = 1;
+            }
+            let id = PacketId::new(self.next_id).expect("invariant: never zero");
+            if !self.inflight.iter().any(|f| f.id == id) {
+                return id;
+            }
+        }
+    }
+
+    fn send_new(&mut self, d: Delivery, now: Instant, out: &mut Vec<Packet>) {
+        if d.qos == QoS::AtMostOnce {
+            out.push(self.publish(&d, None, false, now));
+            return;
+        }
+        let id = self.alloc_id();
+        out.push(self.publish(&d, Some(id), false, now));
+        let stage = if d.qos == QoS::AtLeastOnce {
+            Stage::AwaitPubAck
+        } else {
+            Stage::AwaitPubRec
+        };
+        self.inflight.push_back(Inflight {
+            id,
+            stage,
+            delivery: d,
+        });
+    }
+
+    fn publish(&self, d: &Delivery, id: Option<PacketId>, dup: bool, now: Instant) -> Packet {
+        let m = &d.msg;
+        let mut properties = PublishProperties {
+            subscription_identifiers: d.subscription_ids.clone(),
+            ..m.properties.clone()
+        };
+        if let Some(at) = m.expires_at {
+            // [MQTT-3.3.2-6] forward the remaining lifetime, not the original one.
+            let left = at.saturating_duration_since(now).as_secs_f64().ceil() as u32;
+            properties.message_expiry_interval = Some(left.max(1));
+        }
+        Packet::Publish(crate::protocol::Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: m.topic.as_mqtt_str().clone(),
+            packet_id: id,
+            properties,
+            payload: m.payload.clone(),
+        })
+    }
+
+    /// Fills the window from the pending queue, dropping expired messages.
+    /// Returns how many expired.
+    pub fn drain(&mut self, now: Instant, out: &mut Vec<Packet>) -> usize {
+        let mut expired = 0;
+        while self.inflight.len() < self.window {
+            let Some(d) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes -= d.msg.payload.len();
+            if d.msg.is_expired(now) {
+                expired += 1;
+                self.dropped += 1;
+                continue;
+            }
+            self.send_new(d, now, out);
+        }
+        expired
+    }
+
+    fn take(&mut self, id: PacketId, stage: Stage) -> Option<Inflight> {
+        let at = self
+            .inflight
+            .iter()
+            .position(|f| f.id == id && f.stage == stage)?;
+        self.inflight.remove(at)
+    }
+
+    /// PUBACK received: the QoS 1 delivery is done. Returns false for an
+    /// unknown packet id (ignored, as the spec allows).
+    pub fn on_puback(&mut self, id: PacketId, now: Instant, out: &mut Vec<Packet>) -> bool {
+        let found = self.take(id, Stage::AwaitPubAck).is_some();
+        if found {
+            self.drain(now, out);
+        }
+        found
+    }
+
+    /// PUBREC received: answer PUBREL, or drop the message if the client
+    /// refused it with an error code ([MQTT-4.3.3-?] v5 semantics).
+    pub fn on_pubrec(
+        &mut self,
+        id: PacketId,
+        reason: ReasonCode,
+        now: Instant,
+        out: &mut Vec<Packet>,
+    ) -> bool {
+        let Some(at) = self
+            .inflight
+            .iter()
+            .position(|f| f.id == id && f.stage != Stage::AwaitPubAck)
+        else {
+            // Unknown id: MQTT 5 answers PUBREL with "Packet Identifier not found".
+            let mut rel = Ack::new(id);
+            rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+            out.push(Packet::PubRel(rel));
+            return false;
+        };
+        if reason.is_error() {
+            self.inflight.remove(at);
+            self.drain(now, out);
+            return true;
+        }
+        if let Some(f) = self.inflight.get_mut(at) {
+            f.stage = Stage::AwaitPubComp;
+        }
+        out.push(Packet::PubRel(Ack::new(id)));
+        true
+    }
+
+    /// PUBCOMP received: the QoS 2 delivery is done.
+    pub fn on_pubcomp(&mut self, id: PacketId, now: Instant, out: &mut Vec<Packet>) -> bool {
+        let found = self.take(id, Stage::AwaitPubComp).is_some();
+        if found {
+            self.drain(now, out);
+        }
+        found
+    }
+
+    /// Forgets an inflight message as if it were acknowledged (a packet the
+    /// client's Maximum Packet Size cannot take, [MQTT-3.1.2-25]).
+    pub fn complete(&mut self, id: PacketId, now: Instant, out: &mut Vec<Packet>) {
+        if let Some(at) = self.inflight.iter().position(|f| f.id == id) {
+            self.inflight.remove(at);
+            self.dropped += 1;
+            self.drain(now, out);
+        }
+    }
+
+    /// A client reconnected to this session: resend every unacknowledged
+    /// message in order, PUBLISH with DUP for those not yet received and
+    /// PUBREL for those received ([MQTT-4.4.0-1]), then fill the window.
+    pub fn resume(&mut self, now: Instant, out: &mut Vec<Packet>) {
+        for f in &self.inflight {
+            match f.stage {
+                Stage::AwaitPubAck | Stage::AwaitPubRec => {
+                    out.push(self.publish(&f.delivery, Some(f.id), true, now))
+                }
+                Stage::AwaitPubComp => out.push(Packet::PubRel(Ack::new(f.id))),
+            }
+        }
+        self.drain(now, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

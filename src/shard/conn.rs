@@ -1,0 +1,135 @@
+//! One client connection as the shard sees it: an outbox the writer task
+//! drains, and the few facts about the client the shard needs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::protocol::{encode_packet, EncodeError, Packet, ProtocolVersion};
+use crate::topic::TopicName;
+
+/// Past this many unsent bytes a connection's QoS 0 messages are dropped:
+/// a slow consumer must not grow the broker's memory without bound.
+pub const MAX_OUTBOX_BYTES: usize = 4 << 20;
+
+/// A live connection, owned by its shard (shared by `Rc` between the shard
+/// state and the connection's reader and writer tasks).
+pub struct Conn {
+    /// Unique on this shard.
+    pub id: u64,
+    /// The socket, for shutting it down from the shard.
+    pub fd: RawFd,
+    /// Protocol version from CONNECT.
+    pub version: ProtocolVersion,
+    /// The client's Maximum Packet Size.
+    pub max_packet_bytes: usize,
+    /// Keep alive agreed at CONNECT (zero: off).
+    pub keep_alive: Duration,
+    /// When the last packet arrived.
+    pub last_seen: Cell<Instant>,
+    /// Session slot this connection is attached to (None once detached).
+    pub session: Cell<Option<u32>>,
+    /// Inbound topic aliases (MQTT 5).
+    pub topic_aliases: RefCell<HashMap<u16, TopicName>>,
+    /// Set when the client sent DISCONNECT (no will then, unless 0x04).
+    pub clean_disconnect: Cell<bool>,
+    outbox: RefCell<BytesMut>,
+    waker: Cell<Option<Waker>>,
+    closing: Cell<bool>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("closing", &self.closing.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// A connection attached to nothing yet.
+    pub fn new(
+        id: u64,
+        fd: RawFd,
+        version: ProtocolVersion,
+        max_packet_bytes: usize,
+        keep_alive: Duration,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            id,
+            fd,
+            version,
+            max_packet_bytes,
+            keep_alive,
+            last_seen: Cell::new(now),
+            session: Cell::new(None),
+            topic_aliases: RefCell::new(HashMap::new()),
+            clean_disconnect: Cell::new(false),
+            outbox: RefCell::new(BytesMut::with_capacity(4096)),
+            waker: Cell::new(None),
+            closing: Cell::new(false),
+        }
+    }
+
+    /// Encodes `p` into the outbox and wakes the writer. A packet larger than
+    /// the client accepts is not written ([MQTT-3.1.2-24]).
+    ///
+    /// # Errors
+    /// [`EncodeError`] when the packet cannot be sent to this client.
+    pub fn send(&self, p: &Packet) -> Result<usize, EncodeError> {
+        if self.closing.get() {
+            return Ok(0);
+        }
+        let mut out = self.outbox.borrow_mut();
+        let before = out.len();
+        encode_packet(p, self.version, self.max_packet_bytes, &mut out)?;
+        let n = out.len() - before;
+        drop(out);
+        self.wake();
+        Ok(n)
+    }
+
+    /// Unsent bytes.
+    pub fn backlog(&self) -> usize {
+        self.outbox.borrow().len()
+    }
+
+    /// Asks the writer to flush what is queued and then close the socket.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.wake();
+    }
+
+    /// True once [`Conn::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// For the writer task: takes the queued bytes, swapping in `spare`, or
+    /// registers `waker`. `None` means closed and flushed.
+    pub fn take_outbox(&self, spare: &mut BytesMut, waker: &Waker) -> Option<bool> {
+        let mut out = self.outbox.borrow_mut();
+        if !out.is_empty() {
+            std::mem::swap(&mut *out, spare);
+            return Some(true);
+        }
+        if self.closing.get() {
+            return None;
+        }
+        self.waker.set(Some(waker.clone()));
+        Some(false)
+    }
+}

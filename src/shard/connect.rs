@@ -1,0 +1,166 @@
+//! CONNECT: validation, takeover, session resume or creation, CONNACK.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    ConnAck, ConnAckProperties, Connect, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode,
+};
+use crate::session::{Limits, Session};
+
+use super::{Conn, Flow, SessionEntry, Shard, TOPIC_ALIAS_MAX};
+
+impl Shard {
+    fn refuse(&mut self, conn: &Conn, reason: ReasonCode) -> Flow {
+        self.metrics.refused_connections += 1;
+        tracing::info!(conn = conn.id, reason = reason.0, "connection refused");
+        // [MQTT-3.2.2-6] (v5) / [MQTT-3.2.2-4] (v3): no session present on refusal.
+        let ack = ConnAck {
+            session_present: false,
+            reason,
+            properties: ConnAckProperties::default(),
+        };
+        self.send(conn, &Packet::ConnAck(Box::new(ack)));
+        Flow::Close
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_queued_messages: self.config.max_queued_messages,
+            max_queued_bytes: self.config.max_queued_bytes,
+            queue_qos0: self.config.queue_qos0,
+        }
+    }
+
+    /// A client id the broker picks for an empty one: unique, and owned by
+    /// this shard, so the connection stays where it was accepted.
+    pub fn assign_client_id(&mut self) -> String {
+        loop {
+            let n = self.next_conn_id();
+            let id = format!("ringmq-{:x}-{:x}", self.started.elapsed().as_nanos() as u64, n);
+            if super::owner_of(&id, self.nr_shards) == self.id {
+                return id;
+            }
+        }
+    }
+
+    /// A CONNECT arrived on `conn`, which this shard owns. `assigned` is the
+    /// id picked by the accepting shard for an empty client id.
+    pub fn on_connect(
+        &mut self,
+        conn: &Rc<Conn>,
+        c: Connect,
+        assigned: Option<String>,
+        now: Instant,
+    ) -> Flow {
+        let v5 = c.protocol.is_v5();
+        let mut props = ConnAckProperties::default();
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            // [MQTT-3.1.3-8] 3.1.1: an empty id needs clean session; 3.1 has no empty ids.
+            if c.protocol == ProtocolVersion::V31 || (!v5 && !c.clean_start) {
+                return self.refuse(conn, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            let id = assigned.unwrap_or_else(|| self.assign_client_id());
+            if v5 {
+                props.assigned_client_identifier = MqttStr::try_from(id.as_str()).ok();
+            }
+            id.into()
+        } else {
+            c.client_id.as_str().into()
+        };
+        if v5 && c.properties.authentication_method.is_some() {
+            return self.refuse(conn, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        if self.stopping {
+            return self.refuse(conn, ReasonCode::SERVER_UNAVAILABLE);
+        }
+        if self.shared.connections.load(Ordering::Relaxed) > self.config.max_connections {
+            return self.refuse(conn, ReasonCode::SERVER_BUSY);
+        }
+        let expiry = if v5 {
+            match c.properties.session_expiry_interval.unwrap_or(0) {
+                u32::MAX => None,
+                s => Some(Duration::from_secs(u64::from(s))),
+            }
+        } else if c.clean_start {
+            Some(Duration::ZERO)
+        } else {
+            self.config.v3_session_expiry
+        };
+        let window = self
+            .config
+            .max_inflight
+            .min(c.properties.receive_maximum.unwrap_or(u16::MAX));
+
+        // Takeover: the old connection is closed, wherever it was accepted
+        // (every connection of a client id is handled here, on its owner).
+        let mut existing = self.by_client.get(&client_id).copied();
+        if let Some(key) = existing {
+            if let Some(old) = self.entry(key).and_then(|e| e.conn.take()) {
+                old.session.set(None);
+                tracing::info!(client_id = %client_id, "session taken over");
+                if old.version.is_v5() {
+                    // [v5:MQTT-3.1.4-3]
+                    self.send(&old, &Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)));
+                }
+                old.close();
+            }
+            if c.clean_start {
+                self.remove_session(key);
+                existing = None;
+            }
+        }
+        let present = existing.is_some();
+        let key = match existing {
+            Some(k) => k,
+            None => {
+                let limits = self.limits();
+                self.alloc_session(SessionEntry {
+                    client_id: client_id.clone(),
+                    version: c.protocol,
+                    session: Session::new(limits, window),
+                    subscriptions: HashMap::new(),
+                    conn: None,
+                    generation: 0,
+                    expiry,
+                    will: None,
+                    drop_logged: false,
+                })
+            }
+        };
+        let max_keepalive = self.config.max_keepalive;
+        let e = self.entry(key).expect("invariant: session just found or created");
+        e.conn = Some(conn.clone());
+        e.generation += 1;
+        e.expiry = expiry;
+        e.will = c.will;
+        e.version = c.protocol;
+        e.session.set_window(window);
+        conn.session.set(Some(key));
+        if v5 {
+            if c.keep_alive > max_keepalive {
+                props.server_keep_alive = Some(max_keepalive);
+            }
+            props.maximum_packet_size = u32::try_from(self.config.max_packet_bytes).ok();
+            props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+            props.shared_subscription_available = Some(false);
+        }
+        // [MQTT-3.2.2-2] / [MQTT-3.2.2-3]: session present only for a resumed session.
+        let ack = ConnAck {
+            session_present: present,
+            reason: ReasonCode::SUCCESS,
+            properties: props,
+        };
+        self.send(conn, &Packet::ConnAck(Box::new(ack)));
+        let mut out = std::mem::take(&mut self.scratch_packets);
+        if let Some(e) = self.entry(key) {
+            e.session.resume(now, &mut out);
+        }
+        self.flush_packets(key, &mut out, now);
+        self.scratch_packets = out;
+        Flow::Continue
+    }
+}

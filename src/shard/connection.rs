@@ -1,0 +1,380 @@
+//! The async shell of a shard: listeners, connection reader and writer
+//! tasks, connection handoff, the mesh tasks and the ticker.
+//!
+//! Every connection has two tasks on two dup'ed fds of one socket: the
+//! reader decodes packets and calls into the [`Shard`]; the writer flushes
+//! the connection's outbox (everything one loop turn queued, in one write)
+//! and shuts the socket down when the shard closes the connection.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::protocol::{
+    encode_packet, Codec, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Packet,
+    ProtocolVersion, ReasonCode,
+};
+
+use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
+use super::{owner_of, Conn, Flow, Shard, ShardMsg, Shared};
+
+const READ_BYTES: usize = 64 * 1024;
+const TICK: Duration = Duration::from_millis(100);
+/// How long a stopping shard waits for its connections to flush.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything one shard needs to start, handed to its executor thread.
+#[derive(Debug)]
+pub struct ShardStart {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub nr_shards: usize,
+    /// Configuration (listen addresses already resolved for port 0).
+    pub config: Arc<Config>,
+    /// Shutdown flag and connection count.
+    pub shared: Arc<Shared>,
+    /// Channel ends to every other shard (index = peer), `None` for self.
+    pub senders: Vec<Option<SharedSender<Batch>>>,
+    /// Channel ends from every other shard.
+    pub receivers: Vec<Option<SharedReceiver<Batch>>>,
+    /// Where to report the bound addresses (or the bind error).
+    pub bound: mpsc::Sender<io::Result<Vec<SocketAddr>>>,
+}
+
+/// Runs one shard until shutdown.
+pub async fn run(start: ShardStart) {
+    let ShardStart {
+        id,
+        nr_shards,
+        config,
+        shared,
+        senders,
+        receivers,
+        bound,
+    } = start;
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for addr in &config.listen {
+        match TcpListener::bind(addr) {
+            Ok(l) => {
+                addrs.push(l.local_addr().unwrap_or(*addr));
+                listeners.push(l);
+            }
+            Err(e) => {
+                let _ = bound.send(Err(io::Error::other(format!("cannot listen on {addr}: {e}"))));
+                return;
+            }
+        }
+    }
+    let _ = bound.send(Ok(addrs));
+    let shard = Rc::new(RefCell::new(Shard::new(id, nr_shards, config, shared)));
+
+    let mut connecting = Vec::new();
+    for (peer, tx) in senders.into_iter().enumerate() {
+        if let Some(tx) = tx {
+            let s = shard.clone();
+            connecting.push(glommio::spawn_local(async move {
+                let tx = tx.connect().await;
+                sender_loop(s, peer, tx).await;
+            }));
+        }
+    }
+    for (peer, rx) in receivers.into_iter().enumerate() {
+        if let Some(rx) = rx {
+            let s = shard.clone();
+            glommio::spawn_local(async move {
+                let rx = rx.connect().await;
+                receiver_loop(s, peer, rx).await;
+            })
+            .detach();
+        }
+    }
+    for t in connecting {
+        t.detach();
+    }
+    let mut accepting = Vec::new();
+    for l in listeners {
+        accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l)));
+    }
+
+    let mut stop_started = None;
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let now = Instant::now();
+        let mut s = shard.borrow_mut();
+        s.tick(now);
+        if s.stopping {
+            let since = *stop_started.get_or_insert(now);
+            if s.conns.is_empty() || now.duration_since(since) > SHUTDOWN_GRACE {
+                break;
+            }
+        }
+    }
+    for t in accepting {
+        t.cancel().await;
+    }
+    // Let the sender loops see "stopping and no connections" and end.
+    let mut s = shard.borrow_mut();
+    for w in s.mesh_wakers.iter_mut().filter_map(Option::take) {
+        w.wake();
+    }
+}
+
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Out of fds and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads until CONNECT, then serves the connection here or hands it to the
+/// shard that owns its client id.
+async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (timeout, max_packet) = {
+        let s = shard.borrow();
+        (s.config.connect_timeout, s.config.max_packet_bytes)
+    };
+    let mut codec = Codec::server(max_packet);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tmp = vec![0u8; 4096];
+    let first = glommio::timer::timeout(timeout, async {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(p)) => return Ok(Ok(p)),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            let n = stream.read(&mut tmp).await?;
+            if n == 0 {
+                return Err(glommio::GlommioError::IoError(io::ErrorKind::UnexpectedEof.into()));
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    })
+    .await;
+    let connect = match first {
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(_)) => return, // the codec refuses anything else first
+        Ok(Err(e)) => return refuse_malformed(&shard, &mut stream, e).await,
+        Err(glommio::GlommioError::TimedOut(_)) => {
+            shard.borrow_mut().metrics.connect_timeouts += 1;
+            tracing::info!("no CONNECT within {timeout:?}, closing");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (me, nr) = {
+        let s = shard.borrow();
+        (s.id, s.nr_shards)
+    };
+    let (owner, assigned) = if connect.client_id.is_empty() {
+        (me, Some(shard.borrow_mut().assign_client_id()))
+    } else {
+        (owner_of(connect.client_id.as_str(), nr), None)
+    };
+    if owner == me {
+        adopt(shard, stream, *connect, buf.freeze(), assigned).await;
+        return;
+    }
+    // SAFETY: dup of an open socket; the copy's ownership moves to the owner shard.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    drop(stream);
+    if fd < 0 {
+        return;
+    }
+    shard.borrow_mut().mesh_send(
+        owner,
+        ShardMsg::Adopt {
+            fd,
+            connect,
+            leftover: buf.freeze(),
+            assigned,
+        },
+    );
+}
+
+/// A CONNECT that failed to decode: answer where the spec asks, then close.
+async fn refuse_malformed(shard: &Rc<RefCell<Shard>>, stream: &mut TcpStream, e: DecodeError) {
+    shard.borrow_mut().metrics.malformed_packets += 1;
+    tracing::info!(error = %e, "bad CONNECT, closing");
+    if let Some(code) = e.v3_connack_code() {
+        // [v3:MQTT-3.1.2-2] unacceptable protocol level: return code 0x01.
+        let ack = Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            reason: ReasonCode::from_v3_connack(code).unwrap_or(ReasonCode::UNSPECIFIED_ERROR),
+            properties: ConnAckProperties::default(),
+        }));
+        let mut out = BytesMut::new();
+        if encode_packet(&ack, ProtocolVersion::V311, usize::MAX, &mut out).is_ok() {
+            let _ = stream.write_all(&out).await;
+        }
+    }
+}
+
+/// Takes over a socket handed over by another shard.
+pub(crate) async fn adopt_fd(
+    shard: Rc<RefCell<Shard>>,
+    fd: RawFd,
+    connect: Connect,
+    leftover: Bytes,
+    assigned: Option<String>,
+) {
+    // SAFETY: the fd came in an Adopt message, which transferred its ownership.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    adopt(shard, stream, connect, leftover, assigned).await;
+}
+
+/// Serves a connection whose session this shard owns.
+async fn adopt(
+    shard: Rc<RefCell<Shard>>,
+    mut stream: TcpStream,
+    connect: Connect,
+    leftover: Bytes,
+    assigned: Option<String>,
+) {
+    let now = Instant::now();
+    let version = connect.protocol;
+    let fd = stream.as_raw_fd();
+    // SAFETY: a second fd on the same socket, owned by the writer task.
+    let wfd = unsafe { libc::dup(fd) };
+    if wfd < 0 {
+        return;
+    }
+    // SAFETY: wfd is a fresh, open fd that nothing else owns.
+    let writer = unsafe { TcpStream::from_raw_fd(wfd) };
+    let (max_packet, max_keepalive) = {
+        let s = shard.borrow();
+        (s.config.max_packet_bytes, s.config.max_keepalive)
+    };
+    let keep_alive = if version.is_v5() {
+        connect.keep_alive.min(max_keepalive)
+    } else {
+        connect.keep_alive
+    };
+    let client_max = connect
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |v| v as usize);
+    let id = shard.borrow_mut().next_conn_id();
+    let conn = Rc::new(Conn::new(
+        id,
+        wfd,
+        version,
+        client_max,
+        Duration::from_secs(u64::from(keep_alive)),
+        now,
+    ));
+    glommio::spawn_local(write_loop(conn.clone(), writer)).detach();
+    let flow = {
+        let mut s = shard.borrow_mut();
+        s.add_conn(conn.clone());
+        s.on_connect(&conn, connect, assigned, now)
+    };
+    if flow == Flow::Continue {
+        read_loop(&shard, &conn, &mut stream, version, max_packet, leftover).await;
+    }
+    shard.borrow_mut().on_close(&conn, Instant::now());
+}
+
+async fn read_loop(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    version: ProtocolVersion,
+    max_packet: usize,
+    leftover: Bytes,
+) {
+    let mut codec = Codec::new(version, max_packet);
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
+    buf.extend_from_slice(&leftover);
+    let mut tmp = vec![0u8; READ_BYTES];
+    loop {
+        {
+            let mut s = shard.borrow_mut();
+            let now = Instant::now();
+            conn.last_seen.set(now);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(p)) => {
+                        s.metrics.messages_received += 1;
+                        if s.on_packet(conn, p, now) == Flow::Close {
+                            conn.close();
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        s.metrics.malformed_packets += 1;
+                        tracing::info!(conn = conn.id, error = %e, "malformed packet, closing");
+                        if version.is_v5() {
+                            let d = Packet::Disconnect(Disconnect::new(e.reason_code()));
+                            s.send(conn, &d);
+                        }
+                        conn.close();
+                        break;
+                    }
+                }
+            }
+        }
+        if conn.is_closing() {
+            return;
+        }
+        while shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        match stream.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                buf.extend_from_slice(&tmp[..n]);
+                shard.borrow_mut().metrics.bytes_received += n as u64;
+            }
+        }
+    }
+}
+
+async fn write_loop(conn: Rc<Conn>, mut stream: TcpStream) {
+    let mut spare = BytesMut::with_capacity(8192);
+    loop {
+        let more = poll_fn(|cx| match conn.take_outbox(&mut spare, cx.waker()) {
+            Some(true) => Poll::Ready(true),
+            Some(false) => Poll::Pending,
+            None => Poll::Ready(false),
+        })
+        .await;
+        if !more || stream.write_all(&spare).await.is_err() {
+            break;
+        }
+        if spare.capacity() > 1 << 20 {
+            spare = BytesMut::with_capacity(8192);
+        } else {
+            spare.clear();
+        }
+    }
+    conn.close();
+    // Wakes the reader of this socket, whose read then returns 0.
+    // SAFETY: plain syscall on an fd this task owns.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+}

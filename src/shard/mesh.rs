@@ -1,0 +1,137 @@
+//! The mesh: one bounded SPSC channel per ordered pair of shards, carrying
+//! batches of [`ShardMsg`].
+//!
+//! Handlers append to a per-destination batch ([`Shard::mesh_send`]); one
+//! sender task per destination hands the whole batch to the channel when it
+//! next runs, so a loop turn's messages to a shard cost one channel push.
+//! glommio's shared channel wakes a parked peer through its eventfd only when
+//! the peer sleeps, so a busy mesh costs no syscall per message. A full
+//! channel makes the sender task wait; meanwhile readers of publishing
+//! connections pause once the batches pass [`MESH_PAUSE_MSGS`].
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
+
+use crate::metrics::Metrics;
+use crate::protocol::Connect;
+use crate::session::Message;
+use crate::topic::{TopicFilter, TopicName};
+
+use super::Shard;
+
+/// Batches a channel holds before its sender waits.
+pub const MESH_CHANNEL_BATCHES: usize = 256;
+/// Queued mesh messages past which connection readers stop reading.
+pub const MESH_PAUSE_MSGS: usize = 64 * 1024;
+
+/// What shards tell each other. Plain `Send` data only: no `Rc`, no slab keys.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Deliver to the receiving shard's matching sessions.
+    Deliver(Arc<Message>),
+    /// The sender gained its first (`add`) or lost its last local
+    /// subscription to `filter`.
+    Interest {
+        /// The filter.
+        filter: TopicFilter,
+        /// Gained or lost.
+        add: bool,
+    },
+    /// An `Interest` message was applied (FIFO, so a count suffices).
+    InterestAck,
+    /// Set (`Some`) or clear the retained message of `topic`.
+    Retain {
+        /// The topic.
+        topic: TopicName,
+        /// The message, or `None` to delete.
+        msg: Option<Arc<Message>>,
+    },
+    /// Counters for `$SYS`, sent to shard 0.
+    Stats(Metrics),
+    /// A connection whose session this shard owns: the socket (a dup'ed fd
+    /// the receiver now owns), its CONNECT, and bytes read after it.
+    Adopt {
+        /// The socket.
+        fd: RawFd,
+        /// The parsed CONNECT.
+        connect: Box<Connect>,
+        /// Bytes that followed CONNECT in the read buffer.
+        leftover: Bytes,
+        /// The client id picked for an empty one.
+        assigned: Option<String>,
+    },
+}
+
+/// A batch: what one shard sends another in one channel push.
+pub type Batch = Vec<ShardMsg>;
+
+/// Moves batches for one destination from the shard to the channel.
+pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: ConnectedSender<Batch>) {
+    loop {
+        let batch = poll_fn(|cx| {
+            let mut s = shard.borrow_mut();
+            let done = s.stopping && s.conns.is_empty();
+            match s.outgoing.get_mut(to) {
+                Some(q) if !q.is_empty() => Poll::Ready(Some(std::mem::take(q))),
+                Some(_) if done => Poll::Ready(None),
+                Some(_) => {
+                    s.mesh_wakers[to] = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(None),
+            }
+        })
+        .await;
+        let Some(batch) = batch else { return };
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies batches from one peer; connection handoffs start a task.
+pub(crate) async fn receiver_loop(
+    shard: Rc<RefCell<Shard>>,
+    from: usize,
+    rx: ConnectedReceiver<Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let mut adopts = Vec::new();
+        {
+            let mut s = shard.borrow_mut();
+            let now = Instant::now();
+            for m in batch {
+                match m {
+                    ShardMsg::Adopt { .. } if !s.stopping => adopts.push(m),
+                    other => s.on_mesh(from, other, now),
+                }
+            }
+        }
+        for m in adopts {
+            if let ShardMsg::Adopt {
+                fd,
+                connect,
+                leftover,
+                assigned,
+            } = m
+            {
+                glommio::spawn_local(super::connection::adopt_fd(
+                    shard.clone(),
+                    fd,
+                    *connect,
+                    leftover,
+                    assigned,
+                ))
+                .detach();
+            }
+        }
+    }
+}

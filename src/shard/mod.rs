@@ -1,0 +1,450 @@
+//! A shard: one executor thread's connections, sessions, subscriptions,
+//! interest replica, retained replica, timers and counters.
+//!
+//! The [`Shard`] struct is the synchronous heart: every handler takes
+//! `&mut self` and `now`, changes state, and writes packets into connection
+//! outboxes or messages into the mesh's outgoing batches. It never awaits.
+//! The async shell ([`run`]) owns the sockets, the tasks and the channels and
+//! calls in between awaits; a `RefCell` borrow never spans an await.
+//!
+//! Data flow of a publish: reader task → [`Shard::on_packet`] → route by the
+//! interest replica → local delivery, plus one `Arc<Message>` per other
+//! interested shard in that shard's batch → its [`Shard::on_mesh`] → local
+//! delivery there.
+
+mod conn;
+mod connect;
+mod connection;
+mod mesh;
+mod publish;
+mod subscribe;
+
+pub use conn::{Conn, MAX_OUTBOX_BYTES};
+pub use connection::{run, ShardStart};
+pub use mesh::ShardMsg;
+
+/// Mesh constants and types the bootstrap needs.
+pub mod mesh_types {
+    pub use super::mesh::{Batch, MESH_CHANNEL_BATCHES, MESH_PAUSE_MSGS};
+}
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode};
+use crate::session::{Delivery, Message, Session};
+use crate::timer::DeadlineQueue;
+use crate::topic::{SubscriptionTrie, TopicFilter, TopicName};
+
+/// State shared by every shard and the main thread: written rarely (connect,
+/// shutdown), never on the publish path.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Set by the main thread on SIGINT/SIGTERM or `BrokerHandle::shutdown`.
+    pub shutdown: AtomicBool,
+    /// Live connections, whole broker, against `--max-connections`.
+    pub connections: AtomicUsize,
+}
+
+impl Shared {
+    /// True once shutdown was asked for.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// The shard that owns the session of `client_id`: a stable hash (FNV-1a),
+/// so the same id lands on the same shard after a restart.
+pub fn owner_of(client_id: &str, nr_shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % nr_shards as u64) as usize
+}
+
+/// What the reader should do after a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Close the connection.
+    Close,
+}
+
+/// Options of one subscription, as the router needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOpts {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub id: Option<u32>,
+}
+
+/// A subscription in the local trie.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubEntry {
+    pub session: u32,
+    pub opts: SubOpts,
+}
+
+/// One session slot.
+#[derive(Debug)]
+pub(crate) struct SessionEntry {
+    pub client_id: Arc<str>,
+    pub version: ProtocolVersion,
+    pub session: Session,
+    pub subscriptions: HashMap<TopicFilter, SubOpts>,
+    pub conn: Option<Rc<Conn>>,
+    /// Bumped at every (re)connection, so stale timers are ignored.
+    pub generation: u64,
+    /// How long the session outlives its connection (`None`: forever).
+    pub expiry: Option<Duration>,
+    pub will: Option<LastWill>,
+    /// Set after a drop was logged, cleared when the queue drains: one log
+    /// line per burst of drops.
+    pub drop_logged: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TimerKey {
+    Will { session: u32, generation: u64 },
+    Expire { session: u32, generation: u64 },
+}
+
+/// A SUBACK held until every shard has applied the interest it added.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    pub conn: Rc<Conn>,
+    pub session: u32,
+    pub barrier: u64,
+    pub suback: Packet,
+    pub retained: Vec<Delivery>,
+}
+
+/// Topic aliases a client may use towards the broker (MQTT 5).
+pub const TOPIC_ALIAS_MAX: u16 = 64;
+
+/// One shard's state. See the module docs.
+#[derive(Debug)]
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub nr_shards: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) started: Instant,
+    pub(crate) sessions: Vec<Option<SessionEntry>>,
+    free_sessions: Vec<u32>,
+    pub(crate) by_client: HashMap<Arc<str>, u32>,
+    pub(crate) conns: HashMap<u64, Rc<Conn>>,
+    next_conn_id: u64,
+    pub(crate) subs: SubscriptionTrie<SubEntry>,
+    pub(crate) filter_refs: HashMap<TopicFilter, u32>,
+    pub(crate) interest: SubscriptionTrie<u16>,
+    pub(crate) retained: HashMap<TopicName, Arc<Message>>,
+    pub(crate) timers: DeadlineQueue<TimerKey>,
+    /// This shard's counters.
+    pub metrics: Metrics,
+    pub(crate) peer_metrics: Vec<Metrics>,
+    next_sys: Option<Instant>,
+    /// Outgoing mesh batches, one per destination shard.
+    pub(crate) outgoing: Vec<Vec<ShardMsg>>,
+    pub(crate) mesh_wakers: Vec<Option<std::task::Waker>>,
+    /// Interest broadcasts sent, and how many each peer acknowledged.
+    pub(crate) broadcasts: u64,
+    pub(crate) acked: Vec<u64>,
+    pub(crate) deferred: VecDeque<Deferred>,
+    pub(crate) scratch_packets: Vec<Packet>,
+    pub(crate) scratch_matches: Vec<SubEntry>,
+    /// True once shutdown began on this shard.
+    pub stopping: bool,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new(id: usize, nr_shards: usize, config: Arc<Config>, shared: Arc<Shared>) -> Shard {
+        let now = Instant::now();
+        Shard {
+            id,
+            nr_shards,
+            next_sys: config.sys_interval.map(|d| now + d),
+            config,
+            shared,
+            started: now,
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            by_client: HashMap::new(),
+            conns: HashMap::new(),
+            next_conn_id: 0,
+            subs: SubscriptionTrie::new(),
+            filter_refs: HashMap::new(),
+            interest: SubscriptionTrie::new(),
+            retained: HashMap::new(),
+            timers: DeadlineQueue::default(),
+            metrics: Metrics::default(),
+            peer_metrics: vec![Metrics::default(); nr_shards],
+            outgoing: (0..nr_shards).map(|_| Vec::new()).collect(),
+            mesh_wakers: vec![None; nr_shards],
+            broadcasts: 0,
+            acked: vec![0; nr_shards],
+            deferred: VecDeque::new(),
+            scratch_packets: Vec::new(),
+            scratch_matches: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&mut self) -> u64 {
+        self.next_conn_id += 1;
+        ((self.id as u64) << 48) | self.next_conn_id
+    }
+
+    pub(crate) fn entry(&mut self, key: u32) -> Option<&mut SessionEntry> {
+        self.sessions.get_mut(key as usize).and_then(Option::as_mut)
+    }
+
+    pub(crate) fn alloc_session(&mut self, e: SessionEntry) -> u32 {
+        self.metrics.sessions += 1;
+        let client = e.client_id.clone();
+        let key = if let Some(k) = self.free_sessions.pop() {
+            self.sessions[k as usize] = Some(e);
+            k
+        } else {
+            self.sessions.push(Some(e));
+            (self.sessions.len() - 1) as u32
+        };
+        self.by_client.insert(client, key);
+        key
+    }
+
+    /// Ends a session: its subscriptions leave the trie (and the interest
+    /// table when they were the last local ones for their filter).
+    pub(crate) fn remove_session(&mut self, key: u32) {
+        let Some(e) = self.sessions.get_mut(key as usize).and_then(Option::take) else {
+            return;
+        };
+        self.metrics.sessions -= 1;
+        self.by_client.remove(&e.client_id);
+        for filter in e.subscriptions.keys() {
+            self.subs.remove(filter, |s| s.session == key);
+            self.release_filter(filter);
+        }
+        self.free_sessions.push(key);
+    }
+
+    /// Sends `p` to `conn`, counting it.
+    pub(crate) fn send(&mut self, conn: &Conn, p: &Packet) {
+        match conn.send(p) {
+            Ok(n) => {
+                self.metrics.messages_sent += 1;
+                self.metrics.bytes_sent += n as u64;
+            }
+            Err(e) => tracing::debug!(conn = conn.id, error = %e, "packet not sent"),
+        }
+    }
+
+    /// Closes `conn` for a protocol violation: MQTT 5 clients get a
+    /// DISCONNECT with `reason` first ([MQTT-4.13.1-1]).
+    pub(crate) fn protocol_error(&mut self, conn: &Conn, reason: ReasonCode) -> Flow {
+        self.metrics.protocol_errors += 1;
+        tracing::info!(conn = conn.id, reason = reason.0, "protocol error, closing");
+        if conn.version.is_v5() {
+            self.send(conn, &Packet::Disconnect(Disconnect::new(reason)));
+        }
+        Flow::Close
+    }
+
+    /// The reader of `conn` ended (peer closed, error, or we closed it).
+    pub fn on_close(&mut self, conn: &Rc<Conn>, now: Instant) {
+        conn.close();
+        if self.conns.remove(&conn.id).is_some() {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.clients_connected -= 1;
+        }
+        let Some(key) = conn.session.take() else {
+            return;
+        };
+        let Some(e) = self.entry(key) else {
+            return;
+        };
+        e.conn = None;
+        let generation = e.generation;
+        let expiry = e.expiry;
+        let will = e.will.take();
+        let client = e.client_id.clone();
+        let ends_now = expiry == Some(Duration::ZERO);
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || ends_now {
+                self.publish_will(&client, will, now);
+            } else if let Some(e) = self.entry(key) {
+                e.will = Some(will);
+                let at = now + Duration::from_secs(u64::from(delay)).min(expiry.unwrap_or(Duration::MAX));
+                self.timers.insert(at, TimerKey::Will { session: key, generation });
+            }
+        }
+        match expiry {
+            Some(d) if d.is_zero() => self.remove_session(key),
+            Some(d) => self.timers.insert(now + d, TimerKey::Expire { session: key, generation }),
+            None => {}
+        }
+    }
+
+    fn on_timer(&mut self, key: TimerKey, now: Instant) {
+        match key {
+            TimerKey::Will { session, generation } => {
+                let Some(e) = self.entry(session) else { return };
+                if e.generation != generation || e.conn.is_some() {
+                    return; // [MQTT-3.1.3-9] the client came back in time.
+                }
+                let client = e.client_id.clone();
+                if let Some(will) = e.will.take() {
+                    self.publish_will(&client, will, now);
+                }
+            }
+            TimerKey::Expire { session, generation } => {
+                let Some(e) = self.entry(session) else { return };
+                if e.generation != generation || e.conn.is_some() {
+                    return;
+                }
+                let client = e.client_id.clone();
+                if let Some(will) = e.will.take() {
+                    self.publish_will(&client, will, now);
+                }
+                tracing::debug!(client_id = %client, "session expired");
+                self.remove_session(session);
+            }
+        }
+    }
+
+    /// Periodic work: keep-alive, timers, `$SYS`, shutdown.
+    pub fn tick(&mut self, now: Instant) {
+        if self.shared.stopping() && !self.stopping {
+            self.begin_shutdown();
+        }
+        let mut expired = Vec::new();
+        for c in self.conns.values() {
+            // [MQTT-3.1.2-22] (v5) / [MQTT-3.1.2-24] (v3): 1.5 × keep alive.
+            if !c.keep_alive.is_zero()
+                && !c.is_closing()
+                && now.saturating_duration_since(c.last_seen.get()) > c.keep_alive * 3 / 2
+            {
+                expired.push(c.clone());
+            }
+        }
+        for c in expired {
+            self.metrics.keepalive_timeouts += 1;
+            tracing::info!(conn = c.id, "keep alive timeout");
+            if c.version.is_v5() {
+                self.send(&c, &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+            }
+            c.close();
+        }
+        for key in self.timers.pop_expired(now) {
+            self.on_timer(key, now);
+        }
+        if let (Some(at), Some(every)) = (self.next_sys, self.config.sys_interval) {
+            if now >= at {
+                self.next_sys = Some(now + every);
+                self.publish_sys(now);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.stopping = true;
+        let conns: Vec<Rc<Conn>> = self.conns.values().cloned().collect();
+        for c in conns {
+            if c.version.is_v5() {
+                self.send(&c, &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)));
+            }
+            c.close();
+        }
+    }
+
+    /// Registers a connection for keep-alive and shutdown.
+    pub(crate) fn add_conn(&mut self, conn: Rc<Conn>) {
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.clients_connected += 1;
+        self.metrics.clients_total += 1;
+        self.metrics.clients_maximum = self.metrics.clients_maximum.max(self.metrics.clients_connected);
+        self.conns.insert(conn.id, conn);
+    }
+
+    /// Queues `msg` for shard `to` (sent in one batch per loop turn).
+    pub(crate) fn mesh_send(&mut self, to: usize, msg: ShardMsg) {
+        if let Some(q) = self.outgoing.get_mut(to) {
+            q.push(msg);
+            if let Some(w) = self.mesh_wakers.get_mut(to).and_then(Option::take) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Queues `msg` for every other shard.
+    pub(crate) fn broadcast(&mut self, msg: impl Fn() -> ShardMsg) {
+        for to in 0..self.nr_shards {
+            if to != self.id {
+                self.mesh_send(to, msg());
+            }
+        }
+    }
+
+    /// Messages waiting to be handed to the mesh.
+    pub fn mesh_backlog(&self) -> usize {
+        self.outgoing.iter().map(Vec::len).sum()
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        if self.id != 0 {
+            let m = self.metrics;
+            self.mesh_send(0, ShardMsg::Stats(m));
+            return;
+        }
+        self.peer_metrics[0] = self.metrics;
+        let mut total = Metrics::default();
+        for m in &self.peer_metrics {
+            total.merge(m);
+        }
+        let uptime = now.duration_since(self.started).as_secs();
+        let mut items: Vec<(String, String)> = vec![
+            ("version".into(), format!("ringmq {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime".into(), format!("{uptime} seconds")),
+        ];
+        for (name, v) in total.sys_topics() {
+            items.push((name.to_string(), v.to_string()));
+        }
+        for (k, m) in self.peer_metrics.clone().iter().enumerate() {
+            for (name, v) in m.sys_topics() {
+                items.push((format!("shard/{k}/{name}"), v.to_string()));
+            }
+        }
+        for (name, value) in items {
+            self.publish_internal(&format!("$SYS/broker/{name}"), value.into_bytes(), now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_stable_and_spread() {
+        assert_eq!(owner_of("client-1", 4), owner_of("client-1", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[owner_of(&format!("client-{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}

@@ -1,0 +1,421 @@
+//! Inbound PUBLISH and its acknowledgements, routing, local delivery,
+//! retained messages, wills, and the mesh messages that carry them.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::protocol::{Ack, LastWill, MqttStr, Packet, PublishProperties, QoS, ReasonCode};
+use crate::session::{Delivery, Message};
+use crate::topic::TopicName;
+
+use super::{Conn, Flow, ShardMsg, Shard, TOPIC_ALIAS_MAX};
+
+/// A set of shard indexes (up to [`crate::config::MAX_CORES`]).
+#[derive(Default)]
+struct ShardSet([u64; 4]);
+
+impl ShardSet {
+    fn insert(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..256).filter(|i| self.0[i / 64] & (1 << (i % 64)) != 0)
+    }
+}
+
+impl Shard {
+    /// Every packet after CONNECT.
+    pub fn on_packet(&mut self, conn: &Rc<Conn>, p: Packet, now: Instant) -> Flow {
+        let Some(key) = conn.session.get() else {
+            return Flow::Close; // taken over: nothing more from this socket
+        };
+        let mut out = std::mem::take(&mut self.scratch_packets);
+        let flow = match p {
+            Packet::Publish(p) => self.on_publish(conn, key, p, now),
+            Packet::PubAck(a) => {
+                if let Some(e) = self.entry(key) {
+                    e.session.on_puback(a.packet_id, now, &mut out);
+                }
+                Flow::Continue
+            }
+            Packet::PubRec(a) => {
+                if let Some(e) = self.entry(key) {
+                    e.session.on_pubrec(a.packet_id, a.reason, now, &mut out);
+                }
+                Flow::Continue
+            }
+            Packet::PubComp(a) => {
+                if let Some(e) = self.entry(key) {
+                    e.session.on_pubcomp(a.packet_id, now, &mut out);
+                }
+                Flow::Continue
+            }
+            Packet::PubRel(a) => {
+                let known = self
+                    .entry(key)
+                    .is_some_and(|e| e.session.awaiting_rel.remove(&a.packet_id.get()));
+                let mut comp = Ack::new(a.packet_id);
+                if !known {
+                    comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(conn, &Packet::PubComp(comp));
+                Flow::Continue
+            }
+            Packet::Subscribe(s) => self.on_subscribe(conn, key, s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(conn, key, u),
+            Packet::PingReq => {
+                self.send(conn, &Packet::PingResp);
+                Flow::Continue
+            }
+            Packet::Disconnect(d) => self.on_disconnect(conn, key, d),
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+            Packet::Connect(_) => self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR),
+            // AUTH without an authentication method, or server-only packets.
+            Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR),
+        };
+        self.flush_packets(key, &mut out, now);
+        self.scratch_packets = out;
+        flow
+    }
+
+    fn on_disconnect(&mut self, conn: &Conn, key: u32, d: crate::protocol::Disconnect) -> Flow {
+        let Some(e) = self.entry(key) else {
+            return Flow::Close;
+        };
+        // [MQTT-3.14.4-3] a normal DISCONNECT discards the will; 0x04 keeps it.
+        if d.reason != ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+            e.will = None;
+        }
+        if let Some(s) = d.properties.session_expiry_interval {
+            if e.expiry == Some(Duration::ZERO) && s != 0 {
+                // [MQTT-3.14.2-?] a session that was to end may not be prolonged here.
+                return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR);
+            }
+            e.expiry = if s == u32::MAX {
+                None
+            } else {
+                Some(Duration::from_secs(u64::from(s)))
+            };
+        }
+        conn.clean_disconnect.set(true);
+        Flow::Close
+    }
+
+    fn on_publish(
+        &mut self,
+        conn: &Conn,
+        key: u32,
+        p: crate::protocol::Publish,
+        now: Instant,
+    ) -> Flow {
+        self.metrics.publishes_received += 1;
+        let topic = match p.properties.topic_alias {
+            Some(alias) if alias > TOPIC_ALIAS_MAX => {
+                return self.protocol_error(conn, ReasonCode::TOPIC_ALIAS_INVALID);
+            }
+            Some(alias) if p.topic.is_empty() => {
+                match conn.topic_aliases.borrow().get(&alias) {
+                    Some(t) => t.clone(),
+                    None => return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR),
+                }
+            }
+            alias => {
+                let Ok(t) = TopicName::new(p.topic.clone()) else {
+                    return self.protocol_error(conn, ReasonCode::TOPIC_NAME_INVALID);
+                };
+                if let Some(a) = alias {
+                    conn.topic_aliases.borrow_mut().insert(a, t.clone());
+                }
+                t
+            }
+        };
+        // [MQTT-3.3.4-6] clients do not send subscription identifiers.
+        if !p.properties.subscription_identifiers.is_empty() {
+            return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR);
+        }
+        let Some(e) = self.entry(key) else {
+            return Flow::Close;
+        };
+        let publisher = e.client_id.clone();
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+            // [MQTT-4.3.3-?] a resent QoS 2 PUBLISH is acknowledged, not delivered again.
+            if !e.session.awaiting_rel.insert(id.get()) {
+                self.send(conn, &Packet::PubRec(Ack::new(id)));
+                return Flow::Continue;
+            }
+        }
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let properties = PublishProperties {
+            topic_alias: None,
+            subscription_identifiers: Vec::new(),
+            ..p.properties
+        };
+        let msg = Arc::new(Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            publisher,
+            expires_at,
+        });
+        // $SYS belongs to the broker: client publishes there are acknowledged and dropped.
+        if !msg.topic.as_str().starts_with("$SYS") {
+            self.publish_message(msg, now);
+        }
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(conn, &Packet::PubAck(Ack::new(id))),
+            (QoS::ExactlyOnce, Some(id)) => self.send(conn, &Packet::PubRec(Ack::new(id))),
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    /// Stores (or clears) a retained message and routes the message.
+    pub(crate) fn publish_message(&mut self, msg: Arc<Message>, now: Instant) {
+        if msg.retain {
+            let stored = if msg.payload.is_empty() {
+                // [MQTT-3.3.1-6] / [MQTT-3.3.1-7] (v5), [MQTT-3.3.1-10] / [MQTT-3.3.1-11] (v3)
+                None
+            } else {
+                Some(msg.clone())
+            };
+            self.set_retained(msg.topic.clone(), stored.clone());
+            let topic = msg.topic.clone();
+            self.broadcast(|| ShardMsg::Retain {
+                topic: topic.clone(),
+                msg: stored.clone(),
+            });
+        }
+        self.route(msg, now);
+    }
+
+    fn set_retained(&mut self, topic: TopicName, msg: Option<Arc<Message>>) {
+        match msg {
+            Some(m) => {
+                self.retained.insert(topic, m);
+            }
+            None => {
+                self.retained.remove(&topic);
+            }
+        }
+        self.metrics.retained = self.retained.len() as u64;
+    }
+
+    fn route(&mut self, msg: Arc<Message>, now: Instant) {
+        let mut shards = ShardSet::default();
+        self.interest.match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
+        for s in shards.iter() {
+            if s == self.id {
+                self.deliver_local(&msg, now);
+            } else {
+                self.mesh_send(s, ShardMsg::Deliver(msg.clone()));
+            }
+        }
+    }
+
+    /// Delivers `msg` to this shard's matching sessions: one copy per
+    /// session at the highest granted QoS, with every matching subscription
+    /// identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]).
+    pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>, now: Instant) {
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        matches.clear();
+        self.subs.match_topic(&msg.topic, |e| matches.push(*e));
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|m| m.session);
+        }
+        let mut i = 0;
+        while i < matches.len() {
+            let key = matches[i].session;
+            let mut j = i;
+            let mut qos = None;
+            let mut retain = false;
+            let mut ids = Vec::new();
+            let publisher_is_me = self
+                .entry(key)
+                .is_some_and(|e| *e.client_id == *msg.publisher);
+            while j < matches.len() && matches[j].session == key {
+                let o = matches[j].opts;
+                j += 1;
+                // [v5:MQTT-3.8.3-3] No Local.
+                if o.no_local && publisher_is_me {
+                    continue;
+                }
+                qos = Some(qos.map_or(o.qos, |q: QoS| q.max(o.qos)));
+                retain |= o.retain_as_published && msg.retain;
+                ids.extend(o.id);
+            }
+            i = j;
+            if let Some(q) = qos {
+                let d = Delivery {
+                    msg: msg.clone(),
+                    // [MQTT-3.8.4-8] (v5) / [MQTT-3.8.4-6] (v3): min of published and granted.
+                    qos: msg.qos.min(q),
+                    retain,
+                    subscription_ids: ids,
+                };
+                self.deliver_to(key, d, now);
+            }
+        }
+        self.scratch_matches = matches;
+    }
+
+    pub(crate) fn deliver_to(&mut self, key: u32, d: Delivery, now: Instant) {
+        let Some(e) = self.entry(key) else { return };
+        let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
+        if d.qos == QoS::AtMostOnce
+            && e.conn.as_ref().is_some_and(|c| c.backlog() > super::MAX_OUTBOX_BYTES)
+        {
+            self.metrics.publishes_dropped += 1;
+            return;
+        }
+        let mut out = std::mem::take(&mut self.scratch_packets);
+        let Some(e) = self.entry(key) else { return };
+        let dropped = e.session.deliver(d, online, now, &mut out);
+        if let Some(reason) = dropped {
+            if !e.drop_logged {
+                e.drop_logged = true;
+                tracing::warn!(client_id = %e.client_id, ?reason, "dropping messages for session");
+            }
+        } else if e.session.pending_len() == 0 {
+            e.drop_logged = false;
+        }
+        if dropped.is_some() {
+            self.metrics.publishes_dropped += 1;
+        }
+        self.flush_packets(key, &mut out, now);
+        self.scratch_packets = out;
+    }
+
+    /// Writes `out` to the session's connection, if it has one. A PUBLISH the
+    /// client's Maximum Packet Size cannot take is discarded as if delivered
+    /// ([MQTT-3.1.2-25]).
+    pub(crate) fn flush_packets(&mut self, key: u32, out: &mut Vec<Packet>, now: Instant) {
+        while !out.is_empty() {
+            let Some(conn) = self.entry(key).and_then(|e| e.conn.clone()) else {
+                out.clear();
+                return;
+            };
+            let mut retry = Vec::new();
+            for p in out.drain(..) {
+                match conn.send(&p) {
+                    Ok(n) => {
+                        self.metrics.messages_sent += 1;
+                        self.metrics.bytes_sent += n as u64;
+                        if matches!(p, Packet::Publish(_)) {
+                            self.metrics.publishes_sent += 1;
+                        }
+                    }
+                    Err(err) => {
+                        self.metrics.publishes_dropped += 1;
+                        tracing::debug!(conn = conn.id, error = %err, "packet discarded");
+                        if let Packet::Publish(crate::protocol::Publish {
+                            packet_id: Some(id),
+                            ..
+                        }) = p
+                        {
+                            if let Some(e) = self.entry(key) {
+                                e.session.complete(id, now, &mut retry);
+                            }
+                        }
+                    }
+                }
+            }
+            out.append(&mut retry);
+        }
+    }
+
+    pub(crate) fn publish_will(&mut self, client: &Arc<str>, will: LastWill, now: Instant) {
+        let Ok(topic) = TopicName::new(will.topic) else {
+            return;
+        };
+        let p = will.properties;
+        let msg = Arc::new(Message {
+            topic,
+            payload: will.payload,
+            qos: will.qos,
+            // [MQTT-3.1.2-14] / [MQTT-3.1.2-15] (v5), [MQTT-3.1.2-16] / [MQTT-3.1.2-17] (v3)
+            retain: will.retain,
+            properties: PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+                content_type: p.content_type,
+                ..Default::default()
+            },
+            publisher: client.clone(),
+            expires_at: p
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+        });
+        tracing::debug!(client_id = %client, topic = msg.topic.as_str(), "publishing will");
+        self.publish_message(msg, now);
+    }
+
+    /// Publishes a broker message (`$SYS`), retained, QoS 0.
+    pub(crate) fn publish_internal(&mut self, topic: &str, payload: Vec<u8>, now: Instant) {
+        let Ok(t) = MqttStr::try_from(topic).map_err(|_| ()).and_then(|s| TopicName::new(s).map_err(|_| ())) else {
+            return;
+        };
+        let msg = Arc::new(Message {
+            topic: t,
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            publisher: Arc::from("$broker"),
+            expires_at: None,
+        });
+        self.publish_message(msg, now);
+    }
+
+    /// A mesh message from shard `from` (everything but connection handoffs).
+    pub fn on_mesh(&mut self, from: usize, msg: ShardMsg, now: Instant) {
+        match msg {
+            ShardMsg::Deliver(m) => self.deliver_local(&m, now),
+            ShardMsg::Interest { filter, add } => {
+                let shard = from as u16;
+                if add {
+                    if self.interest.insert(&filter, shard).is_err() {
+                        tracing::warn!(filter = filter.as_str(), "interest filter too deep");
+                    }
+                } else {
+                    self.interest.remove(&filter, |&s| s == shard);
+                }
+                self.mesh_send(from, ShardMsg::InterestAck);
+            }
+            ShardMsg::InterestAck => {
+                if let Some(a) = self.acked.get_mut(from) {
+                    *a += 1;
+                }
+                self.release_deferred(now);
+            }
+            ShardMsg::Retain { topic, msg } => self.set_retained(topic, msg),
+            ShardMsg::Stats(m) => {
+                if let Some(slot) = self.peer_metrics.get_mut(from) {
+                    *slot = m;
+                }
+            }
+            ShardMsg::Adopt { fd, .. } => {
+                // Handled by the async shell; reaching here means shutdown.
+                // SAFETY: the fd was dup'ed for this message and nobody else owns it.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! SUBSCRIBE and UNSUBSCRIBE, the interest table they feed, and the SUBACK
+//! barrier that keeps "subscribed" meaning "routed to from every shard".
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::protocol::{
+    AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::session::Delivery;
+use crate::topic::{SubscriptionFilter, TopicFilter};
+
+use super::{Conn, Deferred, Flow, ShardMsg, Shard, SubEntry, SubOpts};
+
+impl Shard {
+    pub(crate) fn on_subscribe(
+        &mut self,
+        conn: &Rc<Conn>,
+        key: u32,
+        s: Subscribe,
+        now: Instant,
+    ) -> Flow {
+        let v5 = conn.version.is_v5();
+        let sub_id = s.properties.subscription_identifier;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let mut barrier = None;
+        // [MQTT-3.8.4-5] (v5) / [MQTT-3.8.4-4] (v3): as if one SUBSCRIBE per filter.
+        for f in s.filters {
+            let parsed = match SubscriptionFilter::parse(&f.filter) {
+                Ok(p) if p.share_group.is_none() => p,
+                Ok(_) => {
+                    reasons.push(if v5 {
+                        ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    });
+                    continue;
+                }
+                Err(_) => {
+                    reasons.push(if v5 {
+                        ReasonCode::TOPIC_FILTER_INVALID
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    });
+                    continue;
+                }
+            };
+            let filter = parsed.filter;
+            let opts = SubOpts {
+                qos: f.options.qos,
+                no_local: f.options.no_local,
+                retain_as_published: f.options.retain_as_published,
+                id: sub_id,
+            };
+            let Some(e) = self.entry(key) else {
+                return Flow::Close;
+            };
+            // [MQTT-3.8.4-3] an identical filter replaces the subscription.
+            let existed = e.subscriptions.insert(filter.clone(), opts).is_some();
+            if existed {
+                if let Some(entries) = self.subs.get_mut(&filter) {
+                    for s in entries.iter_mut().filter(|s| s.session == key) {
+                        s.opts = opts;
+                    }
+                }
+            } else if self.subs.insert(&filter, SubEntry { session: key, opts }).is_err() {
+                if let Some(e) = self.entry(key) {
+                    e.subscriptions.remove(&filter);
+                }
+                reasons.push(if v5 {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            } else {
+                self.metrics.subscriptions += 1;
+                if let Some(b) = self.hold_filter(&filter) {
+                    barrier = Some(b);
+                }
+            }
+            reasons.push(ReasonCode(f.options.qos as u8));
+            let send_retained = match f.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                // [v5:MQTT-3.3.1-10]
+                RetainHandling::SendIfNew => !existed,
+                // [v5:MQTT-3.3.1-11]
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                self.collect_retained(&filter, opts, &mut retained);
+            }
+        }
+        // [MQTT-3.8.4-1] [MQTT-3.8.4-2] [MQTT-3.9.3-1]
+        let suback = Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: AckProperties::default(),
+            reasons,
+        });
+        match barrier {
+            Some(barrier) if self.nr_shards > 1 => self.deferred.push_back(Deferred {
+                conn: conn.clone(),
+                session: key,
+                barrier,
+                suback,
+                retained,
+            }),
+            _ => self.answer_subscribe(conn, key, &suback, retained, now),
+        }
+        Flow::Continue
+    }
+
+    fn answer_subscribe(
+        &mut self,
+        conn: &Conn,
+        key: u32,
+        suback: &Packet,
+        retained: Vec<Delivery>,
+        now: Instant,
+    ) {
+        self.send(conn, suback);
+        for d in retained {
+            self.deliver_to(key, d, now);
+        }
+    }
+
+    /// Retained messages matching `filter`, to send with RETAIN set
+    /// ([MQTT-3.3.1-9] v5, [MQTT-3.3.1-6] / [MQTT-3.3.1-8] v3).
+    fn collect_retained(&self, filter: &TopicFilter, opts: SubOpts, out: &mut Vec<Delivery>) {
+        let mut push = |m: &std::sync::Arc<crate::session::Message>| {
+            out.push(Delivery {
+                msg: m.clone(),
+                qos: m.qos.min(opts.qos),
+                retain: true,
+                subscription_ids: opts.id.into_iter().collect(),
+            })
+        };
+        if filter.has_wildcards() {
+            for (topic, m) in &self.retained {
+                if filter.matches(topic) {
+                    push(m);
+                }
+            }
+        } else if let Some(m) = self
+            .retained
+            .iter()
+            .find(|(t, _)| t.as_str() == filter.as_str())
+            .map(|(_, m)| m)
+        {
+            push(m);
+        }
+    }
+
+    /// Counts one more local subscription to `filter`; the first one adds
+    /// this shard to every shard's interest table and returns the barrier
+    /// (broadcast count) a SUBACK must wait for.
+    fn hold_filter(&mut self, filter: &TopicFilter) -> Option<u64> {
+        let n = self.filter_refs.entry(filter.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            return None;
+        }
+        let me = self.id as u16;
+        if self.interest.insert(filter, me).is_err() {
+            return None;
+        }
+        self.broadcasts += 1;
+        let f = filter.clone();
+        self.broadcast(|| ShardMsg::Interest {
+            filter: f.clone(),
+            add: true,
+        });
+        Some(self.broadcasts)
+    }
+
+    /// Counts one less local subscription to `filter`.
+    pub(crate) fn release_filter(&mut self, filter: &TopicFilter) {
+        self.metrics.subscriptions = self.metrics.subscriptions.saturating_sub(1);
+        let Some(n) = self.filter_refs.get_mut(filter) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.filter_refs.remove(filter);
+        let me = self.id as u16;
+        self.interest.remove(filter, |&s| s == me);
+        self.broadcasts += 1;
+        let f = filter.clone();
+        self.broadcast(|| ShardMsg::Interest {
+            filter: f.clone(),
+            add: false,
+        });
+    }
+
+    /// Sends the SUBACKs whose interest every peer has applied.
+    pub(crate) fn release_deferred(&mut self, now: Instant) {
+        let done = (0..self.nr_shards)
+            .filter(|&s| s != self.id)
+            .map(|s| self.acked[s])
+            .min()
+            .unwrap_or(u64::MAX);
+        while self.deferred.front().is_some_and(|d| d.barrier <= done) {
+            let Some(d) = self.deferred.pop_front() else { break };
+            if d.conn.session.get() == Some(d.session) {
+                self.answer_subscribe(&d.conn, d.session, &d.suback, d.retained, now);
+            }
+        }
+    }
+
+    pub(crate) fn on_unsubscribe(&mut self, conn: &Conn, key: u32, u: Unsubscribe) -> Flow {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        // [MQTT-3.10.4-6] as if one UNSUBSCRIBE per filter.
+        for f in u.filters {
+            let Ok(filter) = TopicFilter::new(f) else {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            };
+            let removed = self
+                .entry(key)
+                .is_some_and(|e| e.subscriptions.remove(&filter).is_some());
+            if removed {
+                self.subs.remove(&filter, |s| s.session == key);
+                self.release_filter(&filter);
+                reasons.push(ReasonCode::SUCCESS);
+            } else {
+                reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        // [MQTT-3.10.4-4] [MQTT-3.10.4-5] always an UNSUBACK with the same id.
+        self.send(
+            conn,
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: AckProperties::default(),
+                reasons,
+            }),
+        );
+        Flow::Continue
+    }
+}
