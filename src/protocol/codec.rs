@@ -121,8 +121,9 @@ pub fn decode_packet(
         buf.reserve(size - buf.len());
         return Ok(None);
     }
-    let frame = buf.split_to(size).freeze();
-    let mut r = Reader::new(frame.slice(1 + len_bytes..));
+    let mut frame = buf.split_to(size);
+    bytes::Buf::advance(&mut frame, 1 + len_bytes);
+    let mut r = Reader::new(frame.freeze());
     // Only CONNECT may arrive without a version, and it carries its own.
     let v = version.unwrap_or(ProtocolVersion::V5);
     let packet = match packet_type {

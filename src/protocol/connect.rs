@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{MqttStr, Reader, Sink};
+use super::primitives::{MqttStr, Reader, Scan, Sink};
 use super::properties::{ConnAckProperties, ConnectProperties, PropertyBlock, WillProperties};
 use super::{PacketType, ProtocolVersion, QoS, ReasonCode};
 
@@ -50,14 +50,17 @@ const FLAG_WILL_RETAIN: u8 = 0x20;
 const FLAG_PASSWORD: u8 = 0x40;
 const FLAG_USERNAME: u8 = 0x80;
 
-/// Checks a topic name: not empty, no wildcard ([MQTT-4.7.3-1], [MQTT-3.3.2-2]).
-pub(crate) fn check_topic_name(t: &MqttStr) -> Result<(), DecodeError> {
-    if t.is_empty() {
-        Err(DecodeError::EmptyTopicName)
-    } else if t.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+/// Reads a topic name: not empty, no wildcard ([MQTT-4.7.3-1],
+/// [MQTT-3.3.2-2]); `allow_empty` for MQTT 5's alias-only PUBLISH.
+pub(crate) fn read_topic_name(r: &mut Reader, allow_empty: bool) -> Result<MqttStr, DecodeError> {
+    let mut scan = Scan::default();
+    let t = r.string_scanned(&mut scan)?;
+    if scan.wildcard {
         Err(DecodeError::WildcardInTopicName)
+    } else if t.is_empty() && !allow_empty {
+        Err(DecodeError::EmptyTopicName)
     } else {
-        Ok(())
+        Ok(t)
     }
 }
 
@@ -103,8 +106,7 @@ impl Connect {
             } else {
                 WillProperties::default()
             };
-            let topic = r.string()?;
-            check_topic_name(&topic)?;
+            let topic = read_topic_name(r, false)?;
             let payload = r.binary()?;
             Some(LastWill {
                 topic,

@@ -31,13 +31,20 @@ impl MqttStr {
     /// [`DecodeError::InvalidUtf8`], [`DecodeError::NullCharacter`] or
     /// [`DecodeError::StringTooLong`].
     pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
+        Self::checked(bytes, &mut Scan::default())
+    }
+
+    /// Validates `bytes` and reports in `scan` what it found (wildcards),
+    /// in one pass over the common ASCII case.
+    pub(crate) fn checked(bytes: Bytes, scan: &mut Scan) -> Result<Self, DecodeError> {
         if bytes.len() > u16::MAX as usize {
             return Err(DecodeError::StringTooLong);
         }
-        if std::str::from_utf8(&bytes).is_err() {
+        *scan = Scan::of(&bytes);
+        if scan.non_ascii && std::str::from_utf8(&bytes).is_err() {
             return Err(DecodeError::InvalidUtf8);
         }
-        if bytes.contains(&0) {
+        if scan.nul {
             return Err(DecodeError::NullCharacter);
         }
         Ok(MqttStr(bytes))
@@ -94,6 +101,51 @@ impl fmt::Debug for MqttStr {
 impl fmt::Display for MqttStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What one pass over a string's bytes found.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Scan {
+    /// A zero byte (U+0000).
+    pub nul: bool,
+    /// A byte of 0x80 or more: the text needs full UTF-8 validation.
+    pub non_ascii: bool,
+    /// A `+` or `#`.
+    pub wildcard: bool,
+}
+
+impl Scan {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+
+    /// True if some byte of `x` is zero (exact, SWAR).
+    #[inline]
+    fn has_zero(x: u64) -> bool {
+        x.wrapping_sub(Self::LO) & !x & Self::HI != 0
+    }
+
+    /// Scans eight bytes at a time: topic names are validated on every
+    /// PUBLISH, and three byte-by-byte passes cost more than the rest of
+    /// decoding.
+    pub fn of(b: &[u8]) -> Scan {
+        let mut s = Scan::default();
+        let mut high = 0u64;
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let x = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            high |= x;
+            s.nul |= Self::has_zero(x);
+            s.wildcard |= Self::has_zero(x ^ (Self::LO * u64::from(b'+')))
+                || Self::has_zero(x ^ (Self::LO * u64::from(b'#')));
+        }
+        for &c in chunks.remainder() {
+            high |= u64::from(c);
+            s.nul |= c == 0;
+            s.wildcard |= c == b'+' || c == b'#';
+        }
+        s.non_ascii = high & Self::HI != 0 || high & 0x80 != 0;
+        s
     }
 }
 
@@ -210,15 +262,22 @@ impl Reader {
         MqttStr::from_bytes(b)
     }
 
+    /// Reads a UTF-8 Encoded String, reporting what the scan found.
+    pub(crate) fn string_scanned(&mut self, scan: &mut Scan) -> Result<MqttStr, DecodeError> {
+        let b = self.binary()?;
+        MqttStr::checked(b, scan)
+    }
+
     /// Splits off the next `n` bytes as a reader of their own.
     pub fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
         Ok(Reader::new(self.take(n)?))
     }
 
-    /// Everything not read yet.
+    /// Everything not read yet (moved out: no reference count traffic).
     pub fn rest(&mut self) -> Bytes {
-        let out = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
+        let mut out = std::mem::take(&mut self.buf);
+        bytes::Buf::advance(&mut out, self.pos);
+        self.pos = 0;
         out
     }
 

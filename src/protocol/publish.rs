@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::connect::check_topic_name;
+use super::connect::read_topic_name;
 use super::error::{DecodeError, EncodeError};
 use super::primitives::{MqttStr, Reader, Sink};
 use super::properties::{PropertyBlock, PublishProperties};
@@ -70,7 +70,7 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::DupOnQoS0);
         }
-        let topic = r.string()?;
+        let topic = read_topic_name(r, version.is_v5())?;
         let packet_id = if qos == QoS::AtMostOnce {
             None
         } else {
@@ -82,8 +82,8 @@ impl Publish {
             PublishProperties::default()
         };
         // An empty topic is how MQTT 5 says "use the alias".
-        if !(topic.is_empty() && properties.topic_alias.is_some()) {
-            check_topic_name(&topic)?;
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            return Err(DecodeError::EmptyTopicName);
         }
         Ok(Publish {
             dup,

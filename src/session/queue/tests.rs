@@ -1,0 +1,270 @@
+//! Session queue rules, checked without sockets: `now` is passed in.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::protocol::{MqttStr, Packet, PacketId, ReasonCode};
+use crate::session::Message;
+use crate::topic::TopicName;
+
+const LIMITS: Limits = Limits {
+    max_queued_messages: 100,
+    max_queued_bytes: 1 << 20,
+    queue_qos0: false,
+};
+
+fn msg(payload: &'static str, qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: TopicName::new(MqttStr::from_static("t")).expect("topic"),
+        payload: Bytes::from_static(payload.as_bytes()),
+        qos,
+        retain: false,
+        properties: PublishProperties::default(),
+        publisher: Arc::from("p"),
+        expires_at: None,
+    })
+}
+
+fn d(payload: &'static str, qos: QoS) -> Delivery {
+    Delivery {
+        msg: msg(payload, qos),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+    }
+}
+
+/// (payload, packet id, dup) of each PUBLISH in `out`.
+fn publishes(out: &[Packet]) -> Vec<(String, Option<u16>, bool)> {
+    out.iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.packet_id.map(PacketId::get),
+                p.dup,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn id(v: u16) -> PacketId {
+    PacketId::new(v).expect("non-zero")
+}
+
+// [v5:MQTT-3.3.4-9] never more unacknowledged QoS 1/2 PUBLISH than the window;
+// [v5:MQTT-3.3.4-10] other packets are not held back by it.
+#[test]
+fn window_bounds_inflight_and_keeps_order() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 2);
+    let mut out = Vec::new();
+    for p in ["a", "b", "c", "d"] {
+        assert_eq!(s.deliver(d(p, QoS::AtLeastOnce), true, now, &mut out), None);
+    }
+    assert_eq!(publishes(&out), vec![("a".into(), Some(1), false), ("b".into(), Some(2), false)]);
+    assert_eq!((s.inflight_len(), s.pending_len()), (2, 2));
+    // QoS 0 is not held behind the window.
+    out.clear();
+    s.deliver(d("zero", QoS::AtMostOnce), true, now, &mut out);
+    assert_eq!(publishes(&out), vec![("zero".into(), None, false)]);
+    out.clear();
+    assert!(s.on_puback(id(2), now, &mut out));
+    assert!(s.on_puback(id(1), now, &mut out));
+    assert_eq!(publishes(&out), vec![("c".into(), Some(3), false), ("d".into(), Some(4), false)]);
+    assert!(!s.on_puback(id(9), now, &mut out), "unknown id is ignored");
+}
+
+// [MQTT-4.4.0-1] on reconnect, unacknowledged PUBLISH are resent with their
+// original packet identifiers, [MQTT-3.3.1-1] with DUP set; [v3:MQTT-2.3.1-4]
+// the same identifier on every resend.
+#[test]
+fn resume_resends_inflight_with_dup_then_drains_queue() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 2);
+    let mut out = Vec::new();
+    s.deliver(d("a", QoS::AtLeastOnce), true, now, &mut out);
+    s.deliver(d("b", QoS::ExactlyOnce), true, now, &mut out);
+    // The connection drops; more messages arrive while offline.
+    s.deliver(d("c", QoS::AtLeastOnce), false, now, &mut out);
+    s.deliver(d("offline-qos0", QoS::AtMostOnce), false, now, &mut out);
+    out.clear();
+    s.resume(now, &mut out);
+    assert_eq!(
+        publishes(&out),
+        vec![("a".into(), Some(1), true), ("b".into(), Some(2), true)]
+    );
+    out.clear();
+    assert!(s.on_puback(id(1), now, &mut out));
+    assert_eq!(publishes(&out), vec![("c".into(), Some(3), false)]);
+}
+
+// QoS 2 outbound: PUBREC is answered with PUBREL; after a reconnect the
+// PUBREL (not the PUBLISH) is resent; PUBCOMP completes.
+#[test]
+fn qos2_outbound_flow_survives_reconnect() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 10);
+    let mut out = Vec::new();
+    s.deliver(d("x", QoS::ExactlyOnce), true, now, &mut out);
+    out.clear();
+    assert!(s.on_pubrec(id(1), ReasonCode::SUCCESS, now, &mut out));
+    assert_eq!(out, vec![Packet::PubRel(crate::protocol::Ack::new(id(1)))]);
+    out.clear();
+    s.resume(now, &mut out);
+    assert_eq!(out, vec![Packet::PubRel(crate::protocol::Ack::new(id(1)))]);
+    out.clear();
+    assert!(!s.on_puback(id(1), now, &mut out), "PUBACK is not PUBCOMP");
+    assert!(s.on_pubcomp(id(1), now, &mut out));
+    assert_eq!(s.inflight_len(), 0);
+}
+
+// [v5:MQTT-4.8.2-6]-style: a PUBREC with an error code ends the delivery.
+#[test]
+fn pubrec_error_drops_message() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 10);
+    let mut out = Vec::new();
+    s.deliver(d("x", QoS::ExactlyOnce), true, now, &mut out);
+    out.clear();
+    assert!(s.on_pubrec(id(1), ReasonCode::QUOTA_EXCEEDED, now, &mut out));
+    assert!(out.is_empty());
+    assert_eq!(s.inflight_len(), 0);
+}
+
+// The pending queue is bounded: QoS 0 goes first, then the oldest.
+#[test]
+fn full_queue_drops_qos0_first_then_oldest() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_queued_messages: 3,
+        queue_qos0: true,
+        ..LIMITS
+    };
+    let mut s = Session::new(limits, 1);
+    let mut out = Vec::new();
+    s.deliver(d("q1", QoS::AtLeastOnce), false, now, &mut out);
+    s.deliver(d("zero", QoS::AtMostOnce), false, now, &mut out);
+    s.deliver(d("q2", QoS::AtLeastOnce), false, now, &mut out);
+    assert_eq!(
+        s.deliver(d("q3", QoS::AtLeastOnce), false, now, &mut out),
+        Some(DropReason::QueueFull)
+    );
+    assert_eq!(
+        s.deliver(d("q4", QoS::AtLeastOnce), false, now, &mut out),
+        Some(DropReason::QueueFull)
+    );
+    assert_eq!(s.dropped, 2);
+    let mut s2 = s;
+    s2.set_window(10);
+    out.clear();
+    s2.resume(now, &mut out);
+    let got: Vec<String> = publishes(&out).into_iter().map(|p| p.0).collect();
+    assert_eq!(got, vec!["q2", "q3", "q4"]);
+}
+
+#[test]
+fn byte_bound_applies_too() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_queued_bytes: 4,
+        ..LIMITS
+    };
+    let mut s = Session::new(limits, 1);
+    let mut out = Vec::new();
+    s.deliver(d("ab", QoS::AtLeastOnce), false, now, &mut out);
+    s.deliver(d("cd", QoS::AtLeastOnce), false, now, &mut out);
+    assert_eq!(
+        s.deliver(d("ef", QoS::AtLeastOnce), false, now, &mut out),
+        Some(DropReason::QueueFull)
+    );
+    assert_eq!(s.pending_len(), 2);
+    assert_eq!(
+        s.deliver(d("too-big", QoS::AtLeastOnce), false, now, &mut out),
+        Some(DropReason::QueueFull)
+    );
+}
+
+// Offline QoS 0 is not queued unless asked.
+#[test]
+fn offline_qos0_not_queued_by_default() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 1);
+    let mut out = Vec::new();
+    assert_eq!(s.deliver(d("z", QoS::AtMostOnce), false, now, &mut out), None);
+    assert_eq!(s.pending_len(), 0);
+}
+
+// [v5:MQTT-3.3.2-5] an expired message is not delivered; [v5:MQTT-3.3.2-6]
+// the forwarded expiry is what is left of it.
+#[test]
+fn message_expiry() {
+    let t0 = Instant::now();
+    let mut s = Session::new(LIMITS, 1);
+    let mut out = Vec::new();
+    let mk = |secs| {
+        let mut m = Message {
+            topic: TopicName::new(MqttStr::from_static("t")).expect("topic"),
+            payload: Bytes::from_static(b"e"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            publisher: Arc::from("p"),
+            expires_at: Some(t0 + Duration::from_secs(secs)),
+        };
+        m.properties.message_expiry_interval = Some(secs as u32);
+        Delivery {
+            msg: Arc::new(m),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    };
+    s.deliver(mk(10), false, t0, &mut out);
+    s.deliver(mk(100), false, t0, &mut out);
+    // 20 s later: the first has expired, the second has 80 s left.
+    s.resume(t0 + Duration::from_secs(20), &mut out);
+    assert_eq!(out.len(), 1);
+    let Packet::Publish(p) = &out[0] else {
+        panic!("publish")
+    };
+    assert_eq!(p.properties.message_expiry_interval, Some(80));
+    assert_eq!(s.dropped, 1);
+    assert_eq!(
+        s.deliver(mk(5), true, t0 + Duration::from_secs(6), &mut out),
+        Some(DropReason::Expired)
+    );
+}
+
+// [v5:MQTT-2.2.1-4] [v3:MQTT-2.3.1-2]-style: packet ids are non-zero and
+// not in use; the counter wraps past 65535 and skips ids still inflight.
+#[test]
+fn packet_ids_wrap_and_skip_inflight() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 3);
+    let mut out = Vec::new();
+    s.deliver(d("a", QoS::AtLeastOnce), true, now, &mut out); // id 1 stays inflight
+    s.next_id = u16::MAX - 1;
+    s.deliver(d("b", QoS::AtLeastOnce), true, now, &mut out); // 65535
+    s.deliver(d("c", QoS::AtLeastOnce), true, now, &mut out); // wraps past 0 and 1 to 2
+    let ids: Vec<Option<u16>> = publishes(&out).into_iter().map(|p| p.1).collect();
+    assert_eq!(ids, vec![Some(1), Some(65535), Some(2)]);
+}
+
+// Subscription identifiers travel with the delivery ([v5:MQTT-3.3.4-3]).
+#[test]
+fn subscription_ids_are_attached() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 3);
+    let mut out = Vec::new();
+    let mut del = d("a", QoS::AtMostOnce);
+    del.subscription_ids = vec![3, 7];
+    s.deliver(del, true, now, &mut out);
+    let Packet::Publish(p) = &out[0] else {
+        panic!("publish")
+    };
+    assert_eq!(p.properties.subscription_identifiers, vec![3, 7]);
+}
