@@ -35,7 +35,8 @@ fn publish(c: &mut Criterion) {
     for (size, label) in SIZES {
         let ours = ours_publish(size);
         let mut wire = BytesMut::new();
-        ours.encode(ProtocolVersion::V311, &mut wire).expect("encodes");
+        ours.encode(ProtocolVersion::V311, &mut wire)
+            .expect("encodes");
         let wire = wire.freeze();
 
         let mut g = c.benchmark_group(format!("publish_decode_{label}"));
@@ -63,7 +64,8 @@ fn publish(c: &mut Criterion) {
         g.bench_function("ringmq", |b| {
             b.iter(|| {
                 buf.clear();
-                ours.encode(ProtocolVersion::V311, &mut buf).expect("encodes");
+                ours.encode(ProtocolVersion::V311, &mut buf)
+                    .expect("encodes");
                 black_box(buf.len())
             })
         });
@@ -99,7 +101,8 @@ fn connect_v5(c: &mut Criterion) {
         },
     }));
     let mut wire = BytesMut::new();
-    ours.encode(ProtocolVersion::V5, &mut wire).expect("encodes");
+    ours.encode(ProtocolVersion::V5, &mut wire)
+        .expect("encodes");
     let wire = wire.freeze();
     let Ok(mqttbytes::v5::Packet::Connect(peer)) =
         mqttbytes::v5::read(&mut BytesMut::from(&wire[..]), MAX)

@@ -122,6 +122,10 @@ pub fn run(config: Config) -> io::Result<()> {
         set
     };
     let handle = start(config)?;
+    for a in handle.local_addrs() {
+        // One line per listener on stdout, for scripts that asked for port 0.
+        println!("ringmq listening on {a}");
+    }
     let mut sig: libc::c_int = 0;
     // SAFETY: waits on the blocked set; `sig` is a valid out pointer.
     unsafe { libc::sigwait(&set, &mut sig) };

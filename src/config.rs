@@ -46,7 +46,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![DEFAULT_LISTEN.parse().expect("invariant: valid default address")],
+            listen: vec![DEFAULT_LISTEN
+                .parse()
+                .expect("invariant: valid default address")],
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_connections: 100_000,
@@ -151,7 +153,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
-        _ => Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+        _ => Err(format!(
+            "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+        )),
     }
 }
 

@@ -12,7 +12,13 @@ fn main() {
         eprintln!("ringmq: --log-level '{}': {e}", cli.log_level);
         std::process::exit(2);
     });
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr; stdout carries only the "listening on" lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {

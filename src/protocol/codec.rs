@@ -192,6 +192,9 @@ pub fn encode_packet(
         }
         _ => version,
     };
+    if let Packet::Publish(p) = packet {
+        return p.encode_into(version, max_packet_bytes, buf);
+    }
     let mut counter = Counter::default();
     write_body(packet, version, &mut counter)?;
     let remaining = counter.0;

@@ -27,7 +27,8 @@ pub use error::{DecodeError, EncodeError};
 pub use primitives::{read_varint, varint_len, MqttStr, VarIntRead, MAX_VARINT};
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperty, WillProperties,
+    PublishProperties, SparseProperties, SubscribeProperties, UnsubscribeProperties, UserProperty,
+    WillProperties,
 };
 pub use publish::Publish;
 pub use reason::ReasonCode;

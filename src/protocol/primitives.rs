@@ -127,25 +127,47 @@ impl Scan {
 
     /// Scans eight bytes at a time: topic names are validated on every
     /// PUBLISH, and three byte-by-byte passes cost more than the rest of
-    /// decoding.
+    /// decoding. `#` (0x23) and `+` (0x2B) differ only in bit 3, so one
+    /// zero test after setting that bit finds both. A tail shorter than
+    /// eight bytes is read as the last eight (overlapping), or padded.
+    #[inline]
     pub fn of(b: &[u8]) -> Scan {
-        let mut s = Scan::default();
+        const PAD: u64 = Scan::LO * 0x61; // 'a': neutral for every test
+        let mut nul = false;
+        let mut wild = false;
         let mut high = 0u64;
+        let mut check = |x: u64| {
+            high |= x;
+            nul |= Self::has_zero(x);
+            wild |= Self::has_zero((x | (Self::LO * 0x08)) ^ (Self::LO * 0x2B));
+        };
         let mut chunks = b.chunks_exact(8);
         for c in &mut chunks {
-            let x = u64::from_le_bytes(c.try_into().unwrap_or_default());
-            high |= x;
-            s.nul |= Self::has_zero(x);
-            s.wildcard |= Self::has_zero(x ^ (Self::LO * u64::from(b'+')))
-                || Self::has_zero(x ^ (Self::LO * u64::from(b'#')));
+            check(u64::from_le_bytes(c.try_into().unwrap_or([0x61; 8])));
         }
-        for &c in chunks.remainder() {
-            high |= u64::from(c);
-            s.nul |= c == 0;
-            s.wildcard |= c == b'+' || c == b'#';
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let x = match b.len().checked_sub(8) {
+                Some(from) => {
+                    let tail: [u8; 8] = b
+                        .get(from..)
+                        .and_then(|t| t.try_into().ok())
+                        .unwrap_or([0x61; 8]);
+                    u64::from_le_bytes(tail)
+                }
+                None => {
+                    let mut t = PAD.to_le_bytes();
+                    t[..rest.len()].copy_from_slice(rest);
+                    u64::from_le_bytes(t)
+                }
+            };
+            check(x);
         }
-        s.non_ascii = high & Self::HI != 0 || high & 0x80 != 0;
-        s
+        Scan {
+            nul,
+            non_ascii: high & Self::HI != 0,
+            wildcard: wild,
+        }
     }
 }
 
@@ -304,6 +326,15 @@ pub trait Sink {
     /// Writes a Variable Byte Integer (`v` must be at most [`MAX_VARINT`]).
     fn put_varint(&mut self, v: u32);
 
+    /// Writes a Variable Byte Integer length, then what `body` writes.
+    ///
+    /// # Errors
+    /// What `body` returns.
+    fn put_prefixed<F>(&mut self, body: F) -> Result<(), EncodeError>
+    where
+        Self: Sized,
+        F: FnOnce(&mut Self) -> Result<(), EncodeError>;
+
     /// Writes Binary Data or a string: two-byte length, then the bytes.
     ///
     /// # Errors
@@ -341,6 +372,17 @@ impl Sink for Counter {
     fn put_varint(&mut self, v: u32) {
         self.0 += varint_len(v);
     }
+    #[inline]
+    fn put_prefixed<F>(&mut self, body: F) -> Result<(), EncodeError>
+    where
+        F: FnOnce(&mut Self) -> Result<(), EncodeError>,
+    {
+        let start = self.0;
+        body(self)?;
+        let n = self.0 - start;
+        self.0 += varint_len(n.min(MAX_VARINT as usize) as u32);
+        Ok(())
+    }
 }
 
 impl Sink for BytesMut {
@@ -373,5 +415,32 @@ impl Sink for BytesMut {
                 break;
             }
         }
+    }
+    /// Writes a one-byte length placeholder, the body, then patches the
+    /// length; a body of 128 bytes or more is shifted right to make room
+    /// (rare for property blocks, which is all this is used for).
+    fn put_prefixed<F>(&mut self, body: F) -> Result<(), EncodeError>
+    where
+        F: FnOnce(&mut Self) -> Result<(), EncodeError>,
+    {
+        let at = self.len();
+        BufMut::put_u8(self, 0);
+        body(self)?;
+        let n = self.len() - at - 1;
+        let n32 = u32::try_from(n).ok().filter(|&v| v <= MAX_VARINT).ok_or(
+            EncodeError::PacketTooLarge {
+                size: n,
+                max: MAX_VARINT as usize,
+            },
+        )?;
+        let mut len = BytesMut::with_capacity(4);
+        Sink::put_varint(&mut len, n32);
+        let extra = len.len() - 1;
+        if extra > 0 {
+            self.extend_from_slice(&[0u8; 3][..extra]);
+            self.copy_within(at + 1..at + 1 + n, at + 1 + extra);
+        }
+        self[at..at + len.len()].copy_from_slice(&len);
+        Ok(())
     }
 }

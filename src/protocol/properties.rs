@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{Counter, MqttStr, Reader, Sink, MAX_VARINT};
+use super::primitives::{MqttStr, Reader, Sink, MAX_VARINT};
 use super::{PacketType, QoS};
 
 const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
@@ -204,23 +204,14 @@ fn w_varint<S: Sink>(s: &mut S, id: u8, v: u32) {
     s.put_varint(v.min(MAX_VARINT));
 }
 
-/// A property block: written once to a [`Counter`] for its length, then for real.
+/// A property block: a length prefix, then the properties.
 pub(crate) trait PropertyBlock {
     /// Writes the properties without the length prefix.
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError>;
 
     /// Writes the length prefix, then the properties.
     fn encode<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        let mut c = Counter::default();
-        self.write(&mut c)?;
-        let len = u32::try_from(c.0).ok().filter(|&l| l <= MAX_VARINT).ok_or(
-            EncodeError::PacketTooLarge {
-                size: c.0,
-                max: MAX_VARINT as usize,
-            },
-        )?;
-        s.put_varint(len);
-        self.write(s)
+        s.put_prefixed(|s| self.write(s))
     }
 }
 
@@ -516,6 +507,70 @@ impl PropertyBlock for ConnAckProperties {
     }
 }
 
+/// PUBLISH properties stored out of line, and not at all while empty.
+///
+/// Most PUBLISH packets carry no properties; inline, the 160-byte struct
+/// would triple the size of every [`super::Packet`] the decoder returns and
+/// the broker moves. Reads go through `Deref` (an empty set when absent);
+/// the first write through `DerefMut` allocates.
+#[derive(Clone, Default)]
+pub struct SparseProperties(Option<Box<PublishProperties>>);
+
+static EMPTY_PUBLISH_PROPERTIES: PublishProperties = PublishProperties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    topic_alias: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+    subscription_identifiers: Vec::new(),
+    content_type: None,
+};
+
+impl SparseProperties {
+    /// The properties by value.
+    pub fn into_inner(self) -> PublishProperties {
+        self.0.map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl From<PublishProperties> for SparseProperties {
+    fn from(p: PublishProperties) -> Self {
+        if p.is_empty() {
+            SparseProperties(None)
+        } else {
+            SparseProperties(Some(Box::new(p)))
+        }
+    }
+}
+
+impl std::ops::Deref for SparseProperties {
+    type Target = PublishProperties;
+    fn deref(&self) -> &PublishProperties {
+        self.0.as_deref().unwrap_or(&EMPTY_PUBLISH_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for SparseProperties {
+    fn deref_mut(&mut self) -> &mut PublishProperties {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl PartialEq for SparseProperties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for SparseProperties {}
+
+impl std::fmt::Debug for SparseProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Properties of PUBLISH.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishProperties {
@@ -551,7 +606,14 @@ impl PublishProperties {
 
     /// True when no property is set (the common case, encoded as one zero byte).
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval.is_none()
+            && self.topic_alias.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+            && self.subscription_identifiers.is_empty()
+            && self.content_type.is_none()
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {

@@ -625,7 +625,8 @@ fn v5_publish_with_properties() {
         ],
         subscription_identifiers: vec![1, 300],
         content_type: Some(s("j")),
-    };
+    }
+    .into();
     both(
         V5,
         "30 2e  00 01 74  29 \
@@ -1555,7 +1556,8 @@ fn arb_publish(v5: bool) -> impl Strategy<Value = Publish> {
                         user_properties: users,
                         subscription_identifiers: subs,
                         content_type: ct,
-                    };
+                    }
+                    .into();
                 }
                 p
             },
@@ -1844,5 +1846,33 @@ proptest! {
         for version in [Some(v), None] {
             let _ = decode_packet(&mut BytesMut::from(&bytes[..]), version, DEFAULT_MAX_PACKET_BYTES);
         }
+    }
+}
+
+// Property blocks of 128 bytes and more need a longer length prefix: the
+// encoder writes them in one pass and shifts the body to make room.
+#[test]
+fn long_property_blocks_round_trip() {
+    for len in [100usize, 200, 20_000] {
+        let mut p = Publish::new(s("t"), Bytes::from_static(b"x"));
+        p.properties.user_properties = vec![UserProperty {
+            name: s("k"),
+            value: MqttStr::try_from("v".repeat(len)).expect("valid"),
+        }];
+        let bytes = encode(&Packet::Publish(p.clone()), V5);
+        let props_len = 1 + 2 + 1 + 2 + len;
+        let mut want = BytesMut::new();
+        primitives::Sink::put_varint(&mut want, props_len as u32);
+        let at = 2 + 3;
+        let header_len = if bytes.len() - 2 < 128 {
+            2
+        } else if bytes.len() - 3 < 16_384 {
+            3
+        } else {
+            4
+        };
+        let at = at + header_len - 2;
+        assert_eq!(&bytes[at..at + want.len()], &want[..], "len {len}");
+        assert_eq!(decode_one(Some(V5), &bytes), Ok(Some(Packet::Publish(p))));
     }
 }

@@ -219,7 +219,7 @@ impl Session {
             retain: d.retain,
             topic: m.topic.as_mqtt_str().clone(),
             packet_id: id,
-            properties,
+            properties: properties.into(),
             payload: m.payload.clone(),
         })
     }

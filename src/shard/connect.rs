@@ -40,7 +40,11 @@ impl Shard {
     pub fn assign_client_id(&mut self) -> String {
         loop {
             let n = self.next_conn_id();
-            let id = format!("ringmq-{:x}-{:x}", self.started.elapsed().as_nanos() as u64, n);
+            let id = format!(
+                "ringmq-{:x}-{:x}",
+                self.started.elapsed().as_nanos() as u64,
+                n
+            );
             if super::owner_of(&id, self.nr_shards) == self.id {
                 return id;
             }
@@ -104,7 +108,10 @@ impl Shard {
                 tracing::info!(client_id = %client_id, "session taken over");
                 if old.version.is_v5() {
                     // [v5:MQTT-3.1.4-3]
-                    self.send(&old, &Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)));
+                    self.send(
+                        &old,
+                        &Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)),
+                    );
                 }
                 old.close();
             }
@@ -132,7 +139,9 @@ impl Shard {
             }
         };
         let max_keepalive = self.config.max_keepalive;
-        let e = self.entry(key).expect("invariant: session just found or created");
+        let e = self
+            .entry(key)
+            .expect("invariant: session just found or created");
         e.conn = Some(conn.clone());
         e.generation += 1;
         e.expiry = expiry;

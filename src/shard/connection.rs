@@ -75,7 +75,9 @@ pub async fn run(start: ShardStart) {
                 listeners.push(l);
             }
             Err(e) => {
-                let _ = bound.send(Err(io::Error::other(format!("cannot listen on {addr}: {e}"))));
+                let _ = bound.send(Err(io::Error::other(format!(
+                    "cannot listen on {addr}: {e}"
+                ))));
                 return;
             }
         }
@@ -169,7 +171,9 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
             }
             let n = stream.read(&mut tmp).await?;
             if n == 0 {
-                return Err(glommio::GlommioError::IoError(io::ErrorKind::UnexpectedEof.into()));
+                return Err(glommio::GlommioError::IoError(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
             }
             buf.extend_from_slice(&tmp[..n]);
         }

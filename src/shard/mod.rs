@@ -288,20 +288,36 @@ impl Shard {
                 self.publish_will(&client, will, now);
             } else if let Some(e) = self.entry(key) {
                 e.will = Some(will);
-                let at = now + Duration::from_secs(u64::from(delay)).min(expiry.unwrap_or(Duration::MAX));
-                self.timers.insert(at, TimerKey::Will { session: key, generation });
+                let at = now
+                    + Duration::from_secs(u64::from(delay)).min(expiry.unwrap_or(Duration::MAX));
+                self.timers.insert(
+                    at,
+                    TimerKey::Will {
+                        session: key,
+                        generation,
+                    },
+                );
             }
         }
         match expiry {
             Some(d) if d.is_zero() => self.remove_session(key),
-            Some(d) => self.timers.insert(now + d, TimerKey::Expire { session: key, generation }),
+            Some(d) => self.timers.insert(
+                now + d,
+                TimerKey::Expire {
+                    session: key,
+                    generation,
+                },
+            ),
             None => {}
         }
     }
 
     fn on_timer(&mut self, key: TimerKey, now: Instant) {
         match key {
-            TimerKey::Will { session, generation } => {
+            TimerKey::Will {
+                session,
+                generation,
+            } => {
                 let Some(e) = self.entry(session) else { return };
                 if e.generation != generation || e.conn.is_some() {
                     return; // [MQTT-3.1.3-9] the client came back in time.
@@ -311,7 +327,10 @@ impl Shard {
                     self.publish_will(&client, will, now);
                 }
             }
-            TimerKey::Expire { session, generation } => {
+            TimerKey::Expire {
+                session,
+                generation,
+            } => {
                 let Some(e) = self.entry(session) else { return };
                 if e.generation != generation || e.conn.is_some() {
                     return;
@@ -345,7 +364,10 @@ impl Shard {
             self.metrics.keepalive_timeouts += 1;
             tracing::info!(conn = c.id, "keep alive timeout");
             if c.version.is_v5() {
-                self.send(&c, &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+                self.send(
+                    &c,
+                    &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)),
+                );
             }
             c.close();
         }
@@ -365,7 +387,10 @@ impl Shard {
         let conns: Vec<Rc<Conn>> = self.conns.values().cloned().collect();
         for c in conns {
             if c.version.is_v5() {
-                self.send(&c, &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)));
+                self.send(
+                    &c,
+                    &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)),
+                );
             }
             c.close();
         }
@@ -376,7 +401,10 @@ impl Shard {
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.clients_connected += 1;
         self.metrics.clients_total += 1;
-        self.metrics.clients_maximum = self.metrics.clients_maximum.max(self.metrics.clients_connected);
+        self.metrics.clients_maximum = self
+            .metrics
+            .clients_maximum
+            .max(self.metrics.clients_connected);
         self.conns.insert(conn.id, conn);
     }
 
@@ -417,7 +445,10 @@ impl Shard {
         }
         let uptime = now.duration_since(self.started).as_secs();
         let mut items: Vec<(String, String)> = vec![
-            ("version".into(), format!("ringmq {}", env!("CARGO_PKG_VERSION"))),
+            (
+                "version".into(),
+                format!("ringmq {}", env!("CARGO_PKG_VERSION")),
+            ),
             ("uptime".into(), format!("{uptime} seconds")),
         ];
         for (name, v) in total.sys_topics() {

@@ -11,7 +11,7 @@ use crate::protocol::{Ack, LastWill, MqttStr, Packet, PublishProperties, QoS, Re
 use crate::session::{Delivery, Message};
 use crate::topic::TopicName;
 
-use super::{Conn, Flow, ShardMsg, Shard, TOPIC_ALIAS_MAX};
+use super::{Conn, Flow, Shard, ShardMsg, TOPIC_ALIAS_MAX};
 
 /// A set of shard indexes (up to [`crate::config::MAX_CORES`]).
 #[derive(Default)]
@@ -123,12 +123,10 @@ impl Shard {
             Some(alias) if alias > TOPIC_ALIAS_MAX => {
                 return self.protocol_error(conn, ReasonCode::TOPIC_ALIAS_INVALID);
             }
-            Some(alias) if p.topic.is_empty() => {
-                match conn.topic_aliases.borrow().get(&alias) {
-                    Some(t) => t.clone(),
-                    None => return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR),
-                }
-            }
+            Some(alias) if p.topic.is_empty() => match conn.topic_aliases.borrow().get(&alias) {
+                Some(t) => t.clone(),
+                None => return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR),
+            },
             alias => {
                 let Ok(t) = TopicName::new(p.topic.clone()) else {
                     return self.protocol_error(conn, ReasonCode::TOPIC_NAME_INVALID);
@@ -161,7 +159,7 @@ impl Shard {
         let properties = PublishProperties {
             topic_alias: None,
             subscription_identifiers: Vec::new(),
-            ..p.properties
+            ..p.properties.into_inner()
         };
         let msg = Arc::new(Message {
             topic,
@@ -217,7 +215,8 @@ impl Shard {
 
     fn route(&mut self, msg: Arc<Message>, now: Instant) {
         let mut shards = ShardSet::default();
-        self.interest.match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
+        self.interest
+            .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
         for s in shards.iter() {
             if s == self.id {
                 self.deliver_local(&msg, now);
@@ -277,7 +276,9 @@ impl Shard {
         let Some(e) = self.entry(key) else { return };
         let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
         if d.qos == QoS::AtMostOnce
-            && e.conn.as_ref().is_some_and(|c| c.backlog() > super::MAX_OUTBOX_BYTES)
+            && e.conn
+                .as_ref()
+                .is_some_and(|c| c.backlog() > super::MAX_OUTBOX_BYTES)
         {
             self.metrics.publishes_dropped += 1;
             return;
@@ -369,7 +370,10 @@ impl Shard {
 
     /// Publishes a broker message (`$SYS`), retained, QoS 0.
     pub(crate) fn publish_internal(&mut self, topic: &str, payload: Vec<u8>, now: Instant) {
-        let Ok(t) = MqttStr::try_from(topic).map_err(|_| ()).and_then(|s| TopicName::new(s).map_err(|_| ())) else {
+        let Ok(t) = MqttStr::try_from(topic)
+            .map_err(|_| ())
+            .and_then(|s| TopicName::new(s).map_err(|_| ()))
+        else {
             return;
         };
         let msg = Arc::new(Message {

@@ -10,7 +10,7 @@ use crate::protocol::{
 use crate::session::Delivery;
 use crate::topic::{SubscriptionFilter, TopicFilter};
 
-use super::{Conn, Deferred, Flow, ShardMsg, Shard, SubEntry, SubOpts};
+use super::{Conn, Deferred, Flow, Shard, ShardMsg, SubEntry, SubOpts};
 
 impl Shard {
     pub(crate) fn on_subscribe(
@@ -64,7 +64,11 @@ impl Shard {
                         s.opts = opts;
                     }
                 }
-            } else if self.subs.insert(&filter, SubEntry { session: key, opts }).is_err() {
+            } else if self
+                .subs
+                .insert(&filter, SubEntry { session: key, opts })
+                .is_err()
+            {
                 if let Some(e) = self.entry(key) {
                     e.subscriptions.remove(&filter);
                 }
@@ -203,7 +207,9 @@ impl Shard {
             .min()
             .unwrap_or(u64::MAX);
         while self.deferred.front().is_some_and(|d| d.barrier <= done) {
-            let Some(d) = self.deferred.pop_front() else { break };
+            let Some(d) = self.deferred.pop_front() else {
+                break;
+            };
             if d.conn.session.get() == Some(d.session) {
                 self.answer_subscribe(&d.conn, d.session, &d.suback, d.retained, now);
             }

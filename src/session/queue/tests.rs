@@ -65,7 +65,10 @@ fn window_bounds_inflight_and_keeps_order() {
     for p in ["a", "b", "c", "d"] {
         assert_eq!(s.deliver(d(p, QoS::AtLeastOnce), true, now, &mut out), None);
     }
-    assert_eq!(publishes(&out), vec![("a".into(), Some(1), false), ("b".into(), Some(2), false)]);
+    assert_eq!(
+        publishes(&out),
+        vec![("a".into(), Some(1), false), ("b".into(), Some(2), false)]
+    );
     assert_eq!((s.inflight_len(), s.pending_len()), (2, 2));
     // QoS 0 is not held behind the window.
     out.clear();
@@ -74,7 +77,10 @@ fn window_bounds_inflight_and_keeps_order() {
     out.clear();
     assert!(s.on_puback(id(2), now, &mut out));
     assert!(s.on_puback(id(1), now, &mut out));
-    assert_eq!(publishes(&out), vec![("c".into(), Some(3), false), ("d".into(), Some(4), false)]);
+    assert_eq!(
+        publishes(&out),
+        vec![("c".into(), Some(3), false), ("d".into(), Some(4), false)]
+    );
     assert!(!s.on_puback(id(9), now, &mut out), "unknown id is ignored");
 }
 
@@ -194,7 +200,10 @@ fn offline_qos0_not_queued_by_default() {
     let now = Instant::now();
     let mut s = Session::new(LIMITS, 1);
     let mut out = Vec::new();
-    assert_eq!(s.deliver(d("z", QoS::AtMostOnce), false, now, &mut out), None);
+    assert_eq!(
+        s.deliver(d("z", QoS::AtMostOnce), false, now, &mut out),
+        None
+    );
     assert_eq!(s.pending_len(), 0);
 }
 

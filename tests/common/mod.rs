@@ -1,0 +1,243 @@
+//! Test harness: an in-process broker on 127.0.0.1:0, a raw client that
+//! speaks MQTT through ringmq's codec over a blocking socket (for
+//! byte-exact conformance checks), and helpers for rumqttc clients.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringmq::broker::BrokerHandle;
+use ringmq::config::Config;
+use ringmq::protocol::{
+    Codec, Connect, ConnectProperties, MqttStr, Packet, PacketId, ProtocolVersion, Publish, QoS,
+    SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
+
+/// Every wait in these tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker running in this process; shut down on drop.
+pub struct Broker {
+    pub handle: Option<BrokerHandle>,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            h.join();
+        }
+    }
+}
+
+pub fn config(cores: usize) -> Config {
+    Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        cores,
+        sys_interval: None,
+        ..Config::default()
+    }
+}
+
+pub fn start(cores: usize) -> Broker {
+    start_with(config(cores))
+}
+
+pub fn start_with(config: Config) -> Broker {
+    let handle = ringmq::broker::start(config).expect("broker starts");
+    let addr = handle.local_addrs()[0];
+    Broker {
+        handle: Some(handle),
+        addr,
+    }
+}
+
+pub fn s(v: &str) -> MqttStr {
+    MqttStr::try_from(v).expect("valid string")
+}
+
+pub fn pid(v: u16) -> PacketId {
+    PacketId::new(v).expect("non-zero")
+}
+
+/// A client that sends and receives packets exactly as written.
+pub struct Raw {
+    pub stream: TcpStream,
+    codec: Codec,
+    buf: BytesMut,
+    pub version: ProtocolVersion,
+}
+
+impl Raw {
+    pub fn connect_tcp(addr: SocketAddr, version: ProtocolVersion) -> Raw {
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            codec: Codec::new(version, usize::MAX),
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
+    /// Connects and completes CONNECT/CONNACK; returns (client, CONNACK).
+    pub fn connect(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        client_id: &str,
+        clean: bool,
+    ) -> (Raw, ringmq::protocol::ConnAck) {
+        Self::connect_with(addr, connect_packet(version, client_id, clean))
+    }
+
+    pub fn connect_with(addr: SocketAddr, c: Connect) -> (Raw, ringmq::protocol::ConnAck) {
+        let mut raw = Raw::connect_tcp(addr, c.protocol);
+        raw.send(&Packet::Connect(Box::new(c)));
+        match raw.recv() {
+            Packet::ConnAck(a) => (raw, *a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        p.encode(self.version, &mut out).expect("encodes");
+        self.stream.write_all(&out).expect("write");
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).expect("write");
+    }
+
+    /// The next packet, or None if the broker closed the connection.
+    pub fn try_recv(&mut self) -> Option<Packet> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(p) = self
+                .codec
+                .decode(&mut self.buf)
+                .expect("broker sends valid packets")
+            {
+                return Some(p);
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for a packet");
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Packet {
+        self.try_recv()
+            .expect("connection closed while waiting for a packet")
+    }
+
+    /// Nothing arrives within `d`.
+    pub fn expect_silence(&mut self, d: Duration) {
+        self.stream.set_read_timeout(Some(d)).expect("timeout");
+        let mut tmp = [0u8; 1024];
+        match self.stream.read(&mut tmp) {
+            Ok(0) => panic!("connection closed"),
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                let p = self.codec.decode(&mut self.buf);
+                panic!("expected silence, got {p:?}");
+            }
+            Err(_) => {}
+        }
+        self.stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("timeout");
+    }
+
+    /// The broker closes the connection, maybe after sending packets, which are returned.
+    pub fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut got = Vec::new();
+        while let Some(p) = self.try_recv() {
+            got.push(p);
+            assert!(got.len() < 10_000, "never closed");
+        }
+        got
+    }
+
+    pub fn subscribe(&mut self, id: u16, filters: &[(&str, QoS)]) -> SubAck {
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(id),
+            properties: Default::default(),
+            filters: filters
+                .iter()
+                .map(|(f, q)| SubscribeFilter {
+                    filter: s(f),
+                    options: SubscriptionOptions {
+                        qos: *q,
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+        }));
+        loop {
+            match self.recv() {
+                Packet::SubAck(a) => return a,
+                Packet::Publish(_) => continue,
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) {
+        let mut p = Publish::new(s(topic), Bytes::copy_from_slice(payload));
+        p.qos = qos;
+        p.retain = retain;
+        if qos != QoS::AtMostOnce {
+            p.packet_id = Some(pid(id));
+        }
+        self.send(&Packet::Publish(p));
+    }
+
+    /// Receives the next PUBLISH, skipping nothing else.
+    pub fn recv_publish(&mut self) -> Publish {
+        match self.recv() {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}
+
+pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive: 60,
+        client_id: s(client_id),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+/// A client id whose session lives on `shard` of `n`.
+pub fn id_on_shard(prefix: &str, shard: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| ringmq::shard::owner_of(id, n) == shard)
+        .expect("some id hashes there")
+}
+
+/// A tokio runtime for rumqttc clients.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

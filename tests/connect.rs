@@ -1,0 +1,274 @@
+//! CONNECT, CONNACK, keep-alive, takeover and bad input, over loopback
+//! against an in-process broker, with raw packets from ringmq's codec.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmq::protocol::{
+    Disconnect, Packet,
+    ProtocolVersion::{V31, V311, V5},
+    QoS, ReasonCode,
+};
+
+// [v3:MQTT-3.1.4-4] [v5:MQTT-3.1.4-5] accepted CONNECT gets CONNACK 0;
+// [v3:MQTT-3.2.2-1] [v5:MQTT-3.2.2-2] clean start: session present 0;
+// [v3:MQTT-3.2.0-1] [v5:MQTT-3.2.0-1] CONNACK is the first packet.
+#[test]
+fn connack_success_for_each_version() {
+    let b = start(2);
+    for (v, id) in [(V31, "c31"), (V311, "c311"), (V5, "c5")] {
+        let (_c, ack) = Raw::connect(b.addr, v, id, true);
+        assert_eq!(ack.reason, ReasonCode::SUCCESS, "{v:?}");
+        assert!(!ack.session_present);
+    }
+}
+
+// [v3:MQTT-3.1.3-8] empty client id with clean session 0: return code 0x02, close.
+// [v3:MQTT-3.2.2-4] [v3:MQTT-3.2.2-5] non-zero code: session present 0, then close.
+#[test]
+fn v3_mqtt_3_1_3_8_empty_id_needs_clean_session() {
+    let b = start(2);
+    let (mut c, ack) = Raw::connect(b.addr, V311, "", false);
+    assert_eq!(ack.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    assert!(!ack.session_present);
+    assert!(c.expect_closed().is_empty());
+    // [v3:MQTT-3.1.3-6] with clean session it is accepted (an id is assigned).
+    let (_c, ack) = Raw::connect(b.addr, V311, "", true);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+}
+
+// [v5:MQTT-3.1.3-6] [v5:MQTT-3.1.3-7] [v5:MQTT-3.2.2-16] an empty id gets an
+// assigned one, returned in CONNACK and usable like any other.
+#[test]
+fn v5_empty_client_id_is_assigned() {
+    let b = start(4);
+    let (mut c, ack) = Raw::connect(b.addr, V5, "", true);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned id");
+    assert!(!id.is_empty());
+    c.subscribe(1, &[("x/y", QoS::AtLeastOnce)]);
+    c.publish("x/y", b"me", QoS::AtLeastOnce, 2, false);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(c.recv());
+    }
+    assert!(got.iter().any(|p| matches!(p, Packet::PubAck(_))));
+    assert!(got
+        .iter()
+        .any(|p| matches!(p, Packet::Publish(p) if &p.payload[..] == b"me")));
+}
+
+// [v3:MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01, then close.
+#[test]
+fn v3_mqtt_3_1_2_2_unsupported_level_gets_return_code_1() {
+    let b = start(2);
+    let mut c = Raw::connect_tcp(b.addr, V311);
+    // "MQTT" level 6.
+    c.send_bytes(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0]);
+    let got = c.expect_closed();
+    assert_eq!(got.len(), 1);
+    let Packet::ConnAck(a) = &got[0] else {
+        panic!("CONNACK expected")
+    };
+    assert_eq!(a.reason, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
+}
+
+// [v3:MQTT-3.1.0-1] [v5:MQTT-3.1.0-1] the first packet must be CONNECT;
+// [v3:MQTT-3.1.4-1] [v5:MQTT-3.1.4-1] a bad CONNECT closes without CONNACK.
+#[test]
+fn first_packet_must_be_connect() {
+    let b = start(2);
+    let mut c = Raw::connect_tcp(b.addr, V311);
+    c.send_bytes(&[0xc0, 0x00]); // PINGREQ
+    assert!(c.expect_closed().is_empty());
+    let mut c = Raw::connect_tcp(b.addr, V311);
+    // Reserved connect flag set ([MQTT-3.1.2-3]).
+    c.send_bytes(&[
+        0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 4, 3, 0, 60, 0, 1, b'a',
+    ]);
+    assert!(c.expect_closed().is_empty());
+}
+
+// [v3:MQTT-3.1.0-2] [v5:MQTT-3.1.0-2] a second CONNECT is a protocol error.
+#[test]
+fn second_connect_closes() {
+    let b = start(2);
+    let (mut c, _) = Raw::connect(b.addr, V311, "twice3", true);
+    c.send(&Packet::Connect(Box::new(connect_packet(
+        V311, "twice3", true,
+    ))));
+    assert!(c.expect_closed().is_empty());
+    let (mut c, _) = Raw::connect(b.addr, V5, "twice5", true);
+    c.send(&Packet::Connect(Box::new(connect_packet(
+        V5, "twice5", true,
+    ))));
+    let got = c.expect_closed();
+    assert_eq!(
+        got,
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::PROTOCOL_ERROR
+        ))]
+    );
+}
+
+// [MQTT-3.12.4-1] PINGREQ is answered with PINGRESP.
+#[test]
+fn pingreq_gets_pingresp() {
+    let b = start(2);
+    for v in [V311, V5] {
+        let (mut c, _) = Raw::connect(b.addr, v, &format!("ping-{v:?}"), true);
+        c.send(&Packet::PingReq);
+        assert_eq!(c.recv(), Packet::PingResp);
+    }
+}
+
+// [v3:MQTT-3.1.2-24] [v5:MQTT-3.1.2-22] no packet within 1.5 × keep alive: closed.
+#[test]
+fn keep_alive_timeout_closes() {
+    let b = start(2);
+    let mut connect = connect_packet(V5, "ka5", true);
+    connect.keep_alive = 1;
+    let (mut c, _) = Raw::connect_with(b.addr, connect);
+    let started = std::time::Instant::now();
+    let got = c.expect_closed();
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(
+        got,
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::KEEP_ALIVE_TIMEOUT
+        ))]
+    );
+    // A client that pings in time stays connected.
+    let mut connect = connect_packet(V311, "ka3", true);
+    connect.keep_alive = 1;
+    let (mut c, _) = Raw::connect_with(b.addr, connect);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        c.send(&Packet::PingReq);
+        assert_eq!(c.recv(), Packet::PingResp);
+    }
+}
+
+// [v5:MQTT-3.2.2-21]-style: a keep-alive above --max-keepalive is answered
+// with Server Keep Alive.
+#[test]
+fn v5_server_keep_alive_caps_client_value() {
+    let mut cfg = config(2);
+    cfg.max_keepalive = 30;
+    let b = start_with(cfg);
+    let mut connect = connect_packet(V5, "kacap", true);
+    connect.keep_alive = 600;
+    let (_c, ack) = Raw::connect_with(b.addr, connect);
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+}
+
+// [v3:MQTT-3.1.4-2] [v5:MQTT-3.1.4-3] a second connection with the same client
+// id takes over: the old one is closed (v5: DISCONNECT 0x8E), on whichever
+// shard it was accepted.
+#[test]
+fn takeover_closes_old_connection() {
+    let b = start(4);
+    for v in [V311, V5] {
+        let id = format!("takeover-{v:?}");
+        let (mut old, _) = Raw::connect(b.addr, v, &id, false);
+        old.subscribe(1, &[("tk/#", QoS::AtLeastOnce)]);
+        let (mut new, ack) = Raw::connect(b.addr, v, &id, false);
+        // [v3:MQTT-3.2.2-2] [v5:MQTT-3.2.2-3] the session was resumed.
+        assert!(ack.session_present);
+        let got = old.expect_closed();
+        if v == V5 {
+            assert_eq!(
+                got,
+                vec![Packet::Disconnect(Disconnect::new(
+                    ReasonCode::SESSION_TAKEN_OVER
+                ))]
+            );
+        } else {
+            assert!(got.is_empty());
+        }
+        // The subscription moved with the session.
+        let (mut p, _) = Raw::connect(b.addr, V311, &format!("tkpub-{v:?}"), true);
+        p.publish("tk/a", b"after", QoS::AtMostOnce, 0, false);
+        assert_eq!(&new.recv_publish().payload[..], b"after");
+    }
+}
+
+// [v5:MQTT-4.13.1-1] a malformed packet closes the connection with 0x81;
+// [v3:MQTT-2.2.2-2] invalid flags close a 3.1.1 connection.
+#[test]
+fn malformed_packet_closes_with_reason() {
+    let b = start(2);
+    let (mut c, _) = Raw::connect(b.addr, V5, "mal5", true);
+    c.send_bytes(&[0x36, 0x06, 0, 1, b't', 0, 1, 0]); // QoS 3
+    assert_eq!(
+        c.expect_closed(),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::MALFORMED_PACKET
+        ))]
+    );
+    let (mut c, _) = Raw::connect(b.addr, V311, "mal3", true);
+    c.send_bytes(&[0x41, 0x02, 0, 1]); // PUBACK with flags 1
+    assert!(c.expect_closed().is_empty());
+}
+
+// An oversize packet is refused from its header: v5 gets 0x95.
+#[test]
+fn oversize_packet_closes() {
+    let mut cfg = config(2);
+    cfg.max_packet_bytes = 1024;
+    let b = start_with(cfg);
+    let (mut c, ack) = Raw::connect(b.addr, V5, "big", true);
+    assert_eq!(ack.properties.maximum_packet_size, Some(1024));
+    c.publish("t", &vec![0u8; 2000], QoS::AtMostOnce, 0, false);
+    assert_eq!(
+        c.expect_closed(),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::PACKET_TOO_LARGE
+        ))]
+    );
+}
+
+// A client that never sends CONNECT is closed after --connect-timeout.
+#[test]
+fn connect_timeout_closes_silent_client() {
+    let mut cfg = config(2);
+    cfg.connect_timeout = Duration::from_millis(300);
+    let b = start_with(cfg);
+    let mut c = Raw::connect_tcp(b.addr, V311);
+    c.send_bytes(&[0x10]); // a first byte, then nothing
+    assert!(c.expect_closed().is_empty());
+}
+
+// [v5:MQTT-3.15.2-1]-adjacent: extended authentication is not offered, so a
+// CONNECT with an Authentication Method is refused with 0x8C.
+#[test]
+fn v5_auth_method_refused() {
+    let b = start(2);
+    let mut connect = connect_packet(V5, "auth", true);
+    connect.properties.authentication_method = Some(s("SCRAM-SHA-1"));
+    let (mut c, ack) = Raw::connect_with(b.addr, connect);
+    assert_eq!(ack.reason, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    // [v5:MQTT-3.2.2-7] an error CONNACK is followed by a close.
+    assert!(c.expect_closed().is_empty());
+}
+
+// --max-connections: past it, CONNECT is refused (v5 0x89, v3 return code 3).
+#[test]
+fn max_connections_refuses_extra_clients() {
+    let mut cfg = config(2);
+    cfg.max_connections = 2;
+    let b = start_with(cfg);
+    let (_a, ack) = Raw::connect(b.addr, V311, "mc1", true);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    let (_b2, ack) = Raw::connect(b.addr, V311, "mc2", true);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    let (_c, ack) = Raw::connect(b.addr, V5, "mc3", true);
+    assert_eq!(ack.reason, ReasonCode::SERVER_BUSY);
+    let (_d, ack) = Raw::connect(b.addr, V311, "mc4", true);
+    assert_eq!(ack.reason, ReasonCode::SERVER_UNAVAILABLE);
+}

@@ -1,0 +1,255 @@
+//! QoS 0/1/2 in both directions, granted-QoS downgrade, overlapping
+//! subscriptions, ordering, and exactly-once, across shards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmq::protocol::{
+    Ack, Packet,
+    ProtocolVersion::{V311, V5},
+    QoS, ReasonCode, Subscribe, SubscribeFilter, SubscribeProperties, SubscriptionOptions,
+};
+
+fn qos_all() -> [QoS; 3] {
+    [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+}
+
+// [v3:MQTT-3.3.4-1] [v5:MQTT-3.3.4-1] the receiver answers by QoS;
+// [v3:MQTT-3.8.4-6] [v5:MQTT-3.8.4-8] delivered at min(published, granted);
+// publisher and subscriber owned by different shards.
+#[test]
+fn qos_matrix_across_shards() {
+    let b = start(2);
+    let sub_id = id_on_shard("qsub", 0, 2);
+    let pub_id = id_on_shard("qpub", 1, 2);
+    for sub_q in qos_all() {
+        let (mut sub, _) = Raw::connect(b.addr, V311, &sub_id, true);
+        let ack = sub.subscribe(1, &[("q/t", sub_q)]);
+        assert_eq!(ack.reasons, vec![ReasonCode(sub_q as u8)]);
+        let (mut publ, _) = Raw::connect(b.addr, V5, &pub_id, true);
+        for (i, pub_q) in qos_all().into_iter().enumerate() {
+            let id = i as u16 + 1;
+            publ.publish(
+                "q/t",
+                format!("{sub_q:?}-{pub_q:?}").as_bytes(),
+                pub_q,
+                id,
+                false,
+            );
+            match pub_q {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => assert_eq!(publ.recv(), Packet::PubAck(Ack::new(pid(id)))),
+                QoS::ExactlyOnce => {
+                    assert_eq!(publ.recv(), Packet::PubRec(Ack::new(pid(id))));
+                    publ.send(&Packet::PubRel(Ack::new(pid(id))));
+                    assert_eq!(publ.recv(), Packet::PubComp(Ack::new(pid(id))));
+                }
+            }
+            let p = sub.recv_publish();
+            assert_eq!(p.qos, pub_q.min(sub_q), "sub {sub_q:?} pub {pub_q:?}");
+            // [v3:MQTT-3.3.1-9] a normal delivery has RETAIN 0.
+            assert!(!p.retain);
+            // [v3:MQTT-3.3.1-3] DUP is not propagated.
+            assert!(!p.dup);
+            match p.qos {
+                QoS::AtMostOnce => assert_eq!(p.packet_id, None),
+                QoS::AtLeastOnce => sub.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id")))),
+                QoS::ExactlyOnce => {
+                    let id = p.packet_id.expect("id");
+                    sub.send(&Packet::PubRec(Ack::new(id)));
+                    assert_eq!(sub.recv(), Packet::PubRel(Ack::new(id)));
+                    sub.send(&Packet::PubComp(Ack::new(id)));
+                }
+            }
+        }
+    }
+}
+
+// [v5:MQTT-4.3.3-?] QoS 2 inbound is exactly once: a PUBLISH resent (DUP)
+// before PUBREL is acknowledged again but delivered once.
+#[test]
+fn qos2_duplicate_publish_delivered_once() {
+    let b = start(2);
+    let (mut sub, _) = Raw::connect(b.addr, V311, "eo-sub", true);
+    sub.subscribe(1, &[("eo", QoS::ExactlyOnce)]);
+    let (mut publ, _) = Raw::connect(b.addr, V311, "eo-pub", true);
+    publ.publish("eo", b"once", QoS::ExactlyOnce, 7, false);
+    assert_eq!(publ.recv(), Packet::PubRec(Ack::new(pid(7))));
+    let mut again = ringmq::protocol::Publish::new(s("eo"), bytes::Bytes::from_static(b"once"));
+    again.qos = QoS::ExactlyOnce;
+    again.dup = true;
+    again.packet_id = Some(pid(7));
+    publ.send(&Packet::Publish(again));
+    assert_eq!(publ.recv(), Packet::PubRec(Ack::new(pid(7))));
+    publ.send(&Packet::PubRel(Ack::new(pid(7))));
+    assert_eq!(publ.recv(), Packet::PubComp(Ack::new(pid(7))));
+    let p = sub.recv_publish();
+    assert_eq!(&p.payload[..], b"once");
+    sub.send(&Packet::PubRec(Ack::new(p.packet_id.expect("id"))));
+    assert!(matches!(sub.recv(), Packet::PubRel(_)));
+    sub.expect_silence(Duration::from_millis(300));
+    // PUBREL for an unknown id: v5 answers 0x92 (3.1.1: plain PUBCOMP).
+    publ.send(&Packet::PubRel(Ack::new(pid(9))));
+    assert_eq!(publ.recv(), Packet::PubComp(Ack::new(pid(9))));
+}
+
+// [v5:MQTT-3.3.4-2] [v3:MQTT-3.3.5-1] overlapping subscriptions: one copy at
+// the highest QoS; [v5:MQTT-3.3.4-3] [v5:MQTT-3.3.4-4] with every matching
+// subscription identifier.
+#[test]
+fn overlapping_subscriptions_one_copy_max_qos_all_ids() {
+    let b = start(2);
+    let (mut sub, _) = Raw::connect(b.addr, V5, "ov", true);
+    for (id, (filter, q, sid)) in [
+        ("ov/+", QoS::AtMostOnce, 11),
+        ("ov/#", QoS::AtLeastOnce, 22),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sub.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(id as u16 + 1),
+            properties: SubscribeProperties {
+                subscription_identifier: Some(sid),
+                user_properties: vec![],
+            },
+            filters: vec![SubscribeFilter {
+                filter: s(filter),
+                options: SubscriptionOptions {
+                    qos: q,
+                    ..Default::default()
+                },
+            }],
+        }));
+        assert!(matches!(sub.recv(), Packet::SubAck(_)));
+    }
+    let (mut publ, _) = Raw::connect(b.addr, V311, "ovpub", true);
+    publ.publish("ov/x", b"m", QoS::ExactlyOnce, 1, false);
+    let p = sub.recv_publish();
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    let mut ids = p.properties.subscription_identifiers.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![11, 22]);
+    sub.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+    sub.expect_silence(Duration::from_millis(300));
+}
+
+// [v5:MQTT-3.8.3-3] No Local: a client's own publishes are not sent back.
+#[test]
+fn v5_no_local() {
+    let b = start(2);
+    let (mut c, _) = Raw::connect(b.addr, V5, "nl", true);
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        filters: vec![SubscribeFilter {
+            filter: s("nl/t"),
+            options: SubscriptionOptions {
+                qos: QoS::AtMostOnce,
+                no_local: true,
+                ..Default::default()
+            },
+        }],
+    }));
+    assert!(matches!(c.recv(), Packet::SubAck(_)));
+    c.publish("nl/t", b"mine", QoS::AtMostOnce, 0, false);
+    c.expect_silence(Duration::from_millis(300));
+    let (mut other, _) = Raw::connect(b.addr, V5, "nl-other", true);
+    other.publish("nl/t", b"theirs", QoS::AtMostOnce, 0, false);
+    assert_eq!(&c.recv_publish().payload[..], b"theirs");
+}
+
+// Messages from one publisher on one topic arrive in order ([MQTT-4.6.0-5]-style),
+// here 2,000 QoS 1 messages through the mesh with a small inflight window.
+#[test]
+fn order_is_kept_per_publisher() {
+    let mut cfg = config(4);
+    cfg.max_inflight = 4;
+    let b = start_with(cfg);
+    let sub_id = id_on_shard("ord-sub", 1, 4);
+    let pub_id = id_on_shard("ord-pub", 3, 4);
+    let (mut sub, _) = Raw::connect(b.addr, V311, &sub_id, true);
+    sub.subscribe(1, &[("ord/#", QoS::AtLeastOnce)]);
+    let (mut publ, _) = Raw::connect(b.addr, V311, &pub_id, true);
+    let n = 2000u16;
+    let writer = std::thread::spawn(move || {
+        for i in 1..=n {
+            publ.publish("ord/a", &i.to_be_bytes(), QoS::AtLeastOnce, i, false);
+        }
+        let mut acks = 0;
+        while acks < n {
+            if let Packet::PubAck(_) = publ.recv() {
+                acks += 1;
+            }
+        }
+    });
+    for i in 1..=n {
+        let p = sub.recv_publish();
+        assert_eq!(u16::from_be_bytes([p.payload[0], p.payload[1]]), i);
+        sub.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+    }
+    writer.join().expect("publisher");
+}
+
+// The same through an independent client: rumqttc v4 and v5, QoS 1 and 2,
+// publisher and subscriber on different shards.
+#[test]
+fn rumqttc_v4_and_v5_exchange_messages() {
+    let b = start(2);
+    let rt = rt();
+    rt.block_on(async {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet as P};
+        let mut opts = MqttOptions::new(id_on_shard("rq-sub", 0, 2), "127.0.0.1", b.addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (sub, mut sub_loop) = AsyncClient::new(opts, 100);
+        sub.subscribe("rq/#", rumqttc::QoS::ExactlyOnce)
+            .await
+            .expect("subscribe");
+        // Wait for the SUBACK.
+        loop {
+            let ev = tokio::time::timeout(TIMEOUT, sub_loop.poll())
+                .await
+                .expect("in time");
+            if let Ok(Event::Incoming(P::SubAck(_))) = ev {
+                break;
+            }
+        }
+        let v5 = {
+            use rumqttc::v5::{AsyncClient, MqttOptions};
+            let opts = MqttOptions::new(id_on_shard("rq-pub5", 1, 2), "127.0.0.1", b.addr.port());
+            AsyncClient::new(opts, 100)
+        };
+        let (publ, mut pub_loop) = v5;
+        tokio::spawn(async move {
+            loop {
+                if pub_loop.poll().await.is_err() {
+                    break;
+                }
+            }
+        });
+        for i in 0..50u32 {
+            let q = if i % 2 == 0 {
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+            } else {
+                rumqttc::v5::mqttbytes::QoS::ExactlyOnce
+            };
+            publ.publish("rq/x", q, false, i.to_be_bytes().to_vec())
+                .await
+                .expect("publish");
+        }
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            let ev = tokio::time::timeout(TIMEOUT, sub_loop.poll())
+                .await
+                .expect("in time");
+            if let Ok(Event::Incoming(P::Publish(p))) = ev {
+                got.push(u32::from_be_bytes(
+                    p.payload[..4].try_into().expect("4 bytes"),
+                ));
+            }
+        }
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
+    });
+}

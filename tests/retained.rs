@@ -1,0 +1,125 @@
+//! Retained messages: store, replace, delete, delivery on subscribe with
+//! RETAIN set, retain handling, and replication across shards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmq::protocol::{
+    Packet,
+    ProtocolVersion::{V311, V5},
+    QoS, RetainHandling, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
+
+// [v3:MQTT-3.3.1-5] [v5:MQTT-3.3.1-5] a retained message is stored and
+// replaced; [v3:MQTT-3.3.1-6] [v3:MQTT-3.3.1-8] [v5:MQTT-3.3.1-9] sent to new
+// subscribers with RETAIN set; [v3:MQTT-3.3.1-12] [v5:MQTT-3.3.1-8] a
+// non-retained publish leaves it alone. Publisher and subscribers sit on
+// different shards of four.
+#[test]
+fn retained_store_replace_and_deliver() {
+    let b = start(4);
+    let (mut p, _) = Raw::connect(b.addr, V311, &id_on_shard("rp", 0, 4), true);
+    p.publish("r/a", b"one", QoS::AtLeastOnce, 1, true);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    p.publish("r/a", b"two", QoS::AtLeastOnce, 2, true);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    p.publish("r/a", b"not-retained", QoS::AtLeastOnce, 3, false);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    for shard in 1..4 {
+        let (mut s1, _) = Raw::connect(b.addr, V5, &id_on_shard("rs", shard, 4), true);
+        s1.subscribe(1, &[("r/#", QoS::AtLeastOnce)]);
+        let m = s1.recv_publish();
+        assert_eq!(&m.payload[..], b"two");
+        assert!(m.retain);
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+    }
+}
+
+// [v3:MQTT-3.3.1-10] [v3:MQTT-3.3.1-11] [v5:MQTT-3.3.1-6] [v5:MQTT-3.3.1-7]
+// an empty retained payload is delivered normally and deletes the retained message;
+// [v3:MQTT-3.3.1-7] a QoS 0 retained message replaces one too.
+#[test]
+fn empty_payload_deletes_retained() {
+    let b = start(2);
+    let (mut p, _) = Raw::connect(b.addr, V311, "del-pub", true);
+    p.publish("d/x", b"keep", QoS::AtMostOnce, 0, true);
+    let (mut live, _) = Raw::connect(b.addr, V311, "del-live", true);
+    live.subscribe(1, &[("d/x", QoS::AtMostOnce)]);
+    assert_eq!(&live.recv_publish().payload[..], b"keep");
+    p.publish("d/x", b"", QoS::AtMostOnce, 0, true);
+    let m = live.recv_publish();
+    assert!(m.payload.is_empty());
+    let (mut late, _) = Raw::connect(b.addr, V311, "del-late", true);
+    late.subscribe(1, &[("d/#", QoS::AtMostOnce)]);
+    late.expect_silence(Duration::from_millis(300));
+}
+
+// [v3:MQTT-3.1.2-7] retained messages outlive the session that published them.
+#[test]
+fn v3_mqtt_3_1_2_7_retained_survives_session_end() {
+    let b = start(2);
+    {
+        let (mut p, _) = Raw::connect(b.addr, V311, "gone", true);
+        p.publish("keep/me", b"still", QoS::AtLeastOnce, 1, true);
+        assert!(matches!(p.recv(), Packet::PubAck(_)));
+        p.send(&Packet::Disconnect(Default::default()));
+    }
+    let (mut s1, _) = Raw::connect(b.addr, V311, "later", true);
+    s1.subscribe(1, &[("keep/me", QoS::AtMostOnce)]);
+    assert_eq!(&s1.recv_publish().payload[..], b"still");
+}
+
+fn subscribe_rh(c: &mut Raw, id: u16, filter: &str, rh: RetainHandling, rap: bool) {
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: pid(id),
+        properties: Default::default(),
+        filters: vec![SubscribeFilter {
+            filter: s(filter),
+            options: SubscriptionOptions {
+                qos: QoS::AtMostOnce,
+                retain_handling: rh,
+                retain_as_published: rap,
+                ..Default::default()
+            },
+        }],
+    }));
+    assert!(matches!(c.recv(), Packet::SubAck(_)));
+}
+
+// [v5:MQTT-3.3.1-10] Retain Handling 1 sends retained only for a new
+// subscription; [v5:MQTT-3.3.1-11] Retain Handling 2 never.
+#[test]
+fn v5_retain_handling() {
+    let b = start(2);
+    let (mut p, _) = Raw::connect(b.addr, V311, "rh-pub", true);
+    p.publish("rh/t", b"ret", QoS::AtLeastOnce, 1, true);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    let (mut c, _) = Raw::connect(b.addr, V5, "rh-sub", true);
+    subscribe_rh(&mut c, 1, "rh/t", RetainHandling::DoNotSend, false);
+    c.expect_silence(Duration::from_millis(300));
+    let (mut c, _) = Raw::connect(b.addr, V5, "rh-sub2", true);
+    subscribe_rh(&mut c, 1, "rh/t", RetainHandling::SendIfNew, false);
+    assert!(c.recv_publish().retain);
+    subscribe_rh(&mut c, 2, "rh/t", RetainHandling::SendIfNew, false);
+    c.expect_silence(Duration::from_millis(300));
+    // [v5:MQTT-3.8.4-4] Retain Handling 0 re-sends on an identical subscription.
+    subscribe_rh(&mut c, 3, "rh/t", RetainHandling::SendAtSubscribe, false);
+    assert!(c.recv_publish().retain);
+}
+
+// [v5:MQTT-3.3.1-12] Retain As Published 0 clears RETAIN on forwarding;
+// [v5:MQTT-3.3.1-13] 1 keeps it.
+#[test]
+fn v5_retain_as_published() {
+    let b = start(2);
+    let (mut clear, _) = Raw::connect(b.addr, V5, "rap0", true);
+    subscribe_rh(&mut clear, 1, "rap/t", RetainHandling::DoNotSend, false);
+    let (mut keep, _) = Raw::connect(b.addr, V5, "rap1", true);
+    subscribe_rh(&mut keep, 1, "rap/t", RetainHandling::DoNotSend, true);
+    let (mut p, _) = Raw::connect(b.addr, V311, "rap-pub", true);
+    p.publish("rap/t", b"x", QoS::AtMostOnce, 0, true);
+    assert!(!clear.recv_publish().retain);
+    assert!(keep.recv_publish().retain);
+}

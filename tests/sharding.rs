@@ -1,0 +1,197 @@
+//! Behaviour that depends on shards: clients owned by different shards,
+//! many connections at once, $SYS totals, graceful shutdown of the binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmq::protocol::{
+    Ack, Disconnect, Packet,
+    ProtocolVersion::{V311, V5},
+    QoS, ReasonCode,
+};
+
+// Every pair of shards exchanges QoS 0/1/2 messages, with 4 shards on this
+// 2-core machine (more shards than cores: unpinned).
+#[test]
+fn every_shard_pair_exchanges_messages() {
+    let n = 4;
+    let b = start(n);
+    let mut subs: Vec<Raw> = (0..n)
+        .map(|k| {
+            let (mut c, _) = Raw::connect(b.addr, V5, &id_on_shard("pair-sub", k, n), true);
+            c.subscribe(1, &[(&format!("pair/{k}"), QoS::ExactlyOnce)]);
+            c
+        })
+        .collect();
+    for from in 0..n {
+        let (mut p, _) = Raw::connect(b.addr, V311, &id_on_shard("pair-pub", from, n), true);
+        for (to, sub) in subs.iter_mut().enumerate() {
+            for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+                .into_iter()
+                .enumerate()
+            {
+                p.publish(
+                    &format!("pair/{to}"),
+                    format!("{from}->{to}").as_bytes(),
+                    q,
+                    i as u16 + 1,
+                    false,
+                );
+                match q {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => assert!(matches!(p.recv(), Packet::PubAck(_))),
+                    QoS::ExactlyOnce => {
+                        assert!(matches!(p.recv(), Packet::PubRec(_)));
+                        p.send(&Packet::PubRel(Ack::new(pid(i as u16 + 1))));
+                        assert!(matches!(p.recv(), Packet::PubComp(_)));
+                    }
+                }
+                let m = sub.recv_publish();
+                assert_eq!(m.payload, format!("{from}->{to}").into_bytes());
+                assert_eq!(m.qos, q);
+                match m.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        sub.send(&Packet::PubAck(Ack::new(m.packet_id.expect("id"))))
+                    }
+                    QoS::ExactlyOnce => {
+                        let id = m.packet_id.expect("id");
+                        sub.send(&Packet::PubRec(Ack::new(id)));
+                        assert_eq!(sub.recv(), Packet::PubRel(Ack::new(id)));
+                        sub.send(&Packet::PubComp(Ack::new(id)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// A subscription made on one shard is routed to from every other shard as
+// soon as its SUBACK arrives (the SUBACK waits for the interest broadcast).
+#[test]
+fn suback_means_routed_from_every_shard() {
+    let n = 4;
+    let b = start(n);
+    let pubs: Vec<Raw> = (0..n)
+        .map(|k| Raw::connect(b.addr, V311, &id_on_shard("race-pub", k, n), true).0)
+        .collect();
+    let mut pubs = pubs;
+    for round in 0..20 {
+        let topic = format!("race/{round}");
+        let (mut sub, _) = Raw::connect(b.addr, V311, &format!("race-sub-{round}"), true);
+        sub.subscribe(1, &[(&topic, QoS::AtMostOnce)]);
+        for p in pubs.iter_mut() {
+            p.publish(&topic, b"x", QoS::AtMostOnce, 0, false);
+        }
+        for _ in 0..n {
+            assert_eq!(&sub.recv_publish().payload[..], b"x");
+        }
+    }
+}
+
+// 1,000 clients connect at once and each gets its CONNACK.
+#[test]
+fn thousand_clients_connect_at_once() {
+    let b = start(2);
+    let addr = b.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for i in 0..125 {
+                    let (c, ack) = Raw::connect(addr, V311, &format!("many-{t}-{i}"), true);
+                    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+                    held.push(c);
+                }
+                held
+            })
+        })
+        .collect();
+    let held: Vec<Raw> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    assert_eq!(held.len(), 1000);
+}
+
+// $SYS totals are published (retained) by shard 0 from every shard's counters.
+#[test]
+fn sys_topics_report_totals() {
+    let mut cfg = config(2);
+    cfg.sys_interval = Some(Duration::from_millis(300));
+    let b = start_with(cfg);
+    let _others: Vec<Raw> = (0..3)
+        .map(|i| Raw::connect(b.addr, V311, &format!("sys-{i}"), true).0)
+        .collect();
+    let (mut s, _) = Raw::connect(b.addr, V311, "sys-watch", true);
+    s.subscribe(1, &[("$SYS/broker/clients/connected", QoS::AtMostOnce)]);
+    // Wait for a publication that counts all four clients.
+    let mut last = String::new();
+    for _ in 0..20 {
+        let m = s.recv_publish();
+        last = String::from_utf8_lossy(&m.payload).into_owned();
+        if last == "4" {
+            return;
+        }
+    }
+    panic!("clients/connected never reached 4 (last {last})");
+}
+
+// SIGTERM: MQTT 5 clients get DISCONNECT 0x8B, the process exits 0.
+#[test]
+fn sigterm_is_graceful() {
+    let dir = std::env::temp_dir().join(format!("ringmq-sig-{}", std::process::id()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--log-level",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let addr = read_listen_addr(&mut child);
+    let (mut c5, _) = Raw::connect(addr, V5, "sig5", true);
+    let (mut c3, _) = Raw::connect(addr, V311, "sig3", true);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        c5.expect_closed(),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::SERVER_SHUTTING_DOWN
+        ))]
+    );
+    assert!(c3.expect_closed().is_empty());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads the "listening on" line the binary prints at start.
+fn read_listen_addr(child: &mut std::process::Child) -> std::net::SocketAddr {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(out).lines();
+    let line = lines.next().expect("a line").expect("utf-8");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    addr
+}
