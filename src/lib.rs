@@ -1,4 +1,35 @@
-//! ringmq: a thread-per-core MQTT 3.1, 3.1.1 and 5.0 broker.
+//! ringmq: a thread-per-core MQTT 3.1, 3.1.1 and 5.0 broker on io_uring.
+//!
+//! # Architecture
+//!
+//! ```text
+//!          SO_REUSEPORT listener on every shard
+//!               |            |            |
+//!           shard 0       shard 1  ...  shard N-1    one glommio executor each
+//!           conns         conns         conns        (pinned when N <= cores)
+//!           sessions      sessions      sessions
+//!           trie          trie          trie
+//!             \__________ mesh: SPSC channel per ordered pair __________/
+//! ```
+//!
+//! * **Ownership.** A shard ([`shard::Shard`]) owns its connections,
+//!   sessions, subscription trie, timers and counters outright. Shards share
+//!   nothing but channels (and two atomics touched at connect and shutdown).
+//! * **Session affinity.** The session of client id `C` lives on shard
+//!   `owner_of(C)` (a stable hash). Any shard accepts; after CONNECT the
+//!   socket, the bytes already read and the parsed CONNECT move to the owner,
+//!   so takeover, resume, QoS state and wills are all handled on one thread.
+//! * **A publish's way.** Decoded zero-copy on the publisher's shard, stored
+//!   if retained (replicated to every shard), then routed by the *interest
+//!   table* (filter → shards with subscribers, replicated by broadcast): local
+//!   sessions get it directly; every other interested shard gets one
+//!   `Arc<`[`session::Message`]`>` in that loop turn's batch, and matches its
+//!   own trie. A SUBACK waits until every shard has applied the new interest,
+//!   so "subscribed" means "routed to from everywhere".
+//! * **Sans-IO cores.** [`protocol`] (the codec), [`topic`], [`session`] and
+//!   [`timer`] never touch a socket, a file or a clock; [`shard`] drives them.
+//!
+//! Start one with [`broker::start`] (embedded) or [`broker::run`] (the binary).
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod broker;

@@ -14,7 +14,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{read_varint, varint_len, Counter, Reader, Sink, VarIntRead, MAX_VARINT};
+use super::primitives::{read_varint, Reader, Sink, VarIntRead};
 use super::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, Publish, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
@@ -193,30 +193,39 @@ pub fn encode_packet(
         _ => version,
     };
     if let Packet::Publish(p) = packet {
-        return p.encode_into(version, max_packet_bytes, buf);
-    }
-    let mut counter = Counter::default();
-    write_body(packet, version, &mut counter)?;
-    let remaining = counter.0;
-    let size = 1 + varint_len(remaining.min(MAX_VARINT as usize) as u32) + remaining;
-    if remaining > MAX_VARINT as usize || size > max_packet_bytes {
-        return Err(EncodeError::PacketTooLarge {
-            size,
-            max: max_packet_bytes.min(MAX_VARINT as usize + 5),
-        });
+        let start = buf.len();
+        let r = p.encode_into(version, max_packet_bytes, buf);
+        if r.is_err() {
+            buf.truncate(start);
+        }
+        return r;
     }
     let packet_type = packet.packet_type();
-    let flags = match packet {
-        Packet::Publish(p) => p.flags(),
-        _ => packet_type.required_flags(),
-    };
-    buf.reserve(size);
-    BufMut::put_u8(buf, ((packet_type as u8) << 4) | flags);
-    Sink::put_varint(buf, remaining as u32);
-    write_body(packet, version, buf)
+    // One pass: the body goes straight into `buf` behind a one-byte length
+    // placeholder that is patched (and, past 127 bytes, widened) afterwards.
+    let start = buf.len();
+    BufMut::put_u8(
+        buf,
+        ((packet_type as u8) << 4) | packet_type.required_flags(),
+    );
+    let written = buf.put_prefixed(|b| write_body(packet, version, b));
+    let size = buf.len() - start;
+    if let Err(e) = written {
+        buf.truncate(start);
+        return Err(e);
+    }
+    if size > max_packet_bytes {
+        buf.truncate(start);
+        return Err(EncodeError::PacketTooLarge {
+            size,
+            max: max_packet_bytes,
+        });
+    }
+    Ok(())
 }
 
 impl Packet {
+    #[inline]
     /// Appends this packet encoded for `version` to `buf`, without a size limit.
     ///
     /// # Errors

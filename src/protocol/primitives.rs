@@ -157,7 +157,9 @@ impl Scan {
                 }
                 None => {
                     let mut t = PAD.to_le_bytes();
-                    t[..rest.len()].copy_from_slice(rest);
+                    for (d, s) in t.iter_mut().zip(rest) {
+                        *d = *s;
+                    }
                     u64::from_le_bytes(t)
                 }
             };
@@ -437,10 +439,12 @@ impl Sink for BytesMut {
         Sink::put_varint(&mut len, n32);
         let extra = len.len() - 1;
         if extra > 0 {
-            self.extend_from_slice(&[0u8; 3][..extra]);
+            self.resize(self.len() + extra, 0);
             self.copy_within(at + 1..at + 1 + n, at + 1 + extra);
         }
-        self[at..at + len.len()].copy_from_slice(&len);
+        if let Some(slot) = self.get_mut(at..at + len.len()) {
+            slot.copy_from_slice(&len);
+        }
         Ok(())
     }
 }

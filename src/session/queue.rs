@@ -42,19 +42,23 @@ pub enum DropReason {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+#[expect(
+    clippy::enum_variant_names,
+    reason = "named after the packet each stage waits for"
+)]
+enum Awaiting {
     /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitPubAck,
+    PubAck,
     /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitPubRec,
+    PubRec,
     /// PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
+    PubComp,
 }
 
 #[derive(Debug)]
 struct Inflight {
     id: PacketId,
-    stage: Stage,
+    stage: Awaiting,
     delivery: Delivery,
 }
 
@@ -107,10 +111,10 @@ impl Session {
         self.pending.len()
     }
 
-    /// Hands a message to the session. Online, it is sent now if the window
-    /// has room and nothing is queued before it; otherwise it is queued (QoS 0
-    /// only with `queue_qos0` or while online). Returns what was dropped to
-    /// make room, if anything.
+    /// Hands a message to the session. Online, it is sent now if nothing is
+    /// queued before it and (QoS 1/2) the window has room; otherwise it is
+    /// queued, keeping order (offline QoS 0 only with `queue_qos0`). Returns
+    /// what was dropped to make room, if anything.
     pub fn deliver(
         &mut self,
         d: Delivery,
@@ -123,11 +127,13 @@ impl Session {
             return Some(DropReason::Expired);
         }
         if d.qos == QoS::AtMostOnce {
-            if online {
+            if online && self.pending.is_empty() {
                 out.push(self.publish(&d, None, false, now));
                 return None;
             }
-            if !self.limits.queue_qos0 {
+            // Online with a backlog, QoS 0 waits its turn so the session keeps
+            // one order across QoS levels; offline it is queued only on request.
+            if !online && !self.limits.queue_qos0 {
                 return None;
             }
         }
@@ -191,9 +197,9 @@ impl Session {
         let id = self.alloc_id();
         out.push(self.publish(&d, Some(id), false, now));
         let stage = if d.qos == QoS::AtLeastOnce {
-            Stage::AwaitPubAck
+            Awaiting::PubAck
         } else {
-            Stage::AwaitPubRec
+            Awaiting::PubRec
         };
         self.inflight.push_back(Inflight {
             id,
@@ -228,7 +234,11 @@ impl Session {
     /// Returns how many expired.
     pub fn drain(&mut self, now: Instant, out: &mut Vec<Packet>) -> usize {
         let mut expired = 0;
-        while self.inflight.len() < self.window {
+        // QoS 0 needs no window slot; QoS 1/2 waits for one.
+        while let Some(front) = self.pending.front() {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
+                break;
+            }
             let Some(d) = self.pending.pop_front() else {
                 break;
             };
@@ -243,7 +253,7 @@ impl Session {
         expired
     }
 
-    fn take(&mut self, id: PacketId, stage: Stage) -> Option<Inflight> {
+    fn take(&mut self, id: PacketId, stage: Awaiting) -> Option<Inflight> {
         let at = self
             .inflight
             .iter()
@@ -254,7 +264,7 @@ impl Session {
     /// PUBACK received: the QoS 1 delivery is done. Returns false for an
     /// unknown packet id (ignored, as the spec allows).
     pub fn on_puback(&mut self, id: PacketId, now: Instant, out: &mut Vec<Packet>) -> bool {
-        let found = self.take(id, Stage::AwaitPubAck).is_some();
+        let found = self.take(id, Awaiting::PubAck).is_some();
         if found {
             self.drain(now, out);
         }
@@ -273,7 +283,7 @@ impl Session {
         let Some(at) = self
             .inflight
             .iter()
-            .position(|f| f.id == id && f.stage != Stage::AwaitPubAck)
+            .position(|f| f.id == id && f.stage != Awaiting::PubAck)
         else {
             // Unknown id: MQTT 5 answers PUBREL with "Packet Identifier not found".
             let mut rel = Ack::new(id);
@@ -287,7 +297,7 @@ impl Session {
             return true;
         }
         if let Some(f) = self.inflight.get_mut(at) {
-            f.stage = Stage::AwaitPubComp;
+            f.stage = Awaiting::PubComp;
         }
         out.push(Packet::PubRel(Ack::new(id)));
         true
@@ -295,7 +305,7 @@ impl Session {
 
     /// PUBCOMP received: the QoS 2 delivery is done.
     pub fn on_pubcomp(&mut self, id: PacketId, now: Instant, out: &mut Vec<Packet>) -> bool {
-        let found = self.take(id, Stage::AwaitPubComp).is_some();
+        let found = self.take(id, Awaiting::PubComp).is_some();
         if found {
             self.drain(now, out);
         }
@@ -318,10 +328,10 @@ impl Session {
     pub fn resume(&mut self, now: Instant, out: &mut Vec<Packet>) {
         for f in &self.inflight {
             match f.stage {
-                Stage::AwaitPubAck | Stage::AwaitPubRec => {
+                Awaiting::PubAck | Awaiting::PubRec => {
                     out.push(self.publish(&f.delivery, Some(f.id), true, now))
                 }
-                Stage::AwaitPubComp => out.push(Packet::PubRel(Ack::new(f.id))),
+                Awaiting::PubComp => out.push(Packet::PubRel(Ack::new(f.id))),
             }
         }
         self.drain(now, out);

@@ -70,17 +70,24 @@ fn window_bounds_inflight_and_keeps_order() {
         vec![("a".into(), Some(1), false), ("b".into(), Some(2), false)]
     );
     assert_eq!((s.inflight_len(), s.pending_len()), (2, 2));
-    // QoS 0 is not held behind the window.
+    // QoS 0 needs no window slot, but keeps its place behind queued messages.
     out.clear();
     s.deliver(d("zero", QoS::AtMostOnce), true, now, &mut out);
-    assert_eq!(publishes(&out), vec![("zero".into(), None, false)]);
-    out.clear();
+    assert!(out.is_empty());
     assert!(s.on_puback(id(2), now, &mut out));
     assert!(s.on_puback(id(1), now, &mut out));
     assert_eq!(
         publishes(&out),
-        vec![("c".into(), Some(3), false), ("d".into(), Some(4), false)]
+        vec![
+            ("c".into(), Some(3), false),
+            ("d".into(), Some(4), false),
+            ("zero".into(), None, false)
+        ]
     );
+    // With nothing queued, QoS 0 goes out at once even with the window full.
+    out.clear();
+    s.deliver(d("now", QoS::AtMostOnce), true, now, &mut out);
+    assert_eq!(publishes(&out), vec![("now".into(), None, false)]);
     assert!(!s.on_puback(id(9), now, &mut out), "unknown id is ignored");
 }
 

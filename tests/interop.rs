@@ -1,0 +1,170 @@
+//! Interop with independent clients: Debian's mosquitto_pub/mosquitto_sub
+//! (MQTT 3.1.1 and 5.0) and Python's paho-mqtt, against an in-process
+//! broker with 2 shards. `tools/test.sh` installs both.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn need(tool: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is not installed: run tools/test.sh, which installs it"
+    );
+}
+
+// mosquitto_sub (one version) receives what mosquitto_pub (the other) sends,
+// QoS 1 and 2, across shards.
+#[test]
+fn mosquitto_clients_exchange_messages() {
+    need("mosquitto_sub");
+    need("mosquitto_pub");
+    let b = start(2);
+    let port = b.addr.port().to_string();
+    for (sub_v, pub_v) in [("mqttv311", "mqttv5"), ("mqttv5", "mqttv311")] {
+        let topic = format!("interop/{sub_v}");
+        // stdbuf: a piped mosquitto_sub would hold its lines in a stdio buffer.
+        let mut sub = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                sub_v,
+                "-q",
+                "2",
+                "-v",
+                "-d",
+            ])
+            .args([
+                "-t",
+                &format!("{topic}/#"),
+                "-C",
+                "3",
+                "-i",
+                &format!("msub-{sub_v}"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub runs");
+        let mut lines = BufReader::new(sub.stdout.take().expect("stdout")).lines();
+        // Wait for its SUBACK before publishing.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let line = lines.next().expect("mosquitto_sub output").expect("utf-8");
+            if line.contains("SUBACK") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no SUBACK");
+        }
+        for (i, q) in ["1", "2", "1"].iter().enumerate() {
+            let st = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-V", pub_v, "-q", q])
+                .args(["-t", &format!("{topic}/{i}"), "-m", &format!("hello-{i}")])
+                .status()
+                .expect("mosquitto_pub runs");
+            assert!(st.success());
+        }
+        let got: Vec<String> = lines
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with(&topic))
+            .take(3)
+            .collect();
+        assert_eq!(
+            got,
+            (0..3)
+                .map(|i| format!("{topic}/{i} hello-{i}"))
+                .collect::<Vec<_>>()
+        );
+        let deadline = Instant::now() + TIMEOUT;
+        while sub.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "mosquitto_sub did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+const PAHO: &str = r#"
+import sys, time, json, threading
+import paho.mqtt.client as mqtt
+port = int(sys.argv[1])
+out = {}
+for name, proto in (("v311", mqtt.MQTTv311), ("v5", mqtt.MQTTv5)):
+    got, subscribed = [], threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-sub-" + name, protocol=proto)
+    sub.on_message = lambda c, u, m: got.append([m.topic, m.payload.decode(), m.qos, int(m.retain)])
+    sub.on_subscribe = lambda c, u, mid, rc, props=None: subscribed.set()
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub-" + name, protocol=proto)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    pub.publish("paho/" + name + "/ret", "kept", qos=1, retain=True).wait_for_publish(10)
+    sub.subscribe("paho/" + name + "/#", qos=2)
+    assert subscribed.wait(10), "no SUBACK"
+    for i in range(10):
+        pub.publish("paho/" + name + "/t", str(i), qos=i % 3).wait_for_publish(10)
+    deadline = time.time() + 10
+    while len(got) < 11 and time.time() < deadline:
+        time.sleep(0.02)
+    out[name] = list(got[:11])
+    pub.publish("paho/" + name + "/ret", "", qos=1, retain=True).wait_for_publish(10)
+    for c in (sub, pub):
+        c.disconnect()
+        c.loop_stop()
+print(json.dumps(out))
+"#;
+
+// paho-mqtt (3.1.1 and 5.0): retained message on subscribe, then QoS 0/1/2 in order.
+#[test]
+fn paho_clients_exchange_messages() {
+    need("python3");
+    let b = start(2);
+    let out = Command::new("python3")
+        .args(["-c", PAHO, &b.addr.port().to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // paho hands a QoS 2 message to the application on PUBREL, so across QoS
+    // levels its callbacks may run out of order: compare per QoS level.
+    for name in ["v311", "v5"] {
+        let retained = format!("\"{name}\": [[\"paho/{name}/ret\", \"kept\", 1, 1]");
+        assert!(text.contains(&retained), "{name}: retained first: {text}");
+        let section = text
+            .split(&format!("\"{name}\": "))
+            .nth(1)
+            .expect("section");
+        for q in 0..3 {
+            let want: Vec<String> = (0..10)
+                .filter(|i| i % 3 == q)
+                .map(|i| format!("[\"paho/{name}/t\", \"{i}\", {q}, 0]"))
+                .collect();
+            let mut at = 0;
+            for w in &want {
+                let found = section[at..].find(w.as_str());
+                assert!(
+                    found.is_some(),
+                    "{name}: {w} missing or out of order: {text}"
+                );
+                at += found.unwrap_or(0) + w.len();
+            }
+        }
+    }
+}
