@@ -435,15 +435,28 @@ impl Sink for BytesMut {
                 max: MAX_VARINT as usize,
             },
         )?;
-        let mut len = BytesMut::with_capacity(4);
-        Sink::put_varint(&mut len, n32);
-        let extra = len.len() - 1;
+        let mut len = [0u8; 4];
+        let mut len_bytes = 0;
+        let mut v = n32;
+        for slot in len.iter_mut() {
+            let mut byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v > 0 {
+                byte |= 0x80;
+            }
+            *slot = byte;
+            len_bytes += 1;
+            if v == 0 {
+                break;
+            }
+        }
+        let extra = len_bytes - 1;
         if extra > 0 {
             self.resize(self.len() + extra, 0);
             self.copy_within(at + 1..at + 1 + n, at + 1 + extra);
         }
-        if let Some(slot) = self.get_mut(at..at + len.len()) {
-            slot.copy_from_slice(&len);
+        if let (Some(slot), Some(src)) = (self.get_mut(at..at + len_bytes), len.get(..len_bytes)) {
+            slot.copy_from_slice(src);
         }
         Ok(())
     }

@@ -97,7 +97,7 @@ impl Publish {
     }
 
     /// Size of the body (variable header and payload) in `version`.
-    pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+    pub fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
         let props = if !version.is_v5() {
             0
         } else if self.properties.is_empty() {
@@ -122,9 +122,9 @@ impl Publish {
     #[inline]
     #[expect(
         clippy::indexing_slicing,
-        reason = "head holds 1 type byte + at most 4 length bytes + 2 topic length bytes"
+        reason = "head holds 1 type byte + at most 4 length bytes + 2 topic length bytes; tail 2 id bytes + 1 property length"
     )]
-    pub(crate) fn encode_into(
+    pub fn encode_into(
         &self,
         version: ProtocolVersion,
         max_packet_bytes: usize,
@@ -140,8 +140,16 @@ impl Publish {
         }
         let topic = self.topic.as_bytes();
         let topic_len = u16::try_from(topic.len()).map_err(|_| EncodeError::StringTooLong)?;
-        // Fixed header and topic length in one stack buffer: one copy, not five puts.
-        let mut head = [0u8; 7];
+        if version.is_v5() && !self.properties.is_empty() {
+            // Rare: properties go through the general writer.
+            buf.reserve(size);
+            BufMut::put_u8(buf, 0x30 | self.flags());
+            Sink::put_varint(buf, remaining as u32);
+            return self.write(version, buf);
+        }
+        // Header, topic length and packet id in one stack buffer, then three
+        // copies into capacity reserved once.
+        let mut head = [0u8; 8];
         head[0] = 0x30 | self.flags();
         let mut n = 1;
         let mut rem = remaining as u32;
@@ -157,21 +165,42 @@ impl Publish {
                 break;
             }
         }
-        head[n..n + 2].copy_from_slice(&topic_len.to_be_bytes());
-        buf.reserve(size);
-        buf.extend_from_slice(&head[..n + 2]);
-        buf.extend_from_slice(topic);
+        [head[n], head[n + 1]] = topic_len.to_be_bytes();
+        n += 2;
+        let mut tail = [0u8; 8];
+        let mut t = 0;
         if let Some(id) = self.packet_id {
-            buf.extend_from_slice(&id.get().to_be_bytes());
+            [tail[0], tail[1]] = id.get().to_be_bytes();
+            t = 2;
         }
         if version.is_v5() {
-            if self.properties.is_empty() {
-                BufMut::put_u8(buf, 0);
-            } else {
-                self.properties.encode(buf)?;
-            }
+            t += 1; // empty property block: a zero length
         }
-        buf.extend_from_slice(&self.payload);
+        // Eight bytes of slack let the header and the tail go out as fixed
+        // eight-byte stores (the next copy overwrites the excess) instead of
+        // two memcpy calls of a few bytes each.
+        buf.reserve(size + 8);
+        let start = buf.len();
+        let spare = buf.spare_capacity_mut();
+        debug_assert!(spare.len() >= size + 8 && n + topic.len() + t + self.payload.len() == size);
+        let dst = spare.as_mut_ptr().cast::<u8>();
+        // SAFETY: `reserve(size + 8)` made at least `size + 8` bytes of spare
+        // capacity. Every write below stays within it: the 8-byte stores
+        // start at offsets below `size`, and the copies end at exactly
+        // `size` (n + topic + t + payload, as `body_len` computed). Sources
+        // are separate buffers that cannot overlap the spare capacity.
+        // `set_len` then exposes exactly the `size` bytes written in order.
+        unsafe {
+            std::ptr::write_unaligned(dst.cast::<[u8; 8]>(), head);
+            std::ptr::copy_nonoverlapping(topic.as_ptr(), dst.add(n), topic.len());
+            std::ptr::write_unaligned(dst.add(n + topic.len()).cast::<[u8; 8]>(), tail);
+            std::ptr::copy_nonoverlapping(
+                self.payload.as_ptr(),
+                dst.add(n + topic.len() + t),
+                self.payload.len(),
+            );
+            buf.set_len(start + size);
+        }
         Ok(())
     }
 

@@ -1,0 +1,247 @@
+//! Flags, scenarios, and the checks that refuse nonsense before connecting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ringmq::protocol::{ProtocolVersion, QoS};
+
+/// What kind of load to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Many publishers (each on its own topic), one wildcard subscriber.
+    FanIn,
+    /// One publisher, many subscribers to its topic.
+    FanOut,
+    /// N publisher -> subscriber pairs, a topic each.
+    Pairs,
+    /// One publisher at a fixed rate (default 5000 msg/s, QoS 1), one subscriber.
+    Latency,
+    /// Connect many clients at a ramp rate and hold them idle.
+    Connections,
+    /// A persistent subscriber goes offline, messages pile up, it comes back:
+    /// drain time and loss.
+    Backlog,
+}
+
+/// ringmq-bench: drives any MQTT broker and reports throughput, loss,
+/// duplicates, reordering and latency percentiles.
+///
+/// Every payload carries publisher id, sequence number and send time, so
+/// loss, duplicates and reordering are counted per publisher and latency is
+/// measured from publish to receive (one clock: both ends are this process).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long = "mqtt", default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub mqtt: u8,
+    /// Publishers (fan-in, pairs: default 8; fan-out, latency, backlog: 1).
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Subscribers (fan-out: default 16; pairs: = publishers; others: 1), or
+    /// idle clients for `connections` (default 1000).
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// QoS of publishes and subscriptions (latency, backlog default 1; others 0).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: Option<u8>,
+    /// Payload bytes (at least 20: publisher id, sequence, timestamp).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Messages per second per publisher; 0 = as fast as the window allows.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Unacknowledged QoS 1/2 publishes per publisher.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+    /// How long publishers publish (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = ringmq::config::parse_duration)]
+    pub duration: Duration,
+    /// Messages per publisher instead of a duration (backlog default 100000).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Topic pattern; `{i}` is the publisher index (default per scenario).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Persistent sessions (clean session/start 0) instead of clean ones.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Client id prefix.
+    #[arg(long, default_value = "rb")]
+    pub client_prefix: String,
+    /// User name.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// New connections per second; 0 = all at once.
+    #[arg(long, default_value_t = 0)]
+    pub ramp: u64,
+    /// Worker threads (each a glommio executor); default: every core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// How long to wait for in-flight messages after publishing stops.
+    #[arg(long, default_value = "5s", value_parser = ringmq::config::parse_duration)]
+    pub drain: Duration,
+    /// Print the result as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the latency percentile distribution (HdrHistogram .hgrm text).
+    #[arg(long, value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+    /// Write a latency percentile plot (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The run, with every per-scenario default resolved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub broker: SocketAddr,
+    pub version: ProtocolVersion,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub qos: QoS,
+    pub payload: usize,
+    pub rate: u64,
+    pub inflight: usize,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    /// Topic of publisher `i`: the pattern with `{i}` replaced.
+    pub pub_topic: String,
+    /// Filter of subscriber `j` (`{i}` replaced by `j` for pairs).
+    pub sub_filter: String,
+    pub persistent: bool,
+    pub client_prefix: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ramp: u64,
+    pub threads: usize,
+    pub drain: Duration,
+}
+
+/// Stamp bytes: publisher id (4), sequence (8), send time in ns (8).
+pub const STAMP_BYTES: usize = 20;
+
+impl Args {
+    /// Resolves defaults and refuses what cannot run.
+    ///
+    /// # Errors
+    /// A message naming the flag.
+    pub fn plan(self) -> Result<Plan, String> {
+        use Scenario::*;
+        let s = self.scenario;
+        let publishers = self.publishers.unwrap_or(match s {
+            FanIn | Pairs => 8,
+            Connections => 0,
+            _ => 1,
+        });
+        let subscribers = self.subscribers.unwrap_or(match s {
+            FanOut => 16,
+            Pairs => publishers,
+            Connections => 1000,
+            _ => 1,
+        });
+        let qos = self.qos.unwrap_or(match s {
+            Latency | Backlog => 1,
+            _ => 0,
+        });
+        let qos = QoS::from_u8(qos).ok_or("--qos must be 0, 1 or 2")?;
+        let rate = self.rate.unwrap_or(if s == Latency { 5000 } else { 0 });
+        let count = self
+            .count
+            .or(if s == Backlog { Some(100_000) } else { None });
+        if self.payload < STAMP_BYTES {
+            return Err(format!(
+                "--payload must be at least {STAMP_BYTES} bytes (publisher id, sequence, timestamp)"
+            ));
+        }
+        if self.payload > 256 << 20 {
+            return Err("--payload cannot exceed MQTT's 256 MiB".into());
+        }
+        if self.inflight == 0 || self.inflight > 65_535 {
+            return Err("--inflight must be between 1 and 65535".into());
+        }
+        if s != Connections && (publishers == 0 || subscribers == 0) {
+            return Err("--publishers and --subscribers must be at least 1".into());
+        }
+        if s == Pairs && publishers != subscribers {
+            return Err("pairs needs as many --subscribers as --publishers".into());
+        }
+        if matches!(s, FanOut | Latency | Backlog) && publishers != 1 {
+            return Err(format!("{s:?} uses exactly one publisher"));
+        }
+        if s == Backlog && qos == QoS::AtMostOnce {
+            return Err(
+                "backlog needs --qos 1 or 2 (QoS 0 is not queued for offline sessions)".into(),
+            );
+        }
+        if count == Some(0) || self.duration.is_zero() {
+            return Err("--count and --duration must be positive".into());
+        }
+        let (pub_topic, sub_filter) = match (&self.topic, s) {
+            (Some(t), FanIn) => (t.clone(), t.replace("{i}", "+")),
+            (Some(t), _) => (t.clone(), t.clone()),
+            (None, FanIn) => ("bench/fan-in/{i}".to_string(), "bench/fan-in/+".to_string()),
+            (None, Pairs) => ("bench/pairs/{i}".into(), "bench/pairs/{i}".into()),
+            (None, _) => (format!("bench/{}", name(s)), format!("bench/{}", name(s))),
+        };
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        let version = match self.mqtt {
+            3 | 4 => ProtocolVersion::V311,
+            _ => ProtocolVersion::V5,
+        };
+        Ok(Plan {
+            scenario: s,
+            broker: self.broker,
+            version,
+            publishers,
+            subscribers,
+            qos,
+            payload: self.payload,
+            rate,
+            inflight: self.inflight,
+            duration: self.duration,
+            count,
+            pub_topic,
+            sub_filter,
+            persistent: self.persistent || s == Backlog,
+            client_prefix: self.client_prefix,
+            username: self.username,
+            password: self.password,
+            ramp: self.ramp,
+            threads,
+            drain: self.drain,
+        })
+    }
+}
+
+/// The scenario's name as typed on the command line.
+pub fn name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::FanIn => "fan-in",
+        Scenario::FanOut => "fan-out",
+        Scenario::Pairs => "pairs",
+        Scenario::Latency => "latency",
+        Scenario::Connections => "connections",
+        Scenario::Backlog => "backlog",
+    }
+}

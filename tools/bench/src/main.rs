@@ -1,0 +1,233 @@
+//! ringmq-bench: a load generator for any MQTT broker.
+//!
+//! Thread-per-core like the broker it was written for (one glommio executor
+//! per worker thread), so the tool is not the bottleneck; it reuses ringmq's
+//! codec. See `ringmq-bench --help` for the scenarios.
+
+mod args;
+mod client;
+mod report;
+mod run;
+mod track;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mimalloc::MiMalloc;
+use ringmq::protocol::QoS;
+
+use args::{Args, Scenario};
+use run::{phase, Control};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// How long setup phases may take before the run is declared failed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() {
+    let args = Args::parse();
+    let quiet = args.quiet;
+    let json = args.json;
+    let hdr_out = args.hdr_out.clone();
+    let plot = args.plot.clone();
+    let plan = match args.plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ringmq-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let ctl = Arc::new(Control::new(plan.threads));
+    let workers = run::run(&plan, &ctl);
+    let progress = |label: &str, started: Instant| {
+        if quiet {
+            return;
+        }
+        let (s, a, r) = ctl.totals();
+        let t = started.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r{label:>10} {:6.1}s  sent {:>10} ({:>9.0}/s)  acked {:>10}  received {:>10} ({:>9.0}/s)   ",
+            t,
+            s,
+            s as f64 / t,
+            a,
+            r,
+            r as f64 / t
+        );
+        let _ = std::io::stderr().flush();
+    };
+    let fail = |what: &str| -> ! {
+        ctl.phase.store(phase::STOP, Ordering::Release);
+        let err = ctl.first_error.lock().ok().and_then(|e| e.clone());
+        eprintln!("\nringmq-bench: {what}: {}", err.unwrap_or_default());
+        std::process::exit(1);
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        while !done() {
+            if Instant::now() > deadline {
+                fail(&format!("timed out: {what}"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+
+    let started = Instant::now();
+    wait_for("subscribers connecting", &|| {
+        ctl.subs_ready.load(Ordering::Acquire) >= plan.subscribers
+    });
+    if plan.scenario != Scenario::Connections && ctl.failures.load(Ordering::Relaxed) > 0 {
+        fail("a subscriber failed to connect");
+    }
+    let connect_time = started.elapsed();
+    ctl.phase
+        .store(phase::CONNECT_PUBLISHERS, Ordering::Release);
+    wait_for("publishers connecting", &|| {
+        ctl.pubs_ready.load(Ordering::Acquire) >= plan.publishers
+    });
+    if ctl.failures.load(Ordering::Relaxed) > 0 && plan.scenario != Scenario::Connections {
+        fail("a publisher failed to connect");
+    }
+    let t0 = Instant::now();
+    ctl.phase.store(phase::PUBLISH, Ordering::Release);
+    let mut last = Instant::now();
+    let label = args::name(plan.scenario);
+    // Publishing (or, for `connections`, holding the clients).
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            progress(label, t0);
+        }
+        let elapsed = t0.elapsed();
+        if plan.count.is_none() && elapsed >= plan.duration {
+            ctl.phase.store(phase::STOP_PUBLISHING, Ordering::Release);
+        }
+        if ctl.pubs_done.load(Ordering::Acquire) >= plan.publishers
+            && (plan.scenario != Scenario::Connections || elapsed >= plan.duration)
+        {
+            break;
+        }
+    }
+    let publish_time = t0.elapsed();
+    // Drain: wait for what subscribers should still receive.
+    let factor = if plan.scenario == Scenario::FanOut {
+        plan.subscribers as u64
+    } else {
+        1
+    };
+    let mut drain_time = None;
+    if plan.scenario == Scenario::Backlog {
+        ctl.phase.store(phase::RECONNECT, Ordering::Release);
+        let deadline = Instant::now() + plan.drain.max(SETUP_TIMEOUT);
+        while ctl.drained_at.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                progress("drain", t0);
+            }
+        }
+        let (from, to) = (
+            ctl.reconnected_at.load(Ordering::Acquire),
+            ctl.drained_at.load(Ordering::Acquire),
+        );
+        if to > from {
+            drain_time = Some(Duration::from_nanos(to - from));
+        }
+    } else if plan.scenario != Scenario::Connections {
+        let deadline = Instant::now() + plan.drain;
+        loop {
+            let (s, a, r) = ctl.totals();
+            let target = if plan.qos == QoS::AtMostOnce { s } else { a } * factor;
+            if r >= target || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let total_time = t0.elapsed();
+    ctl.phase.store(phase::STOP, Ordering::Release);
+    progress(label, t0);
+    if !quiet {
+        eprintln!();
+    }
+
+    let results: Vec<run::WorkerResult> = workers
+        .into_iter()
+        .map(|h| h.join().expect("worker thread"))
+        .collect();
+    let mut latency = results[0].latency.clone();
+    let mut connect = results[0].connect.clone();
+    let mut logs = vec![track::SubscriberLog::new(); plan.subscribers];
+    let mut published = vec![(0u64, 0u64); plan.publishers];
+    let mut connected = 0;
+    for (k, r) in results.into_iter().enumerate() {
+        if k > 0 {
+            let _ = latency.add(&r.latency);
+            let _ = connect.add(&r.connect);
+        }
+        connected += r.connected;
+        for (j, log) in r.logs {
+            logs[j] = log;
+        }
+        for (i, sent, acked) in r.published {
+            published[i] = (sent, acked);
+        }
+    }
+    let (sent, acked, received) = ctl.totals();
+    let integrity = track::integrity(&logs, plan.publishers, |s, p| {
+        let topic = plan.pub_topic.replace("{i}", &p.to_string());
+        if !ringmq::topic::matches(&run::filter_of(&plan, s), &topic) {
+            return 0;
+        }
+        let (sent, acked) = published[p];
+        if plan.qos == QoS::AtMostOnce {
+            sent
+        } else {
+            acked
+        }
+    });
+    let failures = ctl.failures.load(Ordering::Relaxed);
+    let report = report::Report {
+        publish_time: if plan.scenario == Scenario::Connections {
+            connect_time
+        } else {
+            publish_time
+        },
+        total_time,
+        sent,
+        acked,
+        received,
+        integrity,
+        latency,
+        connect,
+        connected,
+        failures,
+        first_error: ctl.first_error.lock().ok().and_then(|e| e.clone()),
+        drain_time,
+        plan,
+    };
+    if let Some(path) = hdr_out {
+        if let Err(e) = std::fs::write(&path, report::hgrm(&report.latency)) {
+            eprintln!("ringmq-bench: cannot write {}: {e}", path.display());
+        }
+    }
+    if let Some(path) = plot {
+        let svg = report::svg(&[(label.to_string(), report.latency.clone())]);
+        if let Err(e) = std::fs::write(&path, svg) {
+            eprintln!("ringmq-bench: cannot write {}: {e}", path.display());
+        }
+    }
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}

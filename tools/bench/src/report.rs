@@ -1,0 +1,309 @@
+//! The result: a table for people, JSON for scripts, an .hgrm file and an
+//! SVG percentile plot.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::args::{name, Plan, Scenario};
+use crate::track::Integrity;
+
+/// Everything measured in one run.
+#[derive(Debug)]
+pub struct Report {
+    pub plan: Plan,
+    pub publish_time: Duration,
+    pub total_time: Duration,
+    pub sent: u64,
+    pub acked: u64,
+    pub received: u64,
+    pub integrity: Integrity,
+    pub latency: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    pub connected: usize,
+    pub failures: usize,
+    pub first_error: Option<String>,
+    pub drain_time: Option<Duration>,
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+const PERCENTILES: [(&str, f64); 5] = [
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+    ("max", 100.0),
+];
+
+impl Report {
+    /// Messages per second sent, acknowledged and received.
+    pub fn rates(&self) -> (f64, f64, f64) {
+        (
+            rate(self.sent, self.publish_time),
+            rate(self.acked, self.publish_time),
+            rate(self.received, self.total_time),
+        )
+    }
+
+    fn pct(h: &Histogram<u64>, p: f64) -> u64 {
+        if h.is_empty() {
+            0
+        } else if p >= 100.0 {
+            h.max()
+        } else {
+            h.value_at_percentile(p)
+        }
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let p = &self.plan;
+        let mut s = String::new();
+        let (sr, ar, rr) = self.rates();
+        let _ = writeln!(
+            s,
+            "ringmq-bench {} against {}: MQTT {}, QoS {}, {} B payload, {} publisher(s), {} subscriber(s)",
+            name(p.scenario),
+            p.broker,
+            if p.version.is_v5() { "5.0" } else { "3.1.1" },
+            p.qos as u8,
+            p.payload,
+            p.publishers,
+            p.subscribers
+        );
+        if p.scenario == Scenario::Connections {
+            let _ = writeln!(
+                s,
+                "connected {} of {} in {:.2} s ({:.0} conn/s), failures {}",
+                self.connected,
+                p.subscribers,
+                self.publish_time.as_secs_f64(),
+                rate(self.connected as u64, self.publish_time),
+                self.failures
+            );
+            let _ = writeln!(s, "connect latency (µs): {}", self.pcts(&self.connect));
+            return s;
+        }
+        let _ = writeln!(
+            s,
+            "{:>12} {:>12} {:>12} {:>8} {:>8} {:>10}",
+            "sent", "acked", "received", "lost", "dups", "reordered"
+        );
+        let _ = writeln!(
+            s,
+            "{:>12} {:>12} {:>12} {:>8} {:>8} {:>10}",
+            self.sent,
+            self.acked,
+            self.received,
+            self.integrity.lost,
+            self.integrity.duplicates,
+            self.integrity.reordered
+        );
+        let _ = writeln!(
+            s,
+            "throughput (msg/s): sent {sr:.0}  acked {ar:.0}  received {rr:.0}   (publishing {:.2} s)",
+            self.publish_time.as_secs_f64()
+        );
+        let _ = writeln!(s, "latency (µs): {}", self.pcts(&self.latency));
+        if let Some(d) = self.drain_time {
+            let _ = writeln!(
+                s,
+                "backlog drained in {:.3} s ({:.0} msg/s)",
+                d.as_secs_f64(),
+                rate(self.integrity.expected, d)
+            );
+        }
+        if self.failures > 0 {
+            let _ = writeln!(
+                s,
+                "FAILURES: {} ({})",
+                self.failures,
+                self.first_error.as_deref().unwrap_or("")
+            );
+        }
+        s
+    }
+
+    fn pcts(&self, h: &Histogram<u64>) -> String {
+        PERCENTILES
+            .iter()
+            .map(|(n, p)| format!("{n} {}", Self::pct(h, *p)))
+            .collect::<Vec<_>>()
+            .join("  ")
+    }
+
+    /// One JSON object (hand-written: the shape is small and fixed).
+    pub fn json(&self) -> String {
+        let p = &self.plan;
+        let (sr, ar, rr) = self.rates();
+        let lat = |h: &Histogram<u64>| {
+            PERCENTILES
+                .iter()
+                .map(|(n, q)| format!("\"{n}\":{}", Self::pct(h, *q)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let err = self
+            .first_error
+            .as_deref()
+            .map(|e| format!("\"{}\"", e.replace('\\', "\\\\").replace('"', "\\\"")))
+            .unwrap_or_else(|| "null".into());
+        format!(
+            concat!(
+                "{{\"scenario\":\"{}\",\"broker\":\"{}\",\"mqtt\":\"{}\",\"qos\":{},\"payload\":{},",
+                "\"publishers\":{},\"subscribers\":{},\"publish_seconds\":{:.3},",
+                "\"sent\":{},\"acked\":{},\"received\":{},\"expected\":{},\"lost\":{},",
+                "\"duplicates\":{},\"reordered\":{},\"sent_per_sec\":{:.1},",
+                "\"acked_per_sec\":{:.1},\"received_per_sec\":{:.1},\"latency_us\":{{{}}},",
+                "\"connected\":{},\"connect_us\":{{{}}},\"drain_seconds\":{},",
+                "\"failures\":{},\"error\":{}}}"
+            ),
+            name(p.scenario),
+            p.broker,
+            if p.version.is_v5() { "5.0" } else { "3.1.1" },
+            p.qos as u8,
+            p.payload,
+            p.publishers,
+            p.subscribers,
+            self.publish_time.as_secs_f64(),
+            self.sent,
+            self.acked,
+            self.received,
+            self.integrity.expected,
+            self.integrity.lost,
+            self.integrity.duplicates,
+            self.integrity.reordered,
+            sr,
+            ar,
+            rr,
+            lat(&self.latency),
+            self.connected,
+            lat(&self.connect),
+            self.drain_time
+                .map_or("null".to_string(), |d| format!("{:.3}", d.as_secs_f64())),
+            self.failures,
+            err
+        )
+    }
+}
+
+/// The percentile distribution in HdrHistogram's `.hgrm` text format
+/// (values in microseconds).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut s = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for v in h.iter_quantiles(1) {
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 {
+            1.0 / (1.0 - q)
+        } else {
+            f64::INFINITY
+        };
+        let _ = writeln!(
+            s,
+            "{:12.3} {:14.12} {:10} {:14.2}",
+            v.value_iterated_to() as f64,
+            q,
+            v.count_since_last_iteration(),
+            inv
+        );
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean = {:.3}, StdDeviation = {:.3}]\n#[Max = {}, Total count = {}]",
+        h.mean(),
+        h.stdev(),
+        h.max(),
+        h.len()
+    );
+    s
+}
+
+/// Latency by percentile as an SVG line chart, with the x axis in
+/// "nines" (log of 1/(1-p)) as HdrHistogram plots do. `series` lets
+/// `perf/compare.sh` draw several brokers on one plot.
+pub fn svg(series: &[(String, Histogram<u64>)]) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 420.0;
+    const L: f64 = 70.0;
+    const B: f64 = 50.0;
+    // x is log10(1/(1-p)): 50 % at log10(2), 90 % at 1, 99 % at 2, ... 99.999 % at 5.
+    let x0 = 2f64.log10();
+    let x1 = 5.0;
+    let ymax = series
+        .iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(_, h)| h.value_at_percentile(99.999) as f64)
+        .fold(1.0, f64::max);
+    let x = |v: f64| L + (W - L - 20.0) * ((v - x0) / (x1 - x0)).clamp(0.0, 1.0);
+    let y = |v: f64| H - B - (H - B - 20.0) * (v / ymax);
+    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (pos, label) in [
+        (x0, "50%"),
+        (1.0, "90%"),
+        (2.0, "99%"),
+        (3.0, "99.9%"),
+        (4.0, "99.99%"),
+        (5.0, "99.999%"),
+    ] {
+        let xi = x(pos);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{xi:.1}\" y1=\"20\" x2=\"{xi:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{xi:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>",
+            H - B,
+            H - B + 16.0
+        );
+    }
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>",
+            L - 6.0,
+            y(v) + 4.0,
+            v
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">latency (µs)</text>",
+        H / 2.0,
+        H / 2.0
+    );
+    for (i, (label, h)) in series.iter().enumerate() {
+        if h.is_empty() {
+            continue;
+        }
+        let color = colors[i % colors.len()];
+        let mut pts = String::new();
+        let mut v = x0;
+        while v <= x1 + 1e-9 {
+            let p = 100.0 * (1.0 - 10f64.powf(-v));
+            let _ = write!(
+                pts,
+                "{:.1},{:.1} ",
+                x(v),
+                y(h.value_at_percentile(p) as f64)
+            );
+            v += 0.05;
+        }
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{pts}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{label}</text>",
+            L + 10.0,
+            36.0 + 16.0 * i as f64
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

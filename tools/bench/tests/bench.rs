@@ -1,0 +1,306 @@
+//! ringmq-bench's own correctness: loss, duplicate and reorder detection
+//! against a fake broker that misbehaves on purpose, and every scenario for
+//! about a second against a real (in-process) ringmq.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use ringmq::protocol::{Ack, Codec, ConnAck, Packet, ProtocolVersion, QoS, ReasonCode, SubAck};
+
+/// How the fake broker mangles the stream of forwarded messages (the n-th
+/// message it receives, counting from 1).
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    drop_every: u64,
+    dup_every: u64,
+    swap_every: u64,
+}
+
+/// A tiny broker: accepts, acknowledges, and forwards every PUBLISH to every
+/// subscriber as QoS 0, applying `Faults`.
+fn fake_broker(faults: Faults) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let subs: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let count = Arc::new(AtomicU64::new(0));
+    let held: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (subs, count, held) = (subs.clone(), count.clone(), held.clone());
+            std::thread::spawn(move || serve(stream, faults, &subs, &count, &held));
+        }
+    });
+    addr
+}
+
+fn serve(
+    mut s: TcpStream,
+    f: Faults,
+    subs: &Mutex<Vec<TcpStream>>,
+    count: &AtomicU64,
+    held: &Mutex<Option<Vec<u8>>>,
+) {
+    let mut codec = Codec::server(1 << 20);
+    let mut buf = BytesMut::new();
+    let mut tmp = [0u8; 65536];
+    loop {
+        let n = match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&tmp[..n]);
+        while let Ok(Some(p)) = codec.decode(&mut buf) {
+            let v = codec.version().unwrap_or(ProtocolVersion::V311);
+            let mut out = BytesMut::new();
+            let reply = match p {
+                Packet::Connect(_) => Some(Packet::ConnAck(Box::new(ConnAck {
+                    session_present: false,
+                    reason: ReasonCode::SUCCESS,
+                    properties: Default::default(),
+                }))),
+                Packet::Subscribe(sub) => {
+                    subs.lock()
+                        .expect("lock")
+                        .push(s.try_clone().expect("clone"));
+                    Some(Packet::SubAck(SubAck {
+                        packet_id: sub.packet_id,
+                        properties: Default::default(),
+                        reasons: vec![ReasonCode::GRANTED_QOS_0],
+                    }))
+                }
+                Packet::Publish(p) => {
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    let mut fwd = p.clone();
+                    fwd.qos = QoS::AtMostOnce;
+                    fwd.packet_id = None;
+                    fwd.dup = false;
+                    let mut bytes = BytesMut::new();
+                    Packet::Publish(fwd).encode(v, &mut bytes).expect("encode");
+                    let mut frames = Vec::new();
+                    if f.swap_every > 0 && n.is_multiple_of(f.swap_every) {
+                        *held.lock().expect("lock") = Some(bytes.to_vec());
+                    } else if f.drop_every == 0 || !n.is_multiple_of(f.drop_every) {
+                        frames.push(bytes.to_vec());
+                        if f.dup_every > 0 && n.is_multiple_of(f.dup_every) {
+                            frames.push(bytes.to_vec());
+                        }
+                        if let Some(h) = held.lock().expect("lock").take() {
+                            frames.push(h);
+                        }
+                    }
+                    for frame in frames {
+                        for sub in subs.lock().expect("lock").iter_mut() {
+                            let _ = sub.write_all(&frame);
+                        }
+                    }
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(Ack::new(id))),
+                        (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(Ack::new(id))),
+                        _ => None,
+                    }
+                }
+                Packet::PubRel(a) => Some(Packet::PubComp(Ack::new(a.packet_id))),
+                Packet::PingReq => Some(Packet::PingResp),
+                Packet::Disconnect(_) => return,
+                _ => None,
+            };
+            if let Some(r) = reply {
+                r.encode(v, &mut out).expect("encode");
+                let _ = s.write_all(&out);
+            }
+        }
+    }
+}
+
+fn bench(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+        .args(args)
+        .args(["--json", "--quiet"])
+        .output()
+        .expect("ringmq-bench runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn field(json: &str, name: &str) -> i64 {
+    let key = format!("\"{name}\":");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        + key.len();
+    json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not an integer in {json}"))
+}
+
+#[test]
+fn loss_and_duplicates_are_counted_exactly() {
+    let addr = fake_broker(Faults {
+        drop_every: 10,
+        dup_every: 7,
+        swap_every: 0,
+    })
+    .to_string();
+    let (ok, out) = bench(&[
+        "pairs",
+        "--broker",
+        &addr,
+        "--publishers",
+        "1",
+        "--qos",
+        "1",
+        "--count",
+        "1000",
+        "--threads",
+        "1",
+        "--drain",
+        "1s",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "acked"), 1000, "{out}");
+    assert_eq!(field(&out, "lost"), 100, "{out}");
+    // Multiples of 7 that were not dropped (multiples of 70 were).
+    assert_eq!(field(&out, "duplicates"), 142 - 14, "{out}");
+    assert_eq!(field(&out, "reordered"), 0, "{out}");
+}
+
+#[test]
+fn reordering_is_counted() {
+    let addr = fake_broker(Faults {
+        swap_every: 5,
+        ..Faults::default()
+    })
+    .to_string();
+    let (ok, out) = bench(&[
+        "pairs",
+        "--broker",
+        &addr,
+        "--publishers",
+        "1",
+        "--count",
+        "1001",
+        "--threads",
+        "1",
+        "--drain",
+        "1s",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "lost"), 0, "{out}");
+    assert_eq!(field(&out, "reordered"), 200, "{out}");
+    assert_eq!(field(&out, "duplicates"), 0, "{out}");
+}
+
+#[test]
+fn nonsense_flags_are_refused() {
+    for args in [
+        vec!["pairs", "--payload", "10"],
+        vec!["pairs", "--qos", "3"],
+        vec!["pairs", "--publishers", "2", "--subscribers", "3"],
+        vec!["backlog", "--qos", "0"],
+        vec!["fan-out", "--publishers", "4"],
+        vec!["nonsense"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+            .args(&args)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn connection_failure_exits_non_zero() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let (ok, out) = bench(&["latency", "--broker", &port.to_string(), "--duration", "1s"]);
+    assert!(!ok, "{out}");
+}
+
+/// Every scenario for about a second against ringmq itself.
+#[test]
+fn every_scenario_runs_against_ringmq() {
+    let config = ringmq::config::Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        cores: 2,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let broker = ringmq::broker::start(config).expect("broker");
+    let addr = broker.local_addrs()[0].to_string();
+    let dir = std::env::temp_dir().join(format!("ringmq-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let svg = dir.join("lat.svg");
+    let hgrm = dir.join("lat.hgrm");
+    for (scenario, extra) in [
+        ("fan-in", vec!["--publishers", "4", "--rate", "2000"]),
+        (
+            "fan-out",
+            vec!["--subscribers", "4", "--rate", "2000", "--qos", "1"],
+        ),
+        (
+            "pairs",
+            vec!["--publishers", "2", "--qos", "2", "--rate", "1000"],
+        ),
+        ("latency", vec!["--rate", "1000", "--mqtt", "5"]),
+        (
+            "connections",
+            vec!["--subscribers", "200", "--ramp", "2000"],
+        ),
+        ("backlog", vec!["--count", "2000"]),
+    ] {
+        let mut args = vec![
+            scenario,
+            "--broker",
+            &addr,
+            "--duration",
+            "1s",
+            "--threads",
+            "2",
+        ];
+        args.extend(extra);
+        if scenario == "latency" {
+            args.extend([
+                "--plot",
+                svg.to_str().expect("utf-8"),
+                "--hdr-out",
+                hgrm.to_str().expect("utf-8"),
+            ]);
+        }
+        let (ok, out) = bench(&args);
+        assert!(ok, "{scenario}: {out}");
+        if scenario == "connections" {
+            assert_eq!(field(&out, "connected"), 200, "{out}");
+            continue;
+        }
+        assert!(field(&out, "received") > 0, "{scenario}: {out}");
+        // Rate-limited QoS 0 on loopback loses nothing either; QoS 1/2 must not.
+        assert_eq!(field(&out, "lost"), 0, "{scenario}: {out}");
+        assert_eq!(field(&out, "duplicates"), 0, "{scenario}: {out}");
+    }
+    assert!(std::fs::read_to_string(&svg)
+        .expect("svg")
+        .contains("<polyline"));
+    assert!(std::fs::read_to_string(&hgrm)
+        .expect("hgrm")
+        .contains("Percentile"));
+    broker.shutdown();
+    broker.join();
+}
