@@ -29,7 +29,7 @@ if [[ $BROKERS == *mosquitto* ]] && ! command -v mosquitto >/dev/null; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto >/dev/null
 fi
 if [[ $BROKERS == *rumqttd* ]] && ! command -v rumqttd >/dev/null; then
-  cargo install rumqttd --locked
+  cargo install rumqttd --locked || cargo install rumqttd
 fi
 cargo build --release --workspace >/dev/null 2>&1 || cargo build --release --workspace
 bench=target/release/ringmq-bench

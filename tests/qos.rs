@@ -67,7 +67,8 @@ fn qos_matrix_across_shards() {
     }
 }
 
-// [v5:MQTT-4.3.3-?] QoS 2 inbound is exactly once: a PUBLISH resent (DUP)
+// [v5:MQTT-4.3.3-8] [v5:MQTT-4.3.3-10] [v5:MQTT-4.3.3-11] [v3:MQTT-4.3.3-2]
+// QoS 2 inbound is exactly once: a PUBLISH resent (DUP)
 // before PUBREL is acknowledged again but delivered once.
 #[test]
 fn qos2_duplicate_publish_delivered_once() {
@@ -161,7 +162,8 @@ fn v5_no_local() {
     assert_eq!(&c.recv_publish().payload[..], b"theirs");
 }
 
-// Messages from one publisher on one topic arrive in order ([MQTT-4.6.0-5]-style),
+// [v3:MQTT-4.6.0-5] [v3:MQTT-4.6.0-6] [v5:MQTT-4.6.0-5] [v5:MQTT-4.6.0-6]
+// Messages from one publisher on one topic arrive in order,
 // here 2,000 QoS 1 messages through the mesh with a small inflight window.
 #[test]
 fn order_is_kept_per_publisher() {

@@ -272,7 +272,8 @@ impl Session {
     }
 
     /// PUBREC received: answer PUBREL, or drop the message if the client
-    /// refused it with an error code ([MQTT-4.3.3-?] v5 semantics).
+    /// refused it with an error code (MQTT 5: a PUBREC of 0x80 or more ends the
+    /// delivery, [MQTT-4.4.0-2]).
     pub fn on_pubrec(
         &mut self,
         id: PacketId,

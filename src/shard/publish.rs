@@ -98,7 +98,8 @@ impl Shard {
         }
         if let Some(s) = d.properties.session_expiry_interval {
             if e.expiry == Some(Duration::ZERO) && s != 0 {
-                // [MQTT-3.14.2-?] a session that was to end may not be prolonged here.
+                // MQTT 5 (3.14.2.2.2): a session whose CONNECT expiry was 0 may not
+                // be given a non-zero expiry at DISCONNECT: protocol error.
                 return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR);
             }
             e.expiry = if s == u32::MAX {
@@ -146,7 +147,8 @@ impl Shard {
         };
         let publisher = e.client_id.clone();
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-            // [MQTT-4.3.3-?] a resent QoS 2 PUBLISH is acknowledged, not delivered again.
+            // [MQTT-4.3.3-10] (v5): until PUBREL, a resent QoS 2 PUBLISH is
+            // acknowledged, not delivered again.
             if !e.session.awaiting_rel.insert(id.get()) {
                 self.send(conn, &Packet::PubRec(Ack::new(id)));
                 return Flow::Continue;

@@ -135,7 +135,8 @@ fn qos2_outbound_flow_survives_reconnect() {
     assert_eq!(s.inflight_len(), 0);
 }
 
-// [v5:MQTT-4.8.2-6]-style: a PUBREC with an error code ends the delivery.
+// [v5:MQTT-4.4.0-2] a PUBREC with an error code ends the delivery: the
+// message is treated as acknowledged and not sent again.
 #[test]
 fn pubrec_error_drops_message() {
     let now = Instant::now();
@@ -255,7 +256,7 @@ fn message_expiry() {
     );
 }
 
-// [v5:MQTT-2.2.1-4] [v3:MQTT-2.3.1-2]-style: packet ids are non-zero and
+// [v5:MQTT-2.2.1-4] [v5:MQTT-4.3.3-1] packet ids are non-zero and
 // not in use; the counter wraps past 65535 and skips ids still inflight.
 #[test]
 fn packet_ids_wrap_and_skip_inflight() {
