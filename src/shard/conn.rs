@@ -14,7 +14,22 @@ use crate::topic::TopicName;
 
 /// Past this many unsent bytes a connection's QoS 0 messages are dropped:
 /// a slow consumer must not grow the broker's memory without bound.
-pub const MAX_OUTBOX_BYTES: usize = 4 << 20;
+pub const MAX_OUTBOX_BYTES: usize = 16 << 20;
+
+/// Past this many unsent bytes a connection is *congested*: the shard stops
+/// reading publishers (and mesh batches) until it drains, so a fast
+/// publisher is slowed to what its subscribers take instead of having its
+/// QoS 0 messages read and then dropped.
+pub const CONGESTED_OUTBOX_BYTES: usize = 1 << 20;
+
+/// A connection congested for longer than this stops holding the shard
+/// back: a stuck consumer must not stall everyone (its QoS 0 messages are
+/// then dropped at [`MAX_OUTBOX_BYTES`]).
+pub const MAX_CONGESTION: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many of a shard's connections are congested (shared by the shard's
+/// connections, on one thread).
+pub type Congestion = std::rc::Rc<Cell<usize>>;
 
 /// A live connection, owned by its shard (shared by `Rc` between the shard
 /// state and the connection's reader and writer tasks).
@@ -40,6 +55,9 @@ pub struct Conn {
     outbox: RefCell<BytesMut>,
     waker: Cell<Option<Waker>>,
     closing: Cell<bool>,
+    /// Since when this connection counts in `congestion`, if it does.
+    congested_since: Cell<Option<Instant>>,
+    congestion: Congestion,
 }
 
 impl std::fmt::Debug for Conn {
@@ -61,6 +79,7 @@ impl Conn {
         max_packet_bytes: usize,
         keep_alive: Duration,
         now: Instant,
+        congestion: Congestion,
     ) -> Conn {
         Conn {
             id,
@@ -75,6 +94,34 @@ impl Conn {
             outbox: RefCell::new(BytesMut::with_capacity(4096)),
             waker: Cell::new(None),
             closing: Cell::new(false),
+            congested_since: Cell::new(None),
+            congestion,
+        }
+    }
+
+    fn uncongest(&self) {
+        if self.congested_since.take().is_some() {
+            self.congestion.set(self.congestion.get().saturating_sub(1));
+        }
+    }
+
+    /// True while this connection holds its shard's readers back.
+    pub fn is_congested(&self) -> bool {
+        self.congested_since.get().is_some()
+    }
+
+    /// Stops counting a connection that stayed congested too long.
+    pub fn expire_congestion(&self, now: Instant) {
+        if self
+            .congested_since
+            .get()
+            .is_some_and(|t| now.saturating_duration_since(t) > MAX_CONGESTION)
+        {
+            tracing::info!(
+                conn = self.id,
+                "slow consumer: no longer holding the shard back"
+            );
+            self.uncongest();
         }
     }
 
@@ -91,7 +138,12 @@ impl Conn {
         let before = out.len();
         encode_packet(p, self.version, self.max_packet_bytes, &mut out)?;
         let n = out.len() - before;
+        let congested = out.len() > CONGESTED_OUTBOX_BYTES;
         drop(out);
+        if congested && self.congested_since.get().is_none() {
+            self.congested_since.set(Some(Instant::now()));
+            self.congestion.set(self.congestion.get() + 1);
+        }
         self.wake();
         Ok(n)
     }
@@ -104,6 +156,7 @@ impl Conn {
     /// Asks the writer to flush what is queued and then close the socket.
     pub fn close(&self) {
         self.closing.set(true);
+        self.uncongest();
         self.wake();
     }
 
@@ -124,6 +177,8 @@ impl Conn {
         let mut out = self.outbox.borrow_mut();
         if !out.is_empty() {
             std::mem::swap(&mut *out, spare);
+            drop(out);
+            self.uncongest();
             return Some(true);
         }
         if self.closing.get() {

@@ -29,7 +29,7 @@ use crate::protocol::{
 };
 
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
-use super::{owner_of, Conn, Flow, Shard, ShardMsg, Shared};
+use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
 
 const READ_BYTES: usize = 64 * 1024;
 const TICK: Duration = Duration::from_millis(100);
@@ -282,7 +282,10 @@ async fn adopt(
         .properties
         .maximum_packet_size
         .map_or(usize::MAX, |v| v as usize);
-    let id = shard.borrow_mut().next_conn_id();
+    let (id, congestion) = {
+        let mut s = shard.borrow_mut();
+        (s.next_conn_id(), s.congestion.clone())
+    };
     let conn = Rc::new(Conn::new(
         id,
         wfd,
@@ -290,6 +293,7 @@ async fn adopt(
         client_max,
         Duration::from_secs(u64::from(keep_alive)),
         now,
+        congestion.clone(),
     ));
     glommio::spawn_local(write_loop(conn.clone(), writer)).detach();
     let flow = {
@@ -298,7 +302,16 @@ async fn adopt(
         s.on_connect(&conn, connect, assigned, now)
     };
     if flow == Flow::Continue {
-        read_loop(&shard, &conn, &mut stream, version, max_packet, leftover).await;
+        read_loop(
+            &shard,
+            &conn,
+            &mut stream,
+            version,
+            max_packet,
+            leftover,
+            &congestion,
+        )
+        .await;
     }
     shard.borrow_mut().on_close(&conn, Instant::now());
 }
@@ -310,6 +323,7 @@ async fn read_loop(
     version: ProtocolVersion,
     max_packet: usize,
     leftover: Bytes,
+    congestion: &Congestion,
 ) {
     let mut codec = Codec::new(version, max_packet);
     let mut buf = BytesMut::with_capacity(READ_BYTES);
@@ -346,7 +360,12 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
-        while shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS {
+        // Backpressure: while the mesh is full or a local subscriber cannot
+        // keep up, stop reading (a congested connection still reads its own
+        // acknowledgements, or it could never drain).
+        while shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS
+            || (congestion.get() > 0 && !conn.is_congested() && !conn.is_closing())
+        {
             glommio::timer::sleep(Duration::from_micros(200)).await;
         }
         match stream.read(&mut tmp).await {

@@ -28,9 +28,12 @@ use crate::topic::{TopicFilter, TopicName};
 use super::Shard;
 
 /// Batches a channel holds before its sender waits.
-pub const MESH_CHANNEL_BATCHES: usize = 256;
+pub const MESH_CHANNEL_BATCHES: usize = 64;
+/// Most messages in one batch: bounds what a channel holds (and so the
+/// latency a flood of publishes can build up) to 64 × 1024 messages.
+pub const MESH_BATCH_MSGS: usize = 1024;
 /// Queued mesh messages past which connection readers stop reading.
-pub const MESH_PAUSE_MSGS: usize = 64 * 1024;
+pub const MESH_PAUSE_MSGS: usize = 8 * 1024;
 
 /// What shards tell each other. Plain `Send` data only: no `Rc`, no slab keys.
 #[derive(Debug)]
@@ -80,6 +83,9 @@ pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: Connec
             let mut s = shard.borrow_mut();
             let done = s.stopping && s.conns.is_empty();
             match s.outgoing.get_mut(to) {
+                Some(q) if q.len() > MESH_BATCH_MSGS => {
+                    Poll::Ready(Some(q.drain(..MESH_BATCH_MSGS).collect()))
+                }
                 Some(q) if !q.is_empty() => Poll::Ready(Some(std::mem::take(q))),
                 Some(_) if done => Poll::Ready(None),
                 Some(_) => {
@@ -104,6 +110,12 @@ pub(crate) async fn receiver_loop(
     rx: ConnectedReceiver<Batch>,
 ) {
     while let Some(batch) = rx.recv().await {
+        // Hold further batches while a local subscriber is congested: the
+        // channel fills and the sending shard stops reading its publishers.
+        let congestion = shard.borrow().congestion.clone();
+        while congestion.get() > 0 {
+            glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+        }
         let mut adopts = Vec::new();
         {
             let mut s = shard.borrow_mut();

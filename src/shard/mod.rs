@@ -19,7 +19,7 @@ mod mesh;
 mod publish;
 mod subscribe;
 
-pub use conn::{Conn, MAX_OUTBOX_BYTES};
+pub use conn::{Congestion, Conn, CONGESTED_OUTBOX_BYTES, MAX_OUTBOX_BYTES};
 pub use connection::{run, ShardStart};
 pub use mesh::ShardMsg;
 
@@ -166,6 +166,8 @@ pub struct Shard {
     pub(crate) scratch_matches: Vec<SubEntry>,
     /// True once shutdown began on this shard.
     pub stopping: bool,
+    /// Connections whose outbox is past [`CONGESTED_OUTBOX_BYTES`].
+    pub congestion: Congestion,
 }
 
 impl Shard {
@@ -199,6 +201,7 @@ impl Shard {
             scratch_packets: Vec::new(),
             scratch_matches: Vec::new(),
             stopping: false,
+            congestion: Congestion::default(),
         }
     }
 
@@ -352,6 +355,7 @@ impl Shard {
         }
         let mut expired = Vec::new();
         for c in self.conns.values() {
+            c.expire_congestion(now);
             // [MQTT-3.1.2-22] (v5) / [MQTT-3.1.2-24] (v3): 1.5 × keep alive.
             if !c.keep_alive.is_zero()
                 && !c.is_closing()

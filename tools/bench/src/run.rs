@@ -216,9 +216,18 @@ pub fn run(plan: &Plan, ctl: &Arc<Control>) -> Vec<std::thread::JoinHandle<Worke
     for j in 0..plan.subscribers {
         shares[j % w].subs.push(j);
     }
+    // With fewer subscribers than workers (fan-in, latency), publishers keep
+    // off the subscribers' workers, so an unthrottled publisher cannot starve
+    // the reader it is measured by; otherwise each publisher sits on the
+    // worker after its pair's subscriber.
+    let sub_workers = plan.subscribers.min(w);
     for i in 0..plan.publishers {
-        // Publishers start on the worker after their pair's subscriber.
-        shares[(i + 1) % w].pubs.push(i);
+        let k = if sub_workers < w {
+            sub_workers + i % (w - sub_workers)
+        } else {
+            (i + 1) % w
+        };
+        shares[k].pubs.push(i);
     }
     shares
         .into_iter()
@@ -488,8 +497,9 @@ async fn publish(
         seq += 1;
         ctl.progress[worker].sent.fetch_add(1, Ordering::Relaxed);
         out.wait_space().await;
-        if seq.is_multiple_of(64) {
-            glommio::yield_if_needed().await;
+        if seq.is_multiple_of(16) {
+            // Let this worker's readers (acks, deliveries) run.
+            futures_lite::future::yield_now().await;
         }
     }
     seq
