@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ulimit -n 65536 2>/dev/null || true
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CORES=${CORES:-2}
