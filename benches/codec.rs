@@ -33,6 +33,61 @@ fn peer_publish(size: usize) -> mqttbytes::v4::Publish {
     p
 }
 
+/// Decodes `wire` with both codecs, each from a fresh buffer per iteration.
+fn compare_decode<O, P>(
+    c: &mut Criterion,
+    group: &str,
+    wire: &Bytes,
+    ours: impl Fn(&mut BytesMut) -> O,
+    peer: impl Fn(&mut BytesMut) -> P,
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ringmq", |b| {
+        b.iter_batched(
+            || BytesMut::from(&wire[..]),
+            |mut buf| black_box(ours(black_box(&mut buf))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("mqttbytes", |b| {
+        b.iter_batched(
+            || BytesMut::from(&wire[..]),
+            |mut buf| black_box(peer(black_box(&mut buf))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+/// Encodes into one reused buffer with both codecs.
+fn compare_encode(
+    c: &mut Criterion,
+    group: &str,
+    capacity: usize,
+    ours: impl Fn(&mut BytesMut),
+    peer: impl Fn(&mut BytesMut),
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1));
+    let mut buf = BytesMut::with_capacity(capacity);
+    g.bench_function("ringmq", |b| {
+        b.iter(|| {
+            buf.clear();
+            ours(&mut buf);
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("mqttbytes", |b| {
+        b.iter(|| {
+            buf.clear();
+            peer(&mut buf);
+            black_box(buf.len())
+        })
+    });
+    g.finish();
+}
+
 fn publish(c: &mut Criterion) {
     for (size, label) in SIZES {
         let ours = ours_publish(size);
@@ -40,50 +95,27 @@ fn publish(c: &mut Criterion) {
         ours.encode(ProtocolVersion::V311, &mut wire)
             .expect("encodes");
         let wire = wire.freeze();
-
-        let mut g = c.benchmark_group(format!("publish_decode_{label}"));
-        g.throughput(Throughput::Elements(1));
-        g.bench_function("ringmq", |b| {
-            b.iter_batched(
-                || BytesMut::from(&wire[..]),
-                |mut buf| {
-                    black_box(decode_packet(
-                        black_box(&mut buf),
-                        Some(ProtocolVersion::V311),
-                        MAX,
-                    ))
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        g.bench_function("mqttbytes", |b| {
-            b.iter_batched(
-                || BytesMut::from(&wire[..]),
-                |mut buf| black_box(mqttbytes::v4::read(black_box(&mut buf), MAX)),
-                BatchSize::SmallInput,
-            )
-        });
-        g.finish();
-
+        compare_decode(
+            c,
+            &format!("publish_decode_{label}"),
+            &wire,
+            |buf| decode_packet(buf, Some(ProtocolVersion::V311), MAX),
+            |buf| mqttbytes::v4::read(buf, MAX),
+        );
         let peer = peer_publish(size);
-        let mut g = c.benchmark_group(format!("publish_encode_{label}"));
-        g.throughput(Throughput::Elements(1));
-        let mut buf = BytesMut::with_capacity(size + 64);
-        g.bench_function("ringmq", |b| {
-            b.iter(|| {
-                buf.clear();
-                ours.encode(ProtocolVersion::V311, &mut buf)
-                    .expect("encodes");
-                black_box(buf.len())
-            })
-        });
-        g.bench_function("mqttbytes", |b| {
-            b.iter(|| {
-                buf.clear();
-                black_box(black_box(&peer).write(&mut buf).expect("encodes"))
-            })
-        });
-        g.finish();
+        compare_encode(
+            c,
+            &format!("publish_encode_{label}"),
+            size + 64,
+            |buf| {
+                black_box(&ours)
+                    .encode(ProtocolVersion::V311, buf)
+                    .expect("encodes")
+            },
+            |buf| {
+                black_box(&peer).write(buf).expect("encodes");
+            },
+        );
     }
 }
 
@@ -117,42 +149,26 @@ fn connect_v5(c: &mut Criterion) {
     else {
         panic!("mqttbytes reads our CONNECT")
     };
-
-    let mut g = c.benchmark_group("connect_v5_decode");
-    g.bench_function("ringmq", |b| {
-        b.iter_batched(
-            || BytesMut::from(&wire[..]),
-            |mut buf| black_box(decode_packet(black_box(&mut buf), None, MAX)),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("mqttbytes", |b| {
-        b.iter_batched(
-            || BytesMut::from(&wire[..]),
-            |mut buf| black_box(mqttbytes::v5::read(black_box(&mut buf), MAX)),
-            BatchSize::SmallInput,
-        )
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("connect_v5_encode");
-    let mut buf = BytesMut::with_capacity(256);
-    g.bench_function("ringmq", |b| {
-        b.iter(|| {
-            buf.clear();
+    compare_decode(
+        c,
+        "connect_v5_decode",
+        &wire,
+        |buf| decode_packet(buf, None, MAX),
+        |buf| mqttbytes::v5::read(buf, MAX),
+    );
+    compare_encode(
+        c,
+        "connect_v5_encode",
+        256,
+        |buf| {
             black_box(&ours)
-                .encode(ProtocolVersion::V5, &mut buf)
-                .expect("encodes");
-            black_box(buf.len())
-        })
-    });
-    g.bench_function("mqttbytes", |b| {
-        b.iter(|| {
-            buf.clear();
-            black_box(black_box(&peer).write(&mut buf).expect("encodes"))
-        })
-    });
-    g.finish();
+                .encode(ProtocolVersion::V5, buf)
+                .expect("encodes")
+        },
+        |buf| {
+            black_box(&peer).write(buf).expect("encodes");
+        },
+    );
 }
 
 criterion_group!(benches, publish, connect_v5);

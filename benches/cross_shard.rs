@@ -29,42 +29,19 @@ fn message() -> Arc<Message> {
     })
 }
 
-/// Sends `n` deliveries in batches of `batch` (0: unbatched) and returns
-/// the time from the producer's first send to the consumer's last receive.
-fn run(n: u64, batch: usize) -> Duration {
-    let msg = message();
-    if batch == 0 {
-        let (tx, rx) = shared_channel::new_bounded::<ShardMsg>(1024);
-        let consumer = LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(move || async move {
-                let rx = rx.connect().await;
-                for _ in 0..n {
-                    rx.recv().await.expect("open");
-                }
-                Instant::now()
-            })
-            .expect("consumer");
-        let producer = LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(move || async move {
-                let tx = tx.connect().await;
-                let start = Instant::now();
-                for _ in 0..n {
-                    tx.send(ShardMsg::Deliver(msg.clone())).await.expect("open");
-                }
-                start
-            })
-            .expect("producer");
-        let start = producer.join().expect("producer");
-        return consumer.join().expect("consumer") - start;
-    }
-    let (tx, rx) = shared_channel::new_bounded::<Vec<ShardMsg>>(256);
+/// Runs `consume` and `produce` on two executors; the time from the
+/// producer's start (after both ends connected) to the consumer's end.
+fn time_pair<T: Send + 'static, C, P, CF, PF>(capacity: usize, consume: C, produce: P) -> Duration
+where
+    C: FnOnce(shared_channel::ConnectedReceiver<T>) -> CF + Send + 'static,
+    CF: std::future::Future<Output = ()> + 'static,
+    P: FnOnce(shared_channel::ConnectedSender<T>) -> PF + Send + 'static,
+    PF: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = shared_channel::new_bounded::<T>(capacity);
     let consumer = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let rx = rx.connect().await;
-            let mut got = 0;
-            while got < n {
-                got += rx.recv().await.expect("open").len() as u64;
-            }
+            consume(rx.connect().await).await;
             Instant::now()
         })
         .expect("consumer");
@@ -72,6 +49,41 @@ fn run(n: u64, batch: usize) -> Duration {
         .spawn(move || async move {
             let tx = tx.connect().await;
             let start = Instant::now();
+            produce(tx).await;
+            start
+        })
+        .expect("producer");
+    let start = producer.join().expect("producer");
+    consumer.join().expect("consumer") - start
+}
+
+/// Sends `n` deliveries in batches of `batch` (0: unbatched).
+fn run(n: u64, batch: usize) -> Duration {
+    let msg = message();
+    if batch == 0 {
+        return time_pair::<ShardMsg, _, _, _, _>(
+            1024,
+            move |rx| async move {
+                for _ in 0..n {
+                    rx.recv().await.expect("open");
+                }
+            },
+            move |tx| async move {
+                for _ in 0..n {
+                    tx.send(ShardMsg::Deliver(msg.clone())).await.expect("open");
+                }
+            },
+        );
+    }
+    time_pair::<Vec<ShardMsg>, _, _, _, _>(
+        256,
+        move |rx| async move {
+            let mut got = 0;
+            while got < n {
+                got += rx.recv().await.expect("open").len() as u64;
+            }
+        },
+        move |tx| async move {
             let mut sent = 0;
             while sent < n {
                 let k = (n - sent).min(batch as u64);
@@ -79,11 +91,8 @@ fn run(n: u64, batch: usize) -> Duration {
                 tx.send(b).await.expect("open");
                 sent += k;
             }
-            start
-        })
-        .expect("producer");
-    let start = producer.join().expect("producer");
-    consumer.join().expect("consumer") - start
+        },
+    )
 }
 
 fn bench(c: &mut Criterion) {

@@ -183,6 +183,27 @@ pub fn varint_len(v: u32) -> usize {
     }
 }
 
+/// The Variable Byte Integer encoding of `v` (at most [`MAX_VARINT`]):
+/// the bytes and how many of them are used.
+#[inline]
+pub fn encode_varint(mut v: u32) -> ([u8; 4], usize) {
+    let mut out = [0u8; 4];
+    let mut n = 0;
+    for slot in out.iter_mut() {
+        let mut byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v > 0 {
+            byte |= 0x80;
+        }
+        *slot = byte;
+        n += 1;
+        if v == 0 {
+            break;
+        }
+    }
+    (out, n)
+}
+
 /// Outcome of reading a Variable Byte Integer from a buffer that may be incomplete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VarIntRead {
@@ -405,18 +426,9 @@ impl Sink for BytesMut {
         self.extend_from_slice(v);
     }
     #[inline]
-    fn put_varint(&mut self, mut v: u32) {
-        loop {
-            let mut byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v > 0 {
-                byte |= 0x80;
-            }
-            BufMut::put_u8(self, byte);
-            if v == 0 {
-                break;
-            }
-        }
+    fn put_varint(&mut self, v: u32) {
+        let (bytes, n) = encode_varint(v);
+        self.extend_from_slice(bytes.get(..n).unwrap_or_default());
     }
     /// Writes a one-byte length placeholder, the body, then patches the
     /// length; a body of 128 bytes or more is shifted right to make room
@@ -435,21 +447,7 @@ impl Sink for BytesMut {
                 max: MAX_VARINT as usize,
             },
         )?;
-        let mut len = [0u8; 4];
-        let mut len_bytes = 0;
-        let mut v = n32;
-        for slot in len.iter_mut() {
-            let mut byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v > 0 {
-                byte |= 0x80;
-            }
-            *slot = byte;
-            len_bytes += 1;
-            if v == 0 {
-                break;
-            }
-        }
+        let (len, len_bytes) = encode_varint(n32);
         let extra = len_bytes - 1;
         if extra > 0 {
             self.resize(self.len() + extra, 0);

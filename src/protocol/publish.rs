@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::connect::read_topic_name;
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{varint_len, Counter, MqttStr, Reader, Sink, MAX_VARINT};
+use super::primitives::{encode_varint, varint_len, Counter, MqttStr, Reader, Sink, MAX_VARINT};
 use super::properties::{PropertyBlock, PublishProperties, SparseProperties};
 use super::{PacketId, ProtocolVersion, QoS};
 
@@ -151,20 +151,9 @@ impl Publish {
         // copies into capacity reserved once.
         let mut head = [0u8; 8];
         head[0] = 0x30 | self.flags();
-        let mut n = 1;
-        let mut rem = remaining as u32;
-        loop {
-            let mut byte = (rem & 0x7f) as u8;
-            rem >>= 7;
-            if rem > 0 {
-                byte |= 0x80;
-            }
-            head[n] = byte;
-            n += 1;
-            if rem == 0 {
-                break;
-            }
-        }
+        let (len, len_bytes) = encode_varint(remaining as u32);
+        head[1..5].copy_from_slice(&len);
+        let mut n = 1 + len_bytes;
         [head[n], head[n + 1]] = topic_len.to_be_bytes();
         n += 2;
         let mut tail = [0u8; 8];

@@ -109,10 +109,10 @@ pub(crate) async fn receiver_loop(
     from: usize,
     rx: ConnectedReceiver<Batch>,
 ) {
+    let congestion = shard.borrow().congestion.clone();
     while let Some(batch) = rx.recv().await {
         // Hold further batches while a local subscriber is congested: the
         // channel fills and the sending shard stops reading its publishers.
-        let congestion = shard.borrow().congestion.clone();
         while congestion.get() > 0 {
             glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
         }

@@ -25,7 +25,7 @@ pub use mesh::ShardMsg;
 
 /// Mesh constants and types the bootstrap needs.
 pub mod mesh_types {
-    pub use super::mesh::{Batch, MESH_CHANNEL_BATCHES, MESH_PAUSE_MSGS};
+    pub use super::mesh::MESH_CHANNEL_BATCHES;
 }
 
 use std::collections::{HashMap, VecDeque};

@@ -245,14 +245,20 @@ impl Shard {
             let mut qos = None;
             let mut retain = false;
             let mut ids = Vec::new();
-            let publisher_is_me = self
-                .entry(key)
-                .is_some_and(|e| *e.client_id == *msg.publisher);
+            // Looked up only if a matching subscription has No Local set.
+            let mut publisher_is_me = None;
             while j < matches.len() && matches[j].session == key {
                 let o = matches[j].opts;
                 j += 1;
                 // [v5:MQTT-3.8.3-3] No Local.
-                if o.no_local && publisher_is_me {
+                if o.no_local
+                    && *publisher_is_me.get_or_insert_with(|| {
+                        self.sessions
+                            .get(key as usize)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|e| *e.client_id == *msg.publisher)
+                    })
+                {
                     continue;
                 }
                 qos = Some(qos.map_or(o.qos, |q: QoS| q.max(o.qos)));

@@ -8,7 +8,7 @@ use crate::protocol::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::session::Delivery;
-use crate::topic::{SubscriptionFilter, TopicFilter};
+use crate::topic::{SubscriptionFilter, TopicFilter, TopicName};
 
 use super::{Conn, Deferred, Flow, Shard, ShardMsg, SubEntry, SubOpts};
 
@@ -146,12 +146,11 @@ impl Shard {
                     push(m);
                 }
             }
-        } else if let Some(m) = self
-            .retained
-            .iter()
-            .find(|(t, _)| t.as_str() == filter.as_str())
-            .map(|(_, m)| m)
+        } else if let Some(m) = TopicName::new(filter.as_mqtt_str().clone())
+            .ok()
+            .and_then(|name| self.retained.get(&name))
         {
+            // A filter without wildcards is a topic name: one lookup, no scan.
             push(m);
         }
     }

@@ -132,25 +132,24 @@ impl Report {
         s
     }
 
-    fn pcts(&self, h: &Histogram<u64>) -> String {
+    /// Every percentile of `h`, each formatted by `item`, joined by `sep`.
+    fn pcts_with(h: &Histogram<u64>, item: impl Fn(&str, u64) -> String, sep: &str) -> String {
         PERCENTILES
             .iter()
-            .map(|(n, p)| format!("{n} {}", Self::pct(h, *p)))
+            .map(|(n, p)| item(n, Self::pct(h, *p)))
             .collect::<Vec<_>>()
-            .join("  ")
+            .join(sep)
+    }
+
+    fn pcts(&self, h: &Histogram<u64>) -> String {
+        Self::pcts_with(h, |n, v| format!("{n} {v}"), "  ")
     }
 
     /// One JSON object (hand-written: the shape is small and fixed).
     pub fn json(&self) -> String {
         let p = &self.plan;
         let (sr, ar, rr) = self.rates();
-        let lat = |h: &Histogram<u64>| {
-            PERCENTILES
-                .iter()
-                .map(|(n, q)| format!("\"{n}\":{}", Self::pct(h, *q)))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let lat = |h: &Histogram<u64>| Self::pcts_with(h, |n, v| format!("\"{n}\":{v}"), ",");
         let err = self
             .first_error
             .as_deref()
