@@ -44,7 +44,9 @@ fn retained_store_replace_and_deliver() {
 fn empty_payload_deletes_retained() {
     let b = start(2);
     let (mut p, _) = Raw::connect(b.addr, V311, "del-pub", true);
-    p.publish("d/x", b"keep", QoS::AtMostOnce, 0, true);
+    // QoS 1, so the PUBACK says every shard stores it before anyone subscribes.
+    p.publish("d/x", b"keep", QoS::AtLeastOnce, 1, true);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
     let (mut live, _) = Raw::connect(b.addr, V311, "del-live", true);
     live.subscribe(1, &[("d/x", QoS::AtMostOnce)]);
     assert_eq!(&live.recv_publish().payload[..], b"keep");

@@ -48,8 +48,9 @@ pub enum ShardMsg {
         /// Gained or lost.
         add: bool,
     },
-    /// An `Interest` message was applied (FIFO, so a count suffices).
-    InterestAck,
+    /// An `Interest` or `Retain` message was applied (FIFO, so a count
+    /// suffices): what SUBACK and the PUBACK of a retained publish wait for.
+    Applied,
     /// Set (`Some`) or clear the retained message of `topic`.
     Retain {
         /// The topic.

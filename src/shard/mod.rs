@@ -118,13 +118,14 @@ pub(crate) enum TimerKey {
     Expire { session: u32, generation: u64 },
 }
 
-/// A SUBACK held until every shard has applied the interest it added.
+/// A SUBACK (or the PUBACK/PUBREC of a retained publish) held until every
+/// shard has applied the broadcast it caused.
 #[derive(Debug)]
 pub(crate) struct Deferred {
     pub conn: Rc<Conn>,
     pub session: u32,
     pub barrier: u64,
-    pub suback: Packet,
+    pub ack: Packet,
     pub retained: Vec<Delivery>,
 }
 
@@ -158,7 +159,7 @@ pub struct Shard {
     /// Outgoing mesh batches, one per destination shard.
     pub(crate) outgoing: Vec<Vec<ShardMsg>>,
     pub(crate) mesh_wakers: Vec<Option<std::task::Waker>>,
-    /// Interest broadcasts sent, and how many each peer acknowledged.
+    /// Interest and retain broadcasts sent, and how many each peer applied.
     pub(crate) broadcasts: u64,
     pub(crate) acked: Vec<u64>,
     pub(crate) deferred: VecDeque<Deferred>,

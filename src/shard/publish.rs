@@ -114,7 +114,7 @@ impl Shard {
 
     fn on_publish(
         &mut self,
-        conn: &Conn,
+        conn: &Rc<Conn>,
         key: u32,
         p: crate::protocol::Publish,
         now: Instant,
@@ -173,19 +173,27 @@ impl Shard {
             expires_at,
         });
         // $SYS belongs to the broker: client publishes there are acknowledged and dropped.
-        if !msg.topic.as_str().starts_with("$SYS") {
-            self.publish_message(msg, now);
-        }
-        match (p.qos, p.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(conn, &Packet::PubAck(Ack::new(id))),
-            (QoS::ExactlyOnce, Some(id)) => self.send(conn, &Packet::PubRec(Ack::new(id))),
-            _ => {}
-        }
+        let barrier = if msg.topic.as_str().starts_with("$SYS") {
+            None
+        } else {
+            self.publish_message(msg, now)
+        };
+        let ack = match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Packet::PubAck(Ack::new(id)),
+            (QoS::ExactlyOnce, Some(id)) => Packet::PubRec(Ack::new(id)),
+            _ => return Flow::Continue,
+        };
+        // A retained message is acknowledged once every shard stores it, so
+        // a subscriber anywhere that subscribes after the PUBACK gets it.
+        self.answer_after(conn, key, barrier, ack, Vec::new(), now);
         Flow::Continue
     }
 
     /// Stores (or clears) a retained message and routes the message.
-    pub(crate) fn publish_message(&mut self, msg: Arc<Message>, now: Instant) {
+    /// Returns the broadcast barrier a retained message's acknowledgement
+    /// waits for (see [`Shard::answer_after`]).
+    pub(crate) fn publish_message(&mut self, msg: Arc<Message>, now: Instant) -> Option<u64> {
+        let mut barrier = None;
         if msg.retain {
             let stored = if msg.payload.is_empty() {
                 // [MQTT-3.3.1-6] / [MQTT-3.3.1-7] (v5), [MQTT-3.3.1-10] / [MQTT-3.3.1-11] (v3)
@@ -199,8 +207,11 @@ impl Shard {
                 topic: topic.clone(),
                 msg: stored.clone(),
             });
+            self.broadcasts += 1;
+            barrier = Some(self.broadcasts);
         }
         self.route(msg, now);
+        barrier
     }
 
     fn set_retained(&mut self, topic: TopicName, msg: Option<Arc<Message>>) {
@@ -409,15 +420,18 @@ impl Shard {
                 } else {
                     self.interest.remove(&filter, |&s| s == shard);
                 }
-                self.mesh_send(from, ShardMsg::InterestAck);
+                self.mesh_send(from, ShardMsg::Applied);
             }
-            ShardMsg::InterestAck => {
+            ShardMsg::Applied => {
                 if let Some(a) = self.acked.get_mut(from) {
                     *a += 1;
                 }
                 self.release_deferred(now);
             }
-            ShardMsg::Retain { topic, msg } => self.set_retained(topic, msg),
+            ShardMsg::Retain { topic, msg } => {
+                self.set_retained(topic, msg);
+                self.mesh_send(from, ShardMsg::Applied);
+            }
             ShardMsg::Stats(m) => {
                 if let Some(slot) = self.peer_metrics.get_mut(from) {
                     *slot = m;

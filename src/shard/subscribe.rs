@@ -102,28 +102,42 @@ impl Shard {
             properties: AckProperties::default(),
             reasons,
         });
+        self.answer_after(conn, key, barrier, suback, retained, now);
+        Flow::Continue
+    }
+
+    /// Sends `ack` (then delivers `retained`) once every peer has applied
+    /// broadcast number `barrier`; at once if there is no barrier to wait for.
+    pub(crate) fn answer_after(
+        &mut self,
+        conn: &Rc<Conn>,
+        key: u32,
+        barrier: Option<u64>,
+        ack: Packet,
+        retained: Vec<Delivery>,
+        now: Instant,
+    ) {
         match barrier {
             Some(barrier) if self.nr_shards > 1 => self.deferred.push_back(Deferred {
                 conn: conn.clone(),
                 session: key,
                 barrier,
-                suback,
+                ack,
                 retained,
             }),
-            _ => self.answer_subscribe(conn, key, &suback, retained, now),
+            _ => self.answer_subscribe(conn, key, &ack, retained, now),
         }
-        Flow::Continue
     }
 
     fn answer_subscribe(
         &mut self,
         conn: &Conn,
         key: u32,
-        suback: &Packet,
+        ack: &Packet,
         retained: Vec<Delivery>,
         now: Instant,
     ) {
-        self.send(conn, suback);
+        self.send(conn, ack);
         for d in retained {
             self.deliver_to(key, d, now);
         }
@@ -198,7 +212,7 @@ impl Shard {
         });
     }
 
-    /// Sends the SUBACKs whose interest every peer has applied.
+    /// Sends the acknowledgements whose broadcast every peer has applied.
     pub(crate) fn release_deferred(&mut self, now: Instant) {
         let done = (0..self.nr_shards)
             .filter(|&s| s != self.id)
@@ -210,7 +224,7 @@ impl Shard {
                 break;
             };
             if d.conn.session.get() == Some(d.session) {
-                self.answer_subscribe(&d.conn, d.session, &d.suback, d.retained, now);
+                self.answer_subscribe(&d.conn, d.session, &d.ack, d.retained, now);
             }
         }
     }
