@@ -268,14 +268,21 @@ fn v5_will_delay() {
 #[test]
 fn retained_will() {
     let b = start(2);
+    let owner = ringmq::shard::owner_of("rw", 2);
+    // Watcher and late subscriber live on the other shard, where the
+    // retained copy arrives over the mesh. A shard sends the retained copy
+    // before the delivery on the same FIFO channel, so once the watcher has
+    // the will, that shard stores it: no sleeping needed.
+    let (mut watcher, _) = Raw::connect(b.addr, V311, &id_on_shard("rw-watch", 1 - owner, 2), true);
+    watcher.subscribe(1, &[("will/t", QoS::AtMostOnce)]);
     let mut c = with_will(V311, "rw", None);
     if let Some(w) = c.will.as_mut() {
         w.retain = true;
     }
     let (conn, _) = Raw::connect_with(b.addr, c);
     drop(conn);
-    std::thread::sleep(Duration::from_millis(200));
-    let (mut late, _) = Raw::connect(b.addr, V311, "rw-late", true);
+    assert_eq!(&watcher.recv_publish().payload[..], b"gone");
+    let (mut late, _) = Raw::connect(b.addr, V311, &id_on_shard("rw-late", 1 - owner, 2), true);
     late.subscribe(1, &[("will/t", QoS::AtMostOnce)]);
     let m = late.recv_publish();
     assert!(m.retain);
