@@ -58,14 +58,24 @@ impl Shared {
     }
 }
 
-/// The shard that owns the session of `client_id`: a stable hash (FNV-1a),
-/// so the same id lands on the same shard after a restart.
+/// The shard that owns the session of `client_id`: a stable hash (FNV-1a
+/// with a mixing finaliser), so the same id lands on the same shard after a
+/// restart.
 pub fn owner_of(client_id: &str, nr_shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in client_id.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    // FNV's low bits depend only on the low bits of each byte (the odd
+    // multiplier keeps them), so `% 2` alone would split ids by the parity
+    // of their characters: `sensor-a`, `sensor-c`, `sensor-e` on one shard.
+    // The murmur3 finaliser spreads every input bit over the low bits.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     (h % nr_shards as u64) as usize
 }
 
@@ -482,5 +492,33 @@ mod tests {
             counts[owner_of(&format!("client-{i}"), 4)] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn ids_differing_in_one_character_spread() {
+        // Plain FNV-1a put all of these on one of two shards: their last
+        // characters are all odd.
+        let ids: Vec<String> = "acegikmoqsuwy"
+            .chars()
+            .map(|c| format!("sensor-{c}"))
+            .collect();
+        for n in [2, 4] {
+            let mut counts = vec![0usize; n];
+            for id in &ids {
+                counts[owner_of(id, n)] += 1;
+            }
+            assert!(
+                counts.iter().filter(|&&c| c > 0).count() >= n / 2 + 1,
+                "{n}: {counts:?}"
+            );
+        }
+        for n in [2, 3, 8] {
+            let mut counts = vec![0usize; n];
+            for i in 0..8000 {
+                counts[owner_of(&format!("dev/{i:05}"), n)] += 1;
+            }
+            let even = 8000 / n;
+            assert!(counts.iter().all(|&c| c > even * 9 / 10), "{n}: {counts:?}");
+        }
     }
 }
