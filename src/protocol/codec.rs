@@ -11,10 +11,12 @@
 //! in, before the body is buffered: an oversize or nonsensical packet is
 //! refused without reserving memory for it.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{read_varint, Reader, Sink, VarIntRead};
+use super::primitives::{
+    read_varint, varint_len, Counter, Reader, Sink, VarIntRead, Writer, MAX_VARINT,
+};
 use super::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, Publish, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
@@ -182,6 +184,9 @@ pub fn encode_packet(
     max_packet_bytes: usize,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    if let Packet::Publish(p) = packet {
+        return p.encode_into(version, max_packet_bytes, buf);
+    }
     let version = match packet {
         Packet::Connect(c) => c.protocol,
         Packet::Auth(_) if !version.is_v5() => {
@@ -192,35 +197,56 @@ pub fn encode_packet(
         }
         _ => version,
     };
-    if let Packet::Publish(p) = packet {
-        let start = buf.len();
-        let r = p.encode_into(version, max_packet_bytes, buf);
-        if r.is_err() {
-            buf.truncate(start);
-        }
-        return r;
-    }
     let packet_type = packet.packet_type();
-    // One pass: the body goes straight into `buf` behind a one-byte length
-    // placeholder that is patched (and, past 127 bytes, widened) afterwards.
-    let start = buf.len();
-    BufMut::put_u8(
+    let byte0 = ((packet_type as u8) << 4) | packet_type.required_flags();
+    encode_two_pass(
+        byte0,
+        max_packet_bytes,
         buf,
-        ((packet_type as u8) << 4) | packet_type.required_flags(),
-    );
-    let written = buf.put_prefixed(|b| write_body(packet, version, b));
-    let size = buf.len() - start;
-    if let Err(e) = written {
-        buf.truncate(start);
-        return Err(e);
-    }
-    if size > max_packet_bytes {
-        buf.truncate(start);
+        |c| write_body(packet, version, c),
+        |w| write_body(packet, version, w),
+    )
+}
+
+/// Appends a packet whose first byte is `byte0` and whose body the two
+/// closures write (the same writer function, one per sink): a counting
+/// pass, then stores into capacity reserved once (see [`Writer`]). Nothing
+/// is exposed in `buf` on error.
+pub(crate) fn encode_two_pass(
+    byte0: u8,
+    max_packet_bytes: usize,
+    buf: &mut BytesMut,
+    count: impl FnOnce(&mut Counter) -> Result<(), EncodeError>,
+    write: impl FnOnce(&mut Writer<'_>) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    let mut counter = Counter::default();
+    count(&mut counter)?;
+    let body = counter.0;
+    let size = 1 + varint_len(body.min(MAX_VARINT as usize) as u32) + body;
+    if body > MAX_VARINT as usize || size > max_packet_bytes {
         return Err(EncodeError::PacketTooLarge {
             size,
-            max: max_packet_bytes,
+            max: max_packet_bytes.min(MAX_VARINT as usize + 5),
         });
     }
+    buf.reserve(size);
+    let start = buf.len();
+    let filled = {
+        let Some(spare) = buf.spare_capacity_mut().get_mut(..size) else {
+            return Err(EncodeError::SizeMismatch);
+        };
+        let mut w = Writer::new(spare);
+        w.put_u8(byte0);
+        w.put_varint(body as u32);
+        write(&mut w)?;
+        w.filled()
+    };
+    if !filled {
+        return Err(EncodeError::SizeMismatch);
+    }
+    // SAFETY: the writer initialised all `size` bytes of that spare capacity
+    // (it only ever writes at the front of what is left, and nothing is left).
+    unsafe { buf.set_len(start + size) };
     Ok(())
 }
 

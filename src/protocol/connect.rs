@@ -141,6 +141,7 @@ impl Connect {
         })
     }
 
+    #[inline(always)]
     pub(crate) fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         let v5 = self.protocol.is_v5();
         let name: &[u8] = match self.protocol {

@@ -269,4 +269,8 @@ pub enum EncodeError {
     /// A SUBSCRIBE or UNSUBSCRIBE without topic filters.
     #[error("SUBSCRIBE/UNSUBSCRIBE needs at least one topic filter")]
     NoTopicFilters,
+    /// The sizing pass and the writing pass disagreed: a codec bug, caught
+    /// before anything was exposed in the buffer.
+    #[error("internal: encoded size differs from the computed size")]
+    SizeMismatch,
 }

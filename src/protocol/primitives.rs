@@ -7,8 +7,9 @@
 //! [`Sink`], which is either a real buffer or a byte counter, so every packet has
 //! one function that both sizes and writes it.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 
 use super::error::{DecodeError, EncodeError};
@@ -336,7 +337,9 @@ impl Reader {
     }
 }
 
-/// Where encoded bytes go: a buffer, or a counter that only sizes a packet.
+/// Where encoded bytes go: reserved buffer space ([`Writer`]), or a
+/// [`Counter`] that only sizes a packet. Every encoder is one function over
+/// `Sink`, run once to size and once to write, so the two cannot drift.
 pub trait Sink {
     /// Writes one byte.
     fn put_u8(&mut self, v: u8);
@@ -349,14 +352,20 @@ pub trait Sink {
     /// Writes a Variable Byte Integer (`v` must be at most [`MAX_VARINT`]).
     fn put_varint(&mut self, v: u32);
 
-    /// Writes a Variable Byte Integer length, then what `body` writes.
+    /// Writes what `body` writes, whose size the caller already knows to be
+    /// `len` (a counter adds it without running `body`).
     ///
     /// # Errors
     /// What `body` returns.
-    fn put_prefixed<F>(&mut self, body: F) -> Result<(), EncodeError>
+    #[inline]
+    fn put_sized<F>(&mut self, len: usize, body: F) -> Result<(), EncodeError>
     where
         Self: Sized,
-        F: FnOnce(&mut Self) -> Result<(), EncodeError>;
+        F: FnOnce(&mut Self) -> Result<(), EncodeError>,
+    {
+        let _ = len;
+        body(self)
+    }
 
     /// Writes Binary Data or a string: two-byte length, then the bytes.
     ///
@@ -396,66 +405,92 @@ impl Sink for Counter {
         self.0 += varint_len(v);
     }
     #[inline]
-    fn put_prefixed<F>(&mut self, body: F) -> Result<(), EncodeError>
+    fn put_sized<F>(&mut self, len: usize, _: F) -> Result<(), EncodeError>
     where
         F: FnOnce(&mut Self) -> Result<(), EncodeError>,
     {
-        let start = self.0;
-        body(self)?;
-        let n = self.0 - start;
-        self.0 += varint_len(n.min(MAX_VARINT as usize) as u32);
+        self.0 += len;
         Ok(())
     }
 }
 
-impl Sink for BytesMut {
-    #[inline]
+/// A [`Sink`] over spare capacity reserved for exactly one packet, sized
+/// beforehand by a [`Counter`] pass over the same writer function: fields
+/// become plain stores instead of a capacity check and a `memcpy` call each
+/// (which is what `BufMut` costs per field). A write that would pass the end
+/// (the two passes disagreeing: a bug) is refused and remembered, never done.
+pub(crate) struct Writer<'a> {
+    /// What is left to fill.
+    rest: &'a mut [MaybeUninit<u8>],
+    overflow: bool,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn new(dst: &'a mut [MaybeUninit<u8>]) -> Self {
+        Writer {
+            rest: dst,
+            overflow: false,
+        }
+    }
+
+    /// Whether every byte was written and no write was refused.
+    pub(crate) fn filled(&self) -> bool {
+        !self.overflow && self.rest.is_empty()
+    }
+
+    #[inline(always)]
+    fn put_array<const N: usize>(&mut self, v: [u8; N]) {
+        let rest = std::mem::take(&mut self.rest);
+        if rest.len() < N {
+            self.rest = rest;
+            self.overflow = true;
+            return;
+        }
+        let (head, tail) = rest.split_at_mut(N);
+        for (d, s) in head.iter_mut().zip(v) {
+            d.write(s);
+        }
+        self.rest = tail;
+    }
+}
+
+impl Sink for Writer<'_> {
+    #[inline(always)]
     fn put_u8(&mut self, v: u8) {
-        BufMut::put_u8(self, v);
+        self.put_array([v]);
     }
-    #[inline]
+    #[inline(always)]
     fn put_u16(&mut self, v: u16) {
-        BufMut::put_u16(self, v);
+        self.put_array(v.to_be_bytes());
     }
-    #[inline]
+    #[inline(always)]
     fn put_u32(&mut self, v: u32) {
-        BufMut::put_u32(self, v);
+        self.put_array(v.to_be_bytes());
     }
     #[inline]
     fn put_slice(&mut self, v: &[u8]) {
-        self.extend_from_slice(v);
+        let rest = std::mem::take(&mut self.rest);
+        if rest.len() < v.len() {
+            self.rest = rest;
+            self.overflow = true;
+            return;
+        }
+        let (head, tail) = rest.split_at_mut(v.len());
+        // SAFETY: `head` is exactly `v.len()` bytes (split above); `v` is a
+        // separate borrowed slice, so the two cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), head.as_mut_ptr().cast::<u8>(), v.len());
+        }
+        self.rest = tail;
     }
     #[inline]
     fn put_varint(&mut self, v: u32) {
         let (bytes, n) = encode_varint(v);
-        self.extend_from_slice(bytes.get(..n).unwrap_or_default());
-    }
-    /// Writes a one-byte length placeholder, the body, then patches the
-    /// length; a body of 128 bytes or more is shifted right to make room
-    /// (rare for property blocks, which is all this is used for).
-    fn put_prefixed<F>(&mut self, body: F) -> Result<(), EncodeError>
-    where
-        F: FnOnce(&mut Self) -> Result<(), EncodeError>,
-    {
-        let at = self.len();
-        BufMut::put_u8(self, 0);
-        body(self)?;
-        let n = self.len() - at - 1;
-        let n32 = u32::try_from(n).ok().filter(|&v| v <= MAX_VARINT).ok_or(
-            EncodeError::PacketTooLarge {
-                size: n,
-                max: MAX_VARINT as usize,
-            },
-        )?;
-        let (len, len_bytes) = encode_varint(n32);
-        let extra = len_bytes - 1;
-        if extra > 0 {
-            self.resize(self.len() + extra, 0);
-            self.copy_within(at + 1..at + 1 + n, at + 1 + extra);
+        match n {
+            1 => self.put_array([bytes[0]]),
+            2 => self.put_array([bytes[0], bytes[1]]),
+            3 => self.put_array([bytes[0], bytes[1], bytes[2]]),
+            _ => self.put_array(bytes),
         }
-        if let (Some(slot), Some(src)) = (self.get_mut(at..at + len_bytes), len.get(..len_bytes)) {
-            slot.copy_from_slice(src);
-        }
-        Ok(())
     }
 }

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{MqttStr, Reader, Sink, MAX_VARINT};
+use super::primitives::{Counter, MqttStr, Reader, Sink, MAX_VARINT};
 use super::{PacketType, QoS};
 
 const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
@@ -209,9 +209,18 @@ pub(crate) trait PropertyBlock {
     /// Writes the properties without the length prefix.
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError>;
 
-    /// Writes the length prefix, then the properties.
+    /// Writes the length prefix (sized by a counting pass), then the properties.
     fn encode<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        s.put_prefixed(|s| self.write(s))
+        let mut c = Counter::default();
+        self.write(&mut c)?;
+        let len = u32::try_from(c.0).ok().filter(|&n| n <= MAX_VARINT).ok_or(
+            EncodeError::PacketTooLarge {
+                size: c.0,
+                max: MAX_VARINT as usize,
+            },
+        )?;
+        s.put_varint(len);
+        s.put_sized(c.0, |s| self.write(s))
     }
 }
 
@@ -281,6 +290,7 @@ impl ConnectProperties {
 }
 
 impl PropertyBlock for ConnectProperties {
+    #[inline(always)]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         w_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
@@ -356,6 +366,7 @@ impl WillProperties {
 }
 
 impl PropertyBlock for WillProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_u32(s, WILL_DELAY_INTERVAL, self.will_delay_interval);
         w_u8(s, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
@@ -468,6 +479,7 @@ impl ConnAckProperties {
 }
 
 impl PropertyBlock for ConnAckProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         w_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
@@ -644,6 +656,7 @@ impl PublishProperties {
 }
 
 impl PropertyBlock for PublishProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_u8(s, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
         w_u32(s, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
@@ -692,6 +705,7 @@ impl AckProperties {
 }
 
 impl PropertyBlock for AckProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_str(s, REASON_STRING, &self.reason_string)?;
         w_users(s, &self.user_properties)
@@ -729,6 +743,7 @@ impl SubscribeProperties {
 }
 
 impl PropertyBlock for SubscribeProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         if let Some(v) = self.subscription_identifier {
             w_varint(s, SUBSCRIPTION_IDENTIFIER, v);
@@ -759,6 +774,7 @@ impl UnsubscribeProperties {
 }
 
 impl PropertyBlock for UnsubscribeProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_users(s, &self.user_properties)
     }
@@ -809,6 +825,7 @@ impl DisconnectProperties {
 }
 
 impl PropertyBlock for DisconnectProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         w_str(s, REASON_STRING, &self.reason_string)?;
@@ -862,6 +879,7 @@ impl AuthProperties {
 }
 
 impl PropertyBlock for AuthProperties {
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         w_str(s, AUTHENTICATION_METHOD, &self.authentication_method)?;
         w_bin(s, AUTHENTICATION_DATA, self.authentication_data.as_deref())?;

@@ -1,6 +1,6 @@
 //! PUBLISH.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::connect::read_topic_name;
 use super::error::{DecodeError, EncodeError};
@@ -116,9 +116,7 @@ impl Publish {
     }
 
     /// Appends the whole packet to `buf`: the broker's hottest encode, sized
-    /// by arithmetic and written in one pass. Nothing is written on error,
-    /// except a v5 property block that fails half way (an over-long string),
-    /// which the caller's `truncate` in [`super::encode_packet`] undoes.
+    /// by arithmetic and written in one pass. Nothing is written on error.
     #[inline]
     #[expect(
         clippy::indexing_slicing,
@@ -130,22 +128,32 @@ impl Publish {
         max_packet_bytes: usize,
         buf: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        let remaining = self.body_len(version)?;
+        if version.is_v5() && !self.properties.is_empty() {
+            // Properties go through the general two-pass writer.
+            return super::codec::encode_two_pass(
+                0x30 | self.flags(),
+                max_packet_bytes,
+                buf,
+                |c| self.write(version, c),
+                |w| self.write(version, w),
+            );
+        }
+        let v5 = version.is_v5();
+        let id_len = match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, None) => 0,
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,
+            _ => return Err(EncodeError::PacketIdMismatch),
+        };
+        let topic = self.topic.as_bytes();
+        // An `MqttStr` is at most 65,535 bytes (checked when it was made).
+        let topic_len = topic.len() as u16;
+        let remaining = 2 + topic.len() + id_len + usize::from(v5) + self.payload.len();
         let size = 1 + varint_len(remaining.min(MAX_VARINT as usize) as u32) + remaining;
         if remaining > MAX_VARINT as usize || size > max_packet_bytes {
             return Err(EncodeError::PacketTooLarge {
                 size,
                 max: max_packet_bytes.min(MAX_VARINT as usize + 5),
             });
-        }
-        let topic = self.topic.as_bytes();
-        let topic_len = u16::try_from(topic.len()).map_err(|_| EncodeError::StringTooLong)?;
-        if version.is_v5() && !self.properties.is_empty() {
-            // Rare: properties go through the general writer.
-            buf.reserve(size);
-            BufMut::put_u8(buf, 0x30 | self.flags());
-            Sink::put_varint(buf, remaining as u32);
-            return self.write(version, buf);
         }
         // Header, topic length and packet id in one stack buffer, then three
         // copies into capacity reserved once.
@@ -157,14 +165,11 @@ impl Publish {
         [head[n], head[n + 1]] = topic_len.to_be_bytes();
         n += 2;
         let mut tail = [0u8; 8];
-        let mut t = 0;
         if let Some(id) = self.packet_id {
             [tail[0], tail[1]] = id.get().to_be_bytes();
-            t = 2;
         }
-        if version.is_v5() {
-            t += 1; // empty property block: a zero length
-        }
+        // After the id, a v5 empty property block: one zero byte.
+        let t = id_len + usize::from(v5);
         // Eight bytes of slack let the header and the tail go out as fixed
         // eight-byte stores (the next copy overwrites the excess) instead of
         // two memcpy calls of a few bytes each.
