@@ -31,7 +31,12 @@ use crate::protocol::{
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
 use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
 
+/// Largest read a busy connection makes at once.
 const READ_BYTES: usize = 64 * 1024;
+/// A connection's first read buffer: an idle client should cost little (a
+/// broker holds 100k of them), so the buffer only doubles, up to
+/// [`READ_BYTES`], while reads keep filling it.
+const READ_BYTES_MIN: usize = 2 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// How long a stopping shard waits for its connections to flush.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -160,8 +165,8 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
         (s.config.connect_timeout, s.config.max_packet_bytes)
     };
     let mut codec = Codec::server(max_packet);
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut tmp = vec![0u8; 4096];
+    let mut buf = BytesMut::new();
+    let mut tmp = vec![0u8; READ_BYTES_MIN];
     let first = glommio::timer::timeout(timeout, async {
         loop {
             match codec.decode(&mut buf) {
@@ -190,6 +195,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
         }
         Err(_) => return,
     };
+    drop(tmp);
     let (me, nr) = {
         let s = shard.borrow();
         (s.id, s.nr_shards)
@@ -326,9 +332,8 @@ async fn read_loop(
     congestion: &Congestion,
 ) {
     let mut codec = Codec::new(version, max_packet);
-    let mut buf = BytesMut::with_capacity(READ_BYTES);
-    buf.extend_from_slice(&leftover);
-    let mut tmp = vec![0u8; READ_BYTES];
+    let mut buf = BytesMut::from(&leftover[..]);
+    let mut tmp = vec![0u8; READ_BYTES_MIN];
     loop {
         {
             let mut s = shard.borrow_mut();
@@ -373,6 +378,9 @@ async fn read_loop(
             Ok(n) => {
                 buf.extend_from_slice(&tmp[..n]);
                 shard.borrow_mut().metrics.bytes_received += n as u64;
+                if n == tmp.len() && tmp.len() < READ_BYTES {
+                    tmp = vec![0u8; tmp.len() * 2];
+                }
             }
         }
     }

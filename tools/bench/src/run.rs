@@ -236,7 +236,10 @@ pub fn run(plan: &Plan, ctl: &Arc<Control>) -> Vec<std::thread::JoinHandle<Worke
             let plan = plan.clone();
             let ctl = ctl.clone();
             std::thread::spawn(move || {
+                // Deep rings for the same reason as the broker's
+                // (`ringmq::broker::RING_DEPTH`): thousands of idle clients.
                 LocalExecutorBuilder::new(Placement::Unbound)
+                    .ring_depth(ringmq::broker::RING_DEPTH)
                     .name(&format!("bench-{k}"))
                     .spawn(move || worker(plan, ctl, k, share))
                     .expect("executor starts")
