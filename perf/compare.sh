@@ -6,6 +6,7 @@
 #   perf/compare.sh                 # every scenario, 3 rounds, 10 s each
 #   ROUNDS=5 DURATION=20s perf/compare.sh
 #   SCENARIOS="fan-in pairs" BROKERS="ringmq mosquitto" perf/compare.sh
+#   TAG=after perf/compare.sh    # perf/results/<date>-<host>-after.md
 #
 # Installs what is missing: Debian's mosquitto, rumqttd (cargo install).
 set -euo pipefail
@@ -22,7 +23,9 @@ mkdir -p "$work" perf/results
 date=$(date +%Y-%m-%d)
 host=$(hostname -s 2>/dev/null || echo host)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-out=perf/results/${date}-${host}.md
+# TAG=x keeps a second run of the same day from replacing the first.
+name=${date}-${host}${TAG:+-$TAG}
+out=perf/results/$name.md
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [[ $BROKERS == *mosquitto* ]] && ! command -v mosquitto >/dev/null; then
@@ -125,7 +128,7 @@ for round in $(seq "$ROUNDS"); do
     for b in $order; do
       start_broker "$b"
       plot=()
-      [ "$s" = latency ] && [ "$round" = 1 ] && plot=(--plot "perf/results/${date}-${host}-latency-$b.svg" --hdr-out "$work/latency-$b.hgrm")
+      [ "$s" = latency ] && [ "$round" = 1 ] && plot=(--plot "perf/results/$name-latency-$b.svg" --hdr-out "$work/latency-$b.hgrm")
       json=$("$bench" $(args_of "$s") --broker 127.0.0.1:$(port_of "$b") --json --quiet "${plot[@]}" --client-prefix "cmp$round" || true)
       stop_broker "$b"
       case $(metric_of "$s") in
