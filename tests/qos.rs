@@ -255,3 +255,28 @@ fn rumqttc_v4_and_v5_exchange_messages() {
         assert_eq!(got, (0..50).collect::<Vec<_>>());
     });
 }
+
+// A connection's read buffer starts small and grows while reads fill it:
+// payloads far larger than it, between small ones, arrive whole and in
+// order, across shards.
+#[test]
+fn large_payloads_between_small_ones() {
+    let b = start(2);
+    let (mut sub, _) = Raw::connect(b.addr, V311, &id_on_shard("big-sub", 0, 2), true);
+    sub.subscribe(1, &[("big/t", QoS::AtLeastOnce)]);
+    let (mut publ, _) = Raw::connect(b.addr, V311, &id_on_shard("big-pub", 1, 2), true);
+    let sizes = [10usize, 300_000, 3, 70_000, 1, 900_000, 5];
+    for (i, &n) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..n).map(|k| (k * 31 + i) as u8).collect();
+        publ.publish("big/t", &payload, QoS::AtLeastOnce, i as u16 + 1, false);
+        assert!(matches!(publ.recv(), Packet::PubAck(a) if a.packet_id.get() == i as u16 + 1));
+    }
+    for (i, &n) in sizes.iter().enumerate() {
+        let m = sub.recv_publish();
+        let want: Vec<u8> = (0..n).map(|k| (k * 31 + i) as u8).collect();
+        assert_eq!(m.payload.len(), n, "message {i}");
+        assert!(m.payload[..] == want[..], "message {i} bytes differ");
+        let id = m.packet_id.expect("QoS 1 has an id");
+        sub.send(&Packet::PubAck(Ack::new(id)));
+    }
+}
