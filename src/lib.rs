@@ -25,7 +25,14 @@
 //!   sessions get it directly; every other interested shard gets one
 //!   `Arc<`[`session::Message`]`>` in that loop turn's batch, and matches its
 //!   own trie. A SUBACK waits until every shard has applied the new interest,
-//!   so "subscribed" means "routed to from everywhere".
+//!   so "subscribed" means "routed to from everywhere"; likewise the PUBACK
+//!   of a retained publish waits until every shard stores it.
+//! * **Backpressure, not drops.** A subscriber whose outbox passes 1 MiB
+//!   makes its shard stop reading publishers and mesh batches until it
+//!   drains (for at most 2 s; then its QoS 0 is dropped past 16 MiB, counted).
+//! * **Idle is cheap.** A connection starts with a 2 KiB read buffer that
+//!   grows only while reads fill it; rings are deep enough (4096) that the
+//!   polls of many idle connections do not slow every park.
 //! * **Sans-IO cores.** [`protocol`] (the codec), [`topic`], [`session`] and
 //!   [`timer`] never touch a socket, a file or a clock; [`shard`] drives them.
 //!
