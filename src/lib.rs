@@ -31,7 +31,8 @@
 //!   makes its shard stop reading publishers and mesh batches until it
 //!   drains (for at most 2 s; then its QoS 0 is dropped past 16 MiB, counted).
 //! * **Idle is cheap.** A connection starts with a 2 KiB read buffer that
-//!   grows only while reads fill it; rings are deep enough (4096) that the
+//!   grows only while reads fill it and empty write buffers (about 7 KB of
+//!   broker memory per idle client); rings are deep enough (4096) that the
 //!   polls of many idle connections do not slow every park.
 //! * **Sans-IO cores.** [`protocol`] (the codec), [`topic`], [`session`] and
 //!   [`timer`] never touch a socket, a file or a clock; [`shard`] drives them.

@@ -91,7 +91,8 @@ impl Conn {
             session: Cell::new(None),
             topic_aliases: RefCell::new(HashMap::new()),
             clean_disconnect: Cell::new(false),
-            outbox: RefCell::new(BytesMut::with_capacity(4096)),
+            // Grows with use: an idle connection should hold next to nothing.
+            outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
             closing: Cell::new(false),
             congested_since: Cell::new(None),

@@ -387,7 +387,7 @@ async fn read_loop(
 }
 
 async fn write_loop(conn: Rc<Conn>, mut stream: TcpStream) {
-    let mut spare = BytesMut::with_capacity(8192);
+    let mut spare = BytesMut::new();
     loop {
         let more = poll_fn(|cx| match conn.take_outbox(&mut spare, cx.waker()) {
             Some(true) => Poll::Ready(true),
@@ -399,7 +399,7 @@ async fn write_loop(conn: Rc<Conn>, mut stream: TcpStream) {
             break;
         }
         if spare.capacity() > 1 << 20 {
-            spare = BytesMut::with_capacity(8192);
+            spare = BytesMut::new();
         } else {
             spare.clear();
         }
