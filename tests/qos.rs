@@ -258,7 +258,8 @@ fn rumqttc_v4_and_v5_exchange_messages() {
 
 // A connection's read buffer starts small and grows while reads fill it:
 // payloads far larger than it, between small ones, arrive whole and in
-// order, across shards.
+// order, across shards. [v3:MQTT-2.3.1-6] [v5:MQTT-2.2.1-5] each PUBACK
+// carries its PUBLISH's packet identifier.
 #[test]
 fn large_payloads_between_small_ones() {
     let b = start(2);

@@ -186,7 +186,12 @@ impl Raw {
         }));
         loop {
             match self.recv() {
-                Packet::SubAck(a) => return a,
+                // [v3:MQTT-2.3.1-7] [v5:MQTT-2.2.1-6] SUBACK carries the
+                // SUBSCRIBE's packet identifier.
+                Packet::SubAck(a) => {
+                    assert_eq!(a.packet_id, pid(id), "SUBACK packet id");
+                    return a;
+                }
                 Packet::Publish(_) => continue,
                 other => panic!("expected SUBACK, got {other:?}"),
             }
