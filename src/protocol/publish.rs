@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::connect::read_topic_name;
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{encode_varint, varint_len, Counter, MqttStr, Reader, Sink, MAX_VARINT};
+use super::primitives::{encode_varint, varint_len, MqttStr, Reader, Sink, MAX_VARINT};
 use super::properties::{PropertyBlock, PublishProperties, SparseProperties};
 use super::{PacketId, ProtocolVersion, QoS};
 
@@ -96,25 +96,6 @@ impl Publish {
         })
     }
 
-    /// Size of the body (variable header and payload) in `version`.
-    pub fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
-        let props = if !version.is_v5() {
-            0
-        } else if self.properties.is_empty() {
-            1
-        } else {
-            let mut c = Counter::default();
-            self.properties.encode(&mut c)?;
-            c.0
-        };
-        let id = match (self.qos, self.packet_id) {
-            (QoS::AtMostOnce, None) => 0,
-            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,
-            _ => return Err(EncodeError::PacketIdMismatch),
-        };
-        Ok(2 + self.topic.len() + id + props + self.payload.len())
-    }
-
     /// Appends the whole packet to `buf`: the broker's hottest encode, sized
     /// by arithmetic and written in one pass. Nothing is written on error.
     #[inline]
@@ -181,7 +162,7 @@ impl Publish {
         // SAFETY: `reserve(size + 8)` made at least `size + 8` bytes of spare
         // capacity. Every write below stays within it: the 8-byte stores
         // start at offsets below `size`, and the copies end at exactly
-        // `size` (n + topic + t + payload, as `body_len` computed). Sources
+        // `size` (n + topic + t + payload, as `remaining` counted). Sources
         // are separate buffers that cannot overlap the spare capacity.
         // `set_len` then exposes exactly the `size` bytes written in order.
         unsafe {

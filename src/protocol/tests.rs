@@ -1876,36 +1876,15 @@ fn long_property_blocks_round_trip() {
     }
 }
 
-/// Inputs the fuzzer (`fuzz/`) found, each with what it must do now. The
-/// first byte picks the version as in `fuzz_targets/decode.rs`.
-fn fuzz_case(data: &[u8]) {
-    let (&selector, bytes) = data.split_first().expect("selector byte");
-    let version = match selector % 4 {
-        0 => None,
-        1 => Some(ProtocolVersion::V31),
-        2 => Some(ProtocolVersion::V311),
-        _ => Some(ProtocolVersion::V5),
-    };
-    let mut buf = BytesMut::from(bytes);
-    while let Ok(Some(p)) = decode_packet(&mut buf, version, 4096) {
-        let v = match &p {
-            Packet::Connect(c) => c.protocol,
-            _ => version.unwrap_or(ProtocolVersion::V5),
-        };
-        let mut out = BytesMut::new();
-        p.encode(v, &mut out).expect("a decoded packet encodes");
-        let again = decode_packet(&mut out, Some(v).filter(|_| version.is_some()), usize::MAX)
-            .expect("re-decodes")
-            .expect("complete");
-        assert_eq!(again, p);
-    }
-}
+// The fuzz target's own check, so a pinned input is checked exactly as the
+// fuzzer checked it.
+include!("../../fuzz/round_trip.rs");
 
 #[test]
 fn fuzz_regressions() {
     // A v5 PUBLISH whose only property is an empty Content Type: the
     // property must survive the round trip (found 2026-11-22).
-    fuzz_case(&hex(
+    round_trip(&hex(
         "ff 32 10 0001 2d 0101 03 03 0000 28 40 5f 24 01 00 03 25 f3",
     ));
 }

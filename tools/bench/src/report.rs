@@ -73,7 +73,7 @@ impl Report {
             "ringmq-bench {} against {}: MQTT {}, QoS {}, {} B payload, {} publisher(s), {} subscriber(s)",
             name(p.scenario),
             p.broker,
-            if p.version.is_v5() { "5.0" } else { "3.1.1" },
+            version_name(p.version),
             p.qos as u8,
             p.payload,
             p.publishers,
@@ -167,7 +167,7 @@ impl Report {
             ),
             name(p.scenario),
             p.broker,
-            if p.version.is_v5() { "5.0" } else { "3.1.1" },
+            version_name(p.version),
             p.qos as u8,
             p.payload,
             p.publishers,
@@ -305,4 +305,13 @@ pub fn svg(series: &[(String, Histogram<u64>)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The MQTT version as the report spells it.
+fn version_name(v: ringmq::protocol::ProtocolVersion) -> &'static str {
+    if v.is_v5() {
+        "5.0"
+    } else {
+        "3.1.1"
+    }
 }
