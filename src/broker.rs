@@ -27,6 +27,14 @@ impl BrokerHandle {
         &self.addrs
     }
 
+    /// Live client connections, whole broker. A connection counts from
+    /// before its CONNACK until its close has been handled by its shard (the
+    /// session is offline, the will armed), so an embedder or a test can wait
+    /// on it instead of sleeping.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
     /// Starts a graceful shutdown: stop accepting, MQTT 5 clients get
     /// DISCONNECT 0x8B, every connection is closed.
     pub fn shutdown(&self) {

@@ -121,7 +121,7 @@ fn clean_start_discards_session() {
     let (mut sub, _) = Raw::connect(b.addr, V311, "cs", false);
     sub.subscribe(1, &[("cs/t", QoS::AtLeastOnce)]);
     drop(sub);
-    std::thread::sleep(Duration::from_millis(100));
+    b.wait_connections(0);
     let (mut sub, ack) = Raw::connect(b.addr, V311, "cs", true);
     assert!(!ack.session_present);
     let (mut p, _) = Raw::connect(b.addr, V311, "cs-pub", true);
@@ -150,11 +150,12 @@ fn v5_session_expires_after_interval() {
     c.properties.session_expiry_interval = Some(1);
     let (sub, _) = Raw::connect_with(b.addr, c.clone());
     drop(sub);
-    std::thread::sleep(Duration::from_millis(200));
+    b.wait_connections(0);
     let (sub, ack) = Raw::connect_with(b.addr, c.clone());
     assert!(ack.session_present);
     drop(sub);
-    std::thread::sleep(Duration::from_millis(1600));
+    b.wait_connections(0);
+    std::thread::sleep(Duration::from_millis(1500));
     let (_sub, ack) = Raw::connect_with(b.addr, c);
     assert!(!ack.session_present);
 }
@@ -167,7 +168,8 @@ fn v3_global_session_expiry() {
     let b = start_with(cfg);
     let (sub, _) = Raw::connect(b.addr, V311, "v3exp", false);
     drop(sub);
-    std::thread::sleep(Duration::from_millis(1200));
+    b.wait_connections(0);
+    std::thread::sleep(Duration::from_millis(1000));
     let (_sub, ack) = Raw::connect(b.addr, V311, "v3exp", false);
     assert!(!ack.session_present);
 }
@@ -181,7 +183,7 @@ fn offline_queue_drops_oldest_when_full() {
     let (mut sub, _) = Raw::connect(b.addr, V311, "qfull", false);
     sub.subscribe(1, &[("qf", QoS::AtLeastOnce)]);
     drop(sub);
-    std::thread::sleep(Duration::from_millis(100));
+    b.wait_connections(0);
     let (mut p, _) = Raw::connect(b.addr, V311, "qfull-pub", true);
     for i in 1..=10u16 {
         p.publish("qf", &i.to_be_bytes(), QoS::AtLeastOnce, i, false);
@@ -255,7 +257,7 @@ fn v5_will_delay() {
     c.properties.session_expiry_interval = Some(60);
     let (conn, _) = Raw::connect_with(b.addr, c.clone());
     drop(conn);
-    std::thread::sleep(Duration::from_millis(300));
+    b.wait_connections(1);
     let (conn, _) = Raw::connect_with(b.addr, c.clone());
     w.expect_silence(Duration::from_millis(1500));
     drop(conn);

@@ -280,10 +280,17 @@ impl Shard {
     /// The reader of `conn` ended (peer closed, error, or we closed it).
     pub fn on_close(&mut self, conn: &Rc<Conn>, now: Instant) {
         conn.close();
+        self.detach_session(conn, now);
+        // Counted down last: `BrokerHandle::connections` promises the
+        // session is offline and its will armed or sent by then.
         if self.conns.remove(&conn.id).is_some() {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
             self.metrics.clients_connected -= 1;
         }
+    }
+
+    /// Takes `conn`'s session offline: will, expiry timer, or removal.
+    fn detach_session(&mut self, conn: &Conn, now: Instant) {
         let Some(key) = conn.session.take() else {
             return;
         };

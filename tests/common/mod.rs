@@ -34,6 +34,23 @@ impl Drop for Broker {
     }
 }
 
+impl Broker {
+    /// Waits until the broker counts `n` live connections: a dropped
+    /// client's close has then been handled by its shard.
+    pub fn wait_connections(&self, n: usize) {
+        let h = self.handle.as_ref().expect("running");
+        let deadline = Instant::now() + TIMEOUT;
+        while h.connections() != n {
+            assert!(
+                Instant::now() < deadline,
+                "broker still has {} connections, want {n}",
+                h.connections()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 pub fn config(cores: usize) -> Config {
     Config {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
