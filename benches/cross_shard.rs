@@ -1,7 +1,9 @@
 //! Messages per second through the mesh: one shard hands `Arc<Message>`
-//! deliveries to another over glommio's shared channel, one message per
-//! channel push (unbatched) or a loop turn's worth per push (batched, what
-//! the broker does). Two executors on two threads, as in the broker.
+//! deliveries to another, one message per push (unbatched) or a loop turn's
+//! worth per push (batched, what the broker does). Two executors on two
+//! threads, as in the broker. Each is timed over the broker's own
+//! [`pipe`](ringmq::shard::pipe) and over glommio's shared channel, which the
+//! mesh used before and which wakes the sender after every pop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringmq::protocol::{MqttStr, PublishProperties, QoS};
 use ringmq::session::Message;
+use ringmq::shard::pipe::{pipe, PipeReceiver, PipeSender};
 use ringmq::shard::ShardMsg;
 use ringmq::topic::TopicName;
 
@@ -29,27 +32,103 @@ fn message() -> Arc<Message> {
     })
 }
 
-/// Runs `consume` and `produce` on two executors; the time from the
-/// producer's start (after both ends connected) to the consumer's end.
-fn time_pair<T: Send + 'static, C, P, CF, PF>(capacity: usize, consume: C, produce: P) -> Duration
+/// A channel end as handed to an executor thread; it goes live inside it.
+trait End: Send + 'static {
+    type Live;
+    async fn live(self) -> Self::Live;
+}
+
+trait Tx<T> {
+    async fn put(&self, v: T);
+}
+
+trait Rx<T> {
+    async fn take(&self) -> T;
+}
+
+impl<T: Send + 'static> End for shared_channel::SharedSender<T> {
+    type Live = shared_channel::ConnectedSender<T>;
+    async fn live(self) -> Self::Live {
+        self.connect().await
+    }
+}
+
+impl<T: Send + 'static> End for shared_channel::SharedReceiver<T> {
+    type Live = shared_channel::ConnectedReceiver<T>;
+    async fn live(self) -> Self::Live {
+        self.connect().await
+    }
+}
+
+impl<T: Send + 'static> Tx<T> for shared_channel::ConnectedSender<T> {
+    async fn put(&self, v: T) {
+        assert!(self.send(v).await.is_ok(), "receiver gone");
+    }
+}
+
+impl<T: Send + 'static> Rx<T> for shared_channel::ConnectedReceiver<T> {
+    async fn take(&self) -> T {
+        self.recv().await.expect("open")
+    }
+}
+
+impl<T: Send + 'static> End for PipeSender<T> {
+    type Live = Self;
+    async fn live(self) -> Self {
+        self
+    }
+}
+
+impl<T: Send + 'static> End for PipeReceiver<T> {
+    type Live = Self;
+    async fn live(self) -> Self {
+        self
+    }
+}
+
+impl<T> Tx<T> for PipeSender<T> {
+    async fn put(&self, v: T) {
+        assert!(self.send(v).await.is_ok(), "receiver gone");
+    }
+}
+
+impl<T> Rx<T> for PipeReceiver<T> {
+    async fn take(&self) -> T {
+        self.recv().await.expect("open")
+    }
+}
+
+/// Sends `n` deliveries in pushes of `batch` messages from one executor to
+/// another; the time from the producer's start (ends connected) to the
+/// consumer's last receive.
+fn run<TX, RX>(ends: (TX, RX), n: u64, batch: u64) -> Duration
 where
-    C: FnOnce(shared_channel::ConnectedReceiver<T>) -> CF + Send + 'static,
-    CF: std::future::Future<Output = ()> + 'static,
-    P: FnOnce(shared_channel::ConnectedSender<T>) -> PF + Send + 'static,
-    PF: std::future::Future<Output = ()> + 'static,
+    TX: End<Live: Tx<Vec<ShardMsg>>>,
+    RX: End<Live: Rx<Vec<ShardMsg>>>,
 {
-    let (tx, rx) = shared_channel::new_bounded::<T>(capacity);
+    let (tx, rx) = ends;
+    let msg = message();
     let consumer = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            consume(rx.connect().await).await;
+            let rx = rx.live().await;
+            let mut got = 0;
+            while got < n {
+                got += rx.take().await.len() as u64;
+            }
             Instant::now()
         })
         .expect("consumer");
     let producer = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let tx = tx.connect().await;
+            let tx = tx.live().await;
             let start = Instant::now();
-            produce(tx).await;
+            let mut sent = 0;
+            while sent < n {
+                let k = (n - sent).min(batch);
+                let b: Vec<ShardMsg> = (0..k).map(|_| ShardMsg::Deliver(msg.clone())).collect();
+                tx.put(b).await;
+                sent += k;
+            }
             start
         })
         .expect("producer");
@@ -57,51 +136,18 @@ where
     consumer.join().expect("consumer") - start
 }
 
-/// Sends `n` deliveries in batches of `batch` (0: unbatched).
-fn run(n: u64, batch: usize) -> Duration {
-    let msg = message();
-    if batch == 0 {
-        return time_pair::<ShardMsg, _, _, _, _>(
-            1024,
-            move |rx| async move {
-                for _ in 0..n {
-                    rx.recv().await.expect("open");
-                }
-            },
-            move |tx| async move {
-                for _ in 0..n {
-                    tx.send(ShardMsg::Deliver(msg.clone())).await.expect("open");
-                }
-            },
-        );
-    }
-    time_pair::<Vec<ShardMsg>, _, _, _, _>(
-        256,
-        move |rx| async move {
-            let mut got = 0;
-            while got < n {
-                got += rx.recv().await.expect("open").len() as u64;
-            }
-        },
-        move |tx| async move {
-            let mut sent = 0;
-            while sent < n {
-                let k = (n - sent).min(batch as u64);
-                let b: Vec<ShardMsg> = (0..k).map(|_| ShardMsg::Deliver(msg.clone())).collect();
-                tx.send(b).await.expect("open");
-                sent += k;
-            }
-        },
-    )
-}
-
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("cross_shard");
     g.throughput(Throughput::Elements(PER_ITER));
     g.sample_size(20);
-    for (label, batch) in [("unbatched", 0), ("batch_16", 16), ("batch_256", 256)] {
-        g.bench_function(label, |b| {
-            b.iter_custom(|iters| run(iters * PER_ITER, batch))
+    // The broker's mesh holds 64 batches per direction.
+    const DEPTH: usize = 64;
+    for (label, batch) in [("unbatched", 1), ("batch_16", 16), ("batch_256", 256)] {
+        g.bench_function(format!("pipe/{label}"), |b| {
+            b.iter_custom(|iters| run(pipe(DEPTH), iters * PER_ITER, batch))
+        });
+        g.bench_function(format!("glommio_channel/{label}"), |b| {
+            b.iter_custom(|iters| run(shared_channel::new_bounded(DEPTH), iters * PER_ITER, batch))
         });
     }
     g.finish();

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::shard::mesh_types::MESH_CHANNEL_BATCHES;
+use crate::shard::pipe::{pipe, PipeReceiver, PipeSender};
 use crate::shard::{ShardStart, Shared};
 
 /// A running broker.
@@ -56,14 +56,14 @@ impl BrokerHandle {
 pub fn start(config: Config) -> io::Result<BrokerHandle> {
     let n = config.cores;
     let shared = Arc::new(Shared::default());
-    let mut senders: Vec<Vec<Option<shared_channel::SharedSender<_>>>> =
+    let mut senders: Vec<Vec<Option<PipeSender<_>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut receivers: Vec<Vec<Option<shared_channel::SharedReceiver<_>>>> =
+    let mut receivers: Vec<Vec<Option<PipeReceiver<_>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in 0..n {
             if from != to {
-                let (tx, rx) = shared_channel::new_bounded(MESH_CHANNEL_BATCHES);
+                let (tx, rx) = pipe(MESH_CHANNEL_BATCHES);
                 senders[from][to] = Some(tx);
                 receivers[to][from] = Some(rx);
             }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
@@ -29,6 +28,7 @@ use crate::protocol::{
 };
 
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
+use super::pipe::{PipeReceiver, PipeSender};
 use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
 
 /// Largest read a busy connection makes at once.
@@ -53,9 +53,9 @@ pub struct ShardStart {
     /// Shutdown flag and connection count.
     pub shared: Arc<Shared>,
     /// Channel ends to every other shard (index = peer), `None` for self.
-    pub senders: Vec<Option<SharedSender<Batch>>>,
+    pub senders: Vec<Option<PipeSender<Batch>>>,
     /// Channel ends from every other shard.
-    pub receivers: Vec<Option<SharedReceiver<Batch>>>,
+    pub receivers: Vec<Option<PipeReceiver<Batch>>>,
     /// Where to report the bound addresses (or the bind error).
     pub bound: mpsc::Sender<io::Result<Vec<SocketAddr>>>,
 }
@@ -90,28 +90,15 @@ pub async fn run(start: ShardStart) {
     let _ = bound.send(Ok(addrs));
     let shard = Rc::new(RefCell::new(Shard::new(id, nr_shards, config, shared)));
 
-    let mut connecting = Vec::new();
     for (peer, tx) in senders.into_iter().enumerate() {
         if let Some(tx) = tx {
-            let s = shard.clone();
-            connecting.push(glommio::spawn_local(async move {
-                let tx = tx.connect().await;
-                sender_loop(s, peer, tx).await;
-            }));
+            glommio::spawn_local(sender_loop(shard.clone(), peer, tx)).detach();
         }
     }
     for (peer, rx) in receivers.into_iter().enumerate() {
         if let Some(rx) = rx {
-            let s = shard.clone();
-            glommio::spawn_local(async move {
-                let rx = rx.connect().await;
-                receiver_loop(s, peer, rx).await;
-            })
-            .detach();
+            glommio::spawn_local(receiver_loop(shard.clone(), peer, rx)).detach();
         }
-    }
-    for t in connecting {
-        t.detach();
     }
     let mut accepting = Vec::new();
     for l in listeners {

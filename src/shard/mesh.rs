@@ -4,10 +4,10 @@
 //! Handlers append to a per-destination batch ([`Shard::mesh_send`]); one
 //! sender task per destination hands the whole batch to the channel when it
 //! next runs, so a loop turn's messages to a shard cost one channel push.
-//! glommio's shared channel wakes a parked peer through its eventfd only when
-//! the peer sleeps, so a busy mesh costs no syscall per message. A full
-//! channel makes the sender task wait; meanwhile readers of publishing
-//! connections pause once the batches pass [`MESH_PAUSE_MSGS`].
+//! A [`pipe`](super::pipe) wakes a parked peer only when the peer waits, and
+//! through its eventfd only when it sleeps, so a busy mesh costs no syscall
+//! per message. A full pipe makes the sender task wait; meanwhile readers of
+//! publishing connections pause once the batches pass [`MESH_PAUSE_MSGS`].
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -18,13 +18,13 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
 use crate::metrics::Metrics;
 use crate::protocol::Connect;
 use crate::session::Message;
 use crate::topic::{TopicFilter, TopicName};
 
+use super::pipe::{PipeReceiver, PipeSender};
 use super::Shard;
 
 /// Batches a channel holds before its sender waits.
@@ -78,7 +78,7 @@ pub enum ShardMsg {
 pub type Batch = Vec<ShardMsg>;
 
 /// Moves batches for one destination from the shard to the channel.
-pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: ConnectedSender<Batch>) {
+pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: PipeSender<Batch>) {
     loop {
         let batch = poll_fn(|cx| {
             let mut s = shard.borrow_mut();
@@ -105,11 +105,7 @@ pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: Connec
 }
 
 /// Applies batches from one peer; connection handoffs start a task.
-pub(crate) async fn receiver_loop(
-    shard: Rc<RefCell<Shard>>,
-    from: usize,
-    rx: ConnectedReceiver<Batch>,
-) {
+pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: PipeReceiver<Batch>) {
     let congestion = shard.borrow().congestion.clone();
     while let Some(batch) = rx.recv().await {
         // Hold further batches while a local subscriber is congested: the

@@ -16,6 +16,7 @@ mod conn;
 mod connect;
 mod connection;
 mod mesh;
+pub mod pipe;
 mod publish;
 mod subscribe;
 
