@@ -281,3 +281,70 @@ fn large_payloads_between_small_ones() {
         sub.send(&Packet::PubAck(Ack::new(id)));
     }
 }
+
+/// Receives `n` QoS 1 PUBLISHes and returns their payloads as numbers.
+fn recv_numbered(sub: &mut Raw, n: usize) -> Vec<(u16, ringmq::protocol::PacketId)> {
+    (0..n)
+        .map(|_| {
+            let p = sub.recv_publish();
+            assert_eq!(p.qos, QoS::AtLeastOnce);
+            (
+                u16::from_be_bytes([p.payload[0], p.payload[1]]),
+                p.packet_id.expect("id"),
+            )
+        })
+        .collect()
+}
+
+// [v5:MQTT-3.3.4-9] the outbound window is the smaller of --max-inflight and
+// the client's Receive Maximum; each PUBACK lets exactly one more through,
+// in order. [v5:MQTT-3.3.4-10] a full window does not delay other packets.
+// A 3.1.1 client gets the --max-inflight window.
+#[test]
+fn inflight_window_holds_the_rest_until_acked() {
+    let mut cfg = config(2);
+    cfg.max_inflight = 3;
+    let b = start_with(cfg);
+    for (version, receive_max, window) in [(V5, Some(2), 2usize), (V311, None, 3)] {
+        let sub_id = id_on_shard(&format!("win-sub-{receive_max:?}"), 0, 2);
+        let mut c = connect_packet(version, &sub_id, true);
+        c.properties.receive_maximum = receive_max;
+        let (mut sub, _) = Raw::connect_with(b.addr, c);
+        sub.subscribe(1, &[("win/t", QoS::AtLeastOnce)]);
+        let (mut publ, _) = Raw::connect(b.addr, V311, &id_on_shard("win-pub", 1, 2), true);
+        for i in 1..=6u16 {
+            publ.publish("win/t", &i.to_be_bytes(), QoS::AtLeastOnce, i, false);
+            assert!(matches!(publ.recv(), Packet::PubAck(_)));
+        }
+        let first = recv_numbered(&mut sub, window);
+        assert_eq!(
+            first.iter().map(|m| m.0).collect::<Vec<_>>(),
+            (1..=window as u16).collect::<Vec<_>>()
+        );
+        sub.expect_silence(Duration::from_millis(300));
+        sub.send(&Packet::PingReq);
+        assert_eq!(sub.recv(), Packet::PingResp);
+        // One PUBACK frees one slot: exactly the next message comes.
+        let mut unacked: std::collections::VecDeque<_> = first.into_iter().map(|m| m.1).collect();
+        sub.send(&Packet::PubAck(Ack::new(unacked.pop_front().expect("one"))));
+        let mut next = window as u16 + 1;
+        let got = recv_numbered(&mut sub, 1);
+        assert_eq!(got[0].0, next);
+        unacked.push_back(got[0].1);
+        sub.expect_silence(Duration::from_millis(200));
+        // The rest follow, in order, as acknowledgements free the window.
+        while next < 6 {
+            sub.send(&Packet::PubAck(Ack::new(
+                unacked.pop_front().expect("unacked"),
+            )));
+            next += 1;
+            let got = recv_numbered(&mut sub, 1);
+            assert_eq!(got[0].0, next);
+            unacked.push_back(got[0].1);
+        }
+        for id in unacked {
+            sub.send(&Packet::PubAck(Ack::new(id)));
+        }
+        sub.expect_silence(Duration::from_millis(200));
+    }
+}
