@@ -116,6 +116,10 @@ metric_of() {
   esac
 }
 
+# CPU time the host took from this VM so far (steal, 1/100 s, all vCPUs):
+# runs with much of it measured the host's other tenants, not the broker.
+steal() { awk '/^cpu /{print $9}' /proc/stat; }
+
 # Pulls a number out of the one-line JSON.
 num() { grep -o "\"$2\":[0-9.]*" <<<"$1" | head -1 | cut -d: -f2; }
 
@@ -129,7 +133,9 @@ for round in $(seq "$ROUNDS"); do
       start_broker "$b"
       plot=()
       [ "$s" = latency ] && [ "$round" = 1 ] && plot=(--plot "perf/results/$name-latency-$b.svg" --hdr-out "$work/latency-$b.hgrm")
+      stolen=$(steal)
       json=$("$bench" $(args_of "$s") --broker 127.0.0.1:$(port_of "$b") --json --quiet "${plot[@]}" --client-prefix "cmp$round" || true)
+      stolen=$(( $(steal) - stolen ))
       stop_broker "$b"
       case $(metric_of "$s") in
         p99) v=$(grep -o '"latency_us":{[^}]*}' <<<"$json" | grep -o '"p99":[0-9]*' | cut -d: -f2);;
@@ -140,7 +146,8 @@ for round in $(seq "$ROUNDS"); do
       lost=$(num "$json" lost); dups=$(num "$json" duplicates)
       results[$s,$b]+="${v:-0} "
       results[$s,$b,loss]+="${lost:-?}/${dups:-?} "
-      echo "round $round $s $b: ${v:-failed} (lost/dups ${lost:-?}/${dups:-?})" >&2
+      results[$s,$b,runs]+="${v:-0} (${stolen}) "
+      echo "round $round $s $b: ${v:-failed} (lost/dups ${lost:-?}/${dups:-?}, steal $stolen)" >&2
     done
   done
 done
@@ -170,6 +177,11 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR==0
     done
     echo
   done
+  echo
+  echo "Every run in order, with the CPU time the host stole from this VM during it"
+  echo "(1/100 s over all vCPUs; tens or more mean a busy host and a noisy run):"
+  echo
+  for s in $SCENARIOS; do for b in $BROKERS; do echo "- $s $b: ${results[$s,$b,runs]}"; done; done
   echo
   echo "Loss/duplicates per run (lost/dups):"
   echo

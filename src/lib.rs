@@ -9,7 +9,7 @@
 //!           conns         conns         conns        (pinned when N <= cores)
 //!           sessions      sessions      sessions
 //!           trie          trie          trie
-//!             \__________ mesh: SPSC channel per ordered pair __________/
+//!             \___________ mesh: a bounded pipe per ordered pair __________/
 //! ```
 //!
 //! * **Ownership.** A shard ([`shard::Shard`]) owns its connections,
