@@ -348,3 +348,69 @@ fn inflight_window_holds_the_rest_until_acked() {
         sub.expect_silence(Duration::from_millis(200));
     }
 }
+
+// [v5:MQTT-3.3.2-15] [v5:MQTT-3.3.2-17] Response Topic, Correlation Data,
+// Content Type, Payload Format and User Properties (order and repeats kept)
+// reach a subscriber on another shard unaltered. [v5:MQTT-3.3.2-12] a
+// publisher's Topic Alias (1 to the maximum) stands for its topic;
+// [v5:MQTT-3.3.2-7] that mapping ends with the connection.
+#[test]
+fn v5_publish_properties_forwarded_and_aliases_per_connection() {
+    use bytes::Bytes;
+    use ringmq::protocol::{Publish, PublishProperties, UserProperty};
+    let b = start(2);
+    let (mut sub, _) = Raw::connect(b.addr, V5, &id_on_shard("prop-sub", 0, 2), true);
+    sub.subscribe(1, &[("prop/t", QoS::AtLeastOnce)]);
+    let pub_id = id_on_shard("prop-pub", 1, 2);
+    let (mut publ, _) = Raw::connect(b.addr, V5, &pub_id, true);
+    let user = |n: &str, v: &str| UserProperty {
+        name: s(n),
+        value: s(v),
+    };
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        response_topic: Some(s("prop/reply")),
+        correlation_data: Some(Bytes::from_static(b"\x00corr\xff")),
+        content_type: Some(s("text/plain")),
+        user_properties: vec![user("k", "2"), user("a", "1"), user("k", "1")],
+        topic_alias: Some(3),
+        ..PublishProperties::default()
+    };
+    let mut p = Publish::new(s("prop/t"), Bytes::from_static(b"hello"));
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = Some(pid(1));
+    p.properties = props.clone().into();
+    publ.send(&Packet::Publish(p));
+    assert_eq!(publ.recv(), Packet::PubAck(Ack::new(pid(1))));
+    // The alias alone now names the topic on this connection.
+    let mut by_alias = Publish::new(s(""), Bytes::from_static(b"again"));
+    by_alias.properties.topic_alias = Some(3);
+    publ.send(&Packet::Publish(by_alias));
+    for payload in [&b"hello"[..], b"again"] {
+        let got = sub.recv_publish();
+        assert_eq!(&got.payload[..], payload);
+        assert_eq!(&*got.topic, "prop/t");
+        if payload == b"hello" {
+            assert_eq!(got.properties.response_topic, props.response_topic);
+            assert_eq!(got.properties.correlation_data, props.correlation_data);
+            assert_eq!(got.properties.content_type, props.content_type);
+            assert_eq!(got.properties.payload_format_indicator, Some(1));
+            assert_eq!(got.properties.user_properties, props.user_properties);
+            sub.send(&Packet::PubAck(Ack::new(got.packet_id.expect("id"))));
+        }
+    }
+    // A new connection of the same client starts with no aliases.
+    drop(publ);
+    b.wait_connections(1);
+    let (mut publ, _) = Raw::connect(b.addr, V5, &pub_id, true);
+    let mut stale = Publish::new(s(""), Bytes::from_static(b"stale"));
+    stale.properties.topic_alias = Some(3);
+    publ.send(&Packet::Publish(stale));
+    assert_eq!(
+        publ.expect_closed(),
+        vec![Packet::Disconnect(ringmq::protocol::Disconnect::new(
+            ReasonCode::PROTOCOL_ERROR
+        ))]
+    );
+    sub.expect_silence(Duration::from_millis(200));
+}
