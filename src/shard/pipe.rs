@@ -175,6 +175,84 @@ mod tests {
         assert_eq!(got, N);
     }
 
+    /// Counts the wake-ups of the task it stands for.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn poll<F: std::future::Future>(
+        f: &mut std::pin::Pin<Box<F>>,
+        w: &Arc<Count>,
+    ) -> Poll<F::Output> {
+        let waker = std::task::Waker::from(w.clone());
+        f.as_mut().poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    /// The point of the pipe: a pop wakes the sender only if it waited for
+    /// room, and a push wakes the receiver only if it waited for an item.
+    #[test]
+    fn wakes_only_the_end_that_waits() {
+        let (tx, rx) = pipe::<u8>(1);
+        let (sender, receiver) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        // Neither end parked: no wake-ups at all.
+        assert_eq!(
+            poll(&mut Box::pin(tx.send(1)), &sender),
+            Poll::Ready(Ok(()))
+        );
+        assert_eq!(
+            poll(&mut Box::pin(rx.recv()), &receiver),
+            Poll::Ready(Some(1))
+        );
+        assert_eq!((sender.get(), receiver.get()), (0, 0));
+        // A sender parked on a full pipe is woken by the pop, once.
+        assert_eq!(
+            poll(&mut Box::pin(tx.send(2)), &sender),
+            Poll::Ready(Ok(()))
+        );
+        let mut blocked = Box::pin(tx.send(3));
+        assert_eq!(poll(&mut blocked, &sender), Poll::Pending);
+        assert_eq!(
+            poll(&mut Box::pin(rx.recv()), &receiver),
+            Poll::Ready(Some(2))
+        );
+        assert_eq!((sender.get(), receiver.get()), (1, 0));
+        assert_eq!(poll(&mut blocked, &sender), Poll::Ready(Ok(())));
+        // A receiver parked on an empty pipe is woken by the push, once.
+        assert_eq!(
+            poll(&mut Box::pin(rx.recv()), &receiver),
+            Poll::Ready(Some(3))
+        );
+        let mut waiting = Box::pin(rx.recv());
+        assert_eq!(poll(&mut waiting, &receiver), Poll::Pending);
+        assert_eq!(
+            poll(&mut Box::pin(tx.send(4)), &sender),
+            Poll::Ready(Ok(()))
+        );
+        assert_eq!((sender.get(), receiver.get()), (1, 1));
+        assert_eq!(poll(&mut waiting, &receiver), Poll::Ready(Some(4)));
+        // Later pops find no parked sender: still one wake-up.
+        assert_eq!(
+            poll(&mut Box::pin(tx.send(5)), &sender),
+            Poll::Ready(Ok(()))
+        );
+        assert_eq!(
+            poll(&mut Box::pin(rx.recv()), &receiver),
+            Poll::Ready(Some(5))
+        );
+        assert_eq!((sender.get(), receiver.get()), (1, 1));
+    }
+
     #[test]
     fn send_fails_once_the_receiver_is_gone() {
         let (tx, rx) = pipe::<u8>(1);
