@@ -205,52 +205,41 @@ mod tests {
     fn wakes_only_the_end_that_waits() {
         let (tx, rx) = pipe::<u8>(1);
         let (sender, receiver) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let send_now = |v| {
+            assert_eq!(
+                poll(&mut Box::pin(tx.send(v)), &sender),
+                Poll::Ready(Ok(()))
+            )
+        };
+        let recv_now = |v| {
+            assert_eq!(
+                poll(&mut Box::pin(rx.recv()), &receiver),
+                Poll::Ready(Some(v))
+            )
+        };
+        let wakes = || (sender.get(), receiver.get());
         // Neither end parked: no wake-ups at all.
-        assert_eq!(
-            poll(&mut Box::pin(tx.send(1)), &sender),
-            Poll::Ready(Ok(()))
-        );
-        assert_eq!(
-            poll(&mut Box::pin(rx.recv()), &receiver),
-            Poll::Ready(Some(1))
-        );
-        assert_eq!((sender.get(), receiver.get()), (0, 0));
+        send_now(1);
+        recv_now(1);
+        assert_eq!(wakes(), (0, 0));
         // A sender parked on a full pipe is woken by the pop, once.
-        assert_eq!(
-            poll(&mut Box::pin(tx.send(2)), &sender),
-            Poll::Ready(Ok(()))
-        );
+        send_now(2);
         let mut blocked = Box::pin(tx.send(3));
         assert_eq!(poll(&mut blocked, &sender), Poll::Pending);
-        assert_eq!(
-            poll(&mut Box::pin(rx.recv()), &receiver),
-            Poll::Ready(Some(2))
-        );
-        assert_eq!((sender.get(), receiver.get()), (1, 0));
+        recv_now(2);
+        assert_eq!(wakes(), (1, 0));
         assert_eq!(poll(&mut blocked, &sender), Poll::Ready(Ok(())));
         // A receiver parked on an empty pipe is woken by the push, once.
-        assert_eq!(
-            poll(&mut Box::pin(rx.recv()), &receiver),
-            Poll::Ready(Some(3))
-        );
+        recv_now(3);
         let mut waiting = Box::pin(rx.recv());
         assert_eq!(poll(&mut waiting, &receiver), Poll::Pending);
-        assert_eq!(
-            poll(&mut Box::pin(tx.send(4)), &sender),
-            Poll::Ready(Ok(()))
-        );
-        assert_eq!((sender.get(), receiver.get()), (1, 1));
+        send_now(4);
+        assert_eq!(wakes(), (1, 1));
         assert_eq!(poll(&mut waiting, &receiver), Poll::Ready(Some(4)));
-        // Later pops find no parked sender: still one wake-up.
-        assert_eq!(
-            poll(&mut Box::pin(tx.send(5)), &sender),
-            Poll::Ready(Ok(()))
-        );
-        assert_eq!(
-            poll(&mut Box::pin(rx.recv()), &receiver),
-            Poll::Ready(Some(5))
-        );
-        assert_eq!((sender.get(), receiver.get()), (1, 1));
+        // Later pops find no parked sender: still one wake-up each.
+        send_now(5);
+        recv_now(5);
+        assert_eq!(wakes(), (1, 1));
     }
 
     #[test]
