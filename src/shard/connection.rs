@@ -29,14 +29,8 @@ use crate::protocol::{
 
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
 use super::pipe::{PipeReceiver, PipeSender};
-use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
+use super::{owner_of, Congestion, Conn, Flow, ReadBuf, Shard, ShardMsg, Shared};
 
-/// Largest read a busy connection makes at once.
-const READ_BYTES: usize = 64 * 1024;
-/// A connection's first read buffer: an idle client should cost little (a
-/// broker holds 100k of them), so the buffer only doubles, up to
-/// [`READ_BYTES`], while reads keep filling it.
-const READ_BYTES_MIN: usize = 2 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// How long a stopping shard waits for its connections to flush.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -153,7 +147,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
     };
     let mut codec = Codec::server(max_packet);
     let mut buf = BytesMut::new();
-    let mut tmp = vec![0u8; READ_BYTES_MIN];
+    let mut tmp = ReadBuf::default();
     let first = glommio::timer::timeout(timeout, async {
         loop {
             match codec.decode(&mut buf) {
@@ -161,13 +155,13 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),
             }
-            let n = stream.read(&mut tmp).await?;
+            let n = stream.read(tmp.space()).await?;
             if n == 0 {
                 return Err(glommio::GlommioError::IoError(
                     io::ErrorKind::UnexpectedEof.into(),
                 ));
             }
-            buf.extend_from_slice(&tmp[..n]);
+            tmp.append_to(n, &mut buf);
         }
     })
     .await;
@@ -320,7 +314,7 @@ async fn read_loop(
 ) {
     let mut codec = Codec::new(version, max_packet);
     let mut buf = BytesMut::from(&leftover[..]);
-    let mut tmp = vec![0u8; READ_BYTES_MIN];
+    let mut tmp = ReadBuf::default();
     loop {
         {
             let mut s = shard.borrow_mut();
@@ -360,14 +354,11 @@ async fn read_loop(
         {
             glommio::timer::sleep(Duration::from_micros(200)).await;
         }
-        match stream.read(&mut tmp).await {
+        match stream.read(tmp.space()).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                buf.extend_from_slice(&tmp[..n]);
+                tmp.append_to(n, &mut buf);
                 shard.borrow_mut().metrics.bytes_received += n as u64;
-                if n == tmp.len() && tmp.len() < READ_BYTES {
-                    tmp = vec![0u8; tmp.len() * 2];
-                }
             }
         }
     }

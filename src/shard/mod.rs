@@ -18,11 +18,13 @@ mod connection;
 mod mesh;
 pub mod pipe;
 mod publish;
+mod read_buf;
 mod subscribe;
 
 pub use conn::{Congestion, Conn, CONGESTED_OUTBOX_BYTES, MAX_OUTBOX_BYTES};
 pub use connection::{run, ShardStart};
 pub use mesh::ShardMsg;
+pub use read_buf::ReadBuf;
 
 /// Mesh constants and types the bootstrap needs.
 pub mod mesh_types {
@@ -492,41 +494,37 @@ impl Shard {
 mod tests {
     use super::*;
 
+    /// How many of `ids` each of `n` shards owns.
+    fn spread(ids: impl Iterator<Item = String>, n: usize) -> Vec<usize> {
+        let mut counts = vec![0usize; n];
+        for id in ids {
+            counts[owner_of(&id, n)] += 1;
+        }
+        counts
+    }
+
     #[test]
     fn owner_is_stable_and_spread() {
         assert_eq!(owner_of("client-1", 4), owner_of("client-1", 4));
-        let mut counts = [0usize; 4];
-        for i in 0..4000 {
-            counts[owner_of(&format!("client-{i}"), 4)] += 1;
-        }
+        let counts = spread((0..4000).map(|i| format!("client-{i}")), 4);
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        for n in [2, 3, 8] {
+            let counts = spread((0..8000).map(|i| format!("dev/{i:05}")), n);
+            let even = 8000 / n;
+            assert!(counts.iter().all(|&c| c > even * 9 / 10), "{n}: {counts:?}");
+        }
     }
 
     #[test]
     fn ids_differing_in_one_character_spread() {
         // Plain FNV-1a put all of these on one of two shards: their last
         // characters are all odd.
-        let ids: Vec<String> = "acegikmoqsuwy"
-            .chars()
-            .map(|c| format!("sensor-{c}"))
-            .collect();
         for n in [2, 4] {
-            let mut counts = vec![0usize; n];
-            for id in &ids {
-                counts[owner_of(id, n)] += 1;
-            }
+            let counts = spread("acegikmoqsuwy".chars().map(|c| format!("sensor-{c}")), n);
             assert!(
                 counts.iter().filter(|&&c| c > 0).count() > n / 2,
                 "{n}: {counts:?}"
             );
-        }
-        for n in [2, 3, 8] {
-            let mut counts = vec![0usize; n];
-            for i in 0..8000 {
-                counts[owner_of(&format!("dev/{i:05}"), n)] += 1;
-            }
-            let even = 8000 / n;
-            assert!(counts.iter().all(|&c| c > even * 9 / 10), "{n}: {counts:?}");
         }
     }
 }

@@ -15,6 +15,7 @@ use glommio::net::TcpStream;
 use ringmq::protocol::{
     Codec, ConnAck, Connect, ConnectProperties, MqttStr, Packet, ProtocolVersion, ReasonCode,
 };
+use ringmq::shard::ReadBuf;
 
 use crate::args::Plan;
 
@@ -99,14 +100,6 @@ fn connect_packet(plan: &Plan, id: &str, clean: bool) -> Result<Connect, String>
     })
 }
 
-/// Largest read a busy client makes at once.
-const READ_BYTES: usize = 64 * 1024;
-/// A client's first read buffer. The connections scenario opens thousands
-/// of clients at once; a zeroed 64 KiB buffer each made the load tool spend
-/// half its CPU zeroing fresh pages, so it measured itself, not the broker.
-/// The buffer doubles, up to [`READ_BYTES`], while reads keep filling it.
-const READ_BYTES_MIN: usize = 2 * 1024;
-
 /// Connects, waits for CONNACK (returned), and starts the reader and writer.
 ///
 /// # Errors
@@ -131,7 +124,7 @@ pub async fn connect(
         .map_err(|e| format!("send CONNECT: {e}"))?;
     let mut codec = Codec::new(plan.version, usize::MAX);
     let mut inbuf = BytesMut::new();
-    let mut tmp = vec![0u8; READ_BYTES_MIN];
+    let mut tmp = ReadBuf::default();
     let ack = glommio::timer::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(p) = codec
@@ -140,13 +133,13 @@ pub async fn connect(
             {
                 return Ok(p);
             }
-            let n = stream.read(&mut tmp).await?;
+            let n = stream.read(tmp.space()).await?;
             if n == 0 {
                 return Err(glommio::GlommioError::IoError(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 ));
             }
-            inbuf.extend_from_slice(&tmp[..n]);
+            tmp.append_to(n, &mut inbuf);
         }
     })
     .await
@@ -175,7 +168,7 @@ async fn read_loop(
     mut stream: TcpStream,
     mut codec: Codec,
     mut buf: BytesMut,
-    mut tmp: Vec<u8>,
+    mut tmp: ReadBuf,
     role: Rc<dyn Role>,
     out: Rc<Outbox>,
 ) {
@@ -191,17 +184,12 @@ async fn read_loop(
                 }
             }
         }
-        match stream.read(&mut tmp).await {
+        match stream.read(tmp.space()).await {
             Ok(0) | Err(_) => {
                 out.close();
                 return;
             }
-            Ok(n) => {
-                buf.extend_from_slice(&tmp[..n]);
-                if n == tmp.len() && tmp.len() < READ_BYTES {
-                    tmp = vec![0u8; tmp.len() * 2];
-                }
-            }
+            Ok(n) => tmp.append_to(n, &mut buf),
         }
     }
 }
