@@ -23,6 +23,7 @@ pub struct Metrics {
     pub connect_timeouts: u64,
     pub keepalive_timeouts: u64,
     pub refused_connections: u64,
+    pub sys_publishes_refused: u64,
 }
 
 impl Metrics {
@@ -31,7 +32,8 @@ impl Metrics {
     pub fn merge(&mut self, o: &Metrics) {
         self.clients_connected += o.clients_connected;
         self.clients_total += o.clients_total;
-        self.clients_maximum += o.clients_maximum;
+        // A peak is not a sum; shard 0 reports the broker-wide one.
+        self.clients_maximum = self.clients_maximum.max(o.clients_maximum);
         self.sessions += o.sessions;
         self.messages_received += o.messages_received;
         self.messages_sent += o.messages_sent;
@@ -47,6 +49,7 @@ impl Metrics {
         self.connect_timeouts += o.connect_timeouts;
         self.keepalive_timeouts += o.keepalive_timeouts;
         self.refused_connections += o.refused_connections;
+        self.sys_publishes_refused += o.sys_publishes_refused;
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.

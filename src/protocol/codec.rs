@@ -82,6 +82,25 @@ impl Codec {
     }
 }
 
+/// The protocol level a CONNECT at the front of `buf` declares, read before
+/// the rest of it is validated, so that a CONNECT refused for a malformed
+/// field can still be answered in the client's version. `None` until the
+/// level byte has arrived, or when `buf` does not start with a CONNECT.
+pub fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let VarIntRead::Done(_, len_bytes) = read_varint(buf.get(1..)?).ok()? else {
+        return None;
+    };
+    let name_at = 1 + len_bytes;
+    let name_len = usize::from(u16::from_be_bytes([
+        *buf.get(name_at)?,
+        *buf.get(name_at + 1)?,
+    ]));
+    buf.get(name_at + 2 + name_len).copied()
+}
+
 /// Decodes one packet from the front of `buf` (see [`Codec::decode`]).
 /// `version` is `None` before CONNECT, when only CONNECT is accepted.
 ///

@@ -21,7 +21,9 @@ mod reason;
 mod subscribe;
 
 pub use ack::{Ack, Auth, Disconnect};
-pub use codec::{decode_packet, encode_packet, Codec, DEFAULT_MAX_PACKET_BYTES};
+pub use codec::{
+    connect_protocol_level, decode_packet, encode_packet, Codec, DEFAULT_MAX_PACKET_BYTES,
+};
 pub use connect::{ConnAck, Connect, LastWill};
 pub use error::{DecodeError, EncodeError};
 pub use primitives::{read_varint, varint_len, MqttStr, VarIntRead, MAX_VARINT};

@@ -139,11 +139,12 @@ impl Shard {
             }
         };
         let max_keepalive = self.config.max_keepalive;
+        let generation = self.next_generation();
         let e = self
             .entry(key)
             .expect("invariant: session just found or created");
         e.conn = Some(conn.clone());
-        e.generation += 1;
+        e.generation = generation;
         e.expiry = expiry;
         e.will = c.will;
         e.version = c.protocol;

@@ -23,8 +23,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::protocol::{
-    encode_packet, Codec, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Packet,
-    ProtocolVersion, ReasonCode,
+    connect_protocol_level, encode_packet, Codec, ConnAck, ConnAckProperties, Connect, DecodeError,
+    Disconnect, Packet, ProtocolVersion, ReasonCode,
 };
 
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
@@ -148,8 +148,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
     let mut codec = Codec::server(max_packet);
     let mut buf = BytesMut::new();
     let mut tmp = ReadBuf::default();
+    let mut level = None;
     let first = glommio::timer::timeout(timeout, async {
         loop {
+            level = level.or_else(|| connect_protocol_level(&buf));
             match codec.decode(&mut buf) {
                 Ok(Some(p)) => return Ok(Ok(p)),
                 Ok(None) => {}
@@ -168,7 +170,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
     let connect = match first {
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(_)) => return, // the codec refuses anything else first
-        Ok(Err(e)) => return refuse_malformed(&shard, &mut stream, e).await,
+        Ok(Err(e)) => return refuse_malformed(&shard, &mut stream, level, e).await,
         Err(glommio::GlommioError::TimedOut(_)) => {
             shard.borrow_mut().metrics.connect_timeouts += 1;
             tracing::info!("no CONNECT within {timeout:?}, closing");
@@ -208,20 +210,36 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
 }
 
 /// A CONNECT that failed to decode: answer where the spec asks, then close.
-async fn refuse_malformed(shard: &Rc<RefCell<Shard>>, stream: &mut TcpStream, e: DecodeError) {
+/// `level` is the protocol level the CONNECT declared, if it got that far.
+async fn refuse_malformed(
+    shard: &Rc<RefCell<Shard>>,
+    stream: &mut TcpStream,
+    level: Option<u8>,
+    e: DecodeError,
+) {
     shard.borrow_mut().metrics.malformed_packets += 1;
     tracing::info!(error = %e, "bad CONNECT, closing");
-    if let Some(code) = e.v3_connack_code() {
+    let (version, reason) = if level == Some(5) {
+        // [v5:MQTT-3.1.4-1], [v5:MQTT-3.2.2-8]: a CONNACK with the reason
+        // (0x81 malformed, 0x82 protocol error, 0x95 too large), then close.
+        (ProtocolVersion::V5, e.reason_code())
+    } else if let Some(code) = e.v3_connack_code() {
         // [v3:MQTT-3.1.2-2] unacceptable protocol level: return code 0x01.
-        let ack = Packet::ConnAck(Box::new(ConnAck {
-            session_present: false,
-            reason: ReasonCode::from_v3_connack(code).unwrap_or(ReasonCode::UNSPECIFIED_ERROR),
-            properties: ConnAckProperties::default(),
-        }));
-        let mut out = BytesMut::new();
-        if encode_packet(&ack, ProtocolVersion::V311, usize::MAX, &mut out).is_ok() {
-            let _ = stream.write_all(&out).await;
-        }
+        (
+            ProtocolVersion::V311,
+            ReasonCode::from_v3_connack(code).unwrap_or(ReasonCode::UNSPECIFIED_ERROR),
+        )
+    } else {
+        return; // 3.1.1 closes without a CONNACK ([MQTT-3.1.4-1]).
+    };
+    let ack = Packet::ConnAck(Box::new(ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    }));
+    let mut out = BytesMut::new();
+    if encode_packet(&ack, version, usize::MAX, &mut out).is_ok() {
+        let _ = stream.write_all(&out).await;
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Live connections, whole broker, against `--max-connections`.
     pub connections: AtomicUsize,
+    /// The most live connections the broker has had at once.
+    pub connections_peak: AtomicUsize,
 }
 
 impl Shared {
@@ -115,7 +117,10 @@ pub(crate) struct SessionEntry {
     pub session: Session,
     pub subscriptions: HashMap<TopicFilter, SubOpts>,
     pub conn: Option<Rc<Conn>>,
-    /// Bumped at every (re)connection, so stale timers are ignored.
+    /// Set from the shard's [`Shard::next_generation`] at every
+    /// (re)connection and never repeated on this shard, even when the slot
+    /// is reused, so a timer armed for an earlier session or connection in
+    /// this slot is recognised as stale.
     pub generation: u64,
     /// How long the session outlives its connection (`None`: forever).
     pub expiry: Option<Duration>,
@@ -160,6 +165,8 @@ pub struct Shard {
     pub(crate) by_client: HashMap<Arc<str>, u32>,
     pub(crate) conns: HashMap<u64, Rc<Conn>>,
     next_conn_id: u64,
+    /// Last session generation handed out; only grows.
+    last_generation: u64,
     pub(crate) subs: SubscriptionTrie<SubEntry>,
     pub(crate) filter_refs: HashMap<TopicFilter, u32>,
     pub(crate) interest: SubscriptionTrie<u16>,
@@ -200,6 +207,7 @@ impl Shard {
             by_client: HashMap::new(),
             conns: HashMap::new(),
             next_conn_id: 0,
+            last_generation: 0,
             subs: SubscriptionTrie::new(),
             filter_refs: HashMap::new(),
             interest: SubscriptionTrie::new(),
@@ -223,6 +231,12 @@ impl Shard {
     pub fn next_conn_id(&mut self) -> u64 {
         self.next_conn_id += 1;
         ((self.id as u64) << 48) | self.next_conn_id
+    }
+
+    /// A session generation never handed out before on this shard.
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.last_generation += 1;
+        self.last_generation
     }
 
     pub(crate) fn entry(&mut self, key: u32) -> Option<&mut SessionEntry> {
@@ -423,9 +437,13 @@ impl Shard {
 
     /// Registers a connection for keep-alive and shutdown.
     pub(crate) fn add_conn(&mut self, conn: Rc<Conn>) {
-        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        let live = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared
+            .connections_peak
+            .fetch_max(live, Ordering::Relaxed);
         self.metrics.clients_connected += 1;
         self.metrics.clients_total += 1;
+        // This shard's own peak, for `$SYS/broker/shard/K/...`.
         self.metrics.clients_maximum = self
             .metrics
             .clients_maximum
@@ -468,6 +486,7 @@ impl Shard {
         for m in &self.peer_metrics {
             total.merge(m);
         }
+        total.clients_maximum = self.shared.connections_peak.load(Ordering::Relaxed) as u64;
         let uptime = now.duration_since(self.started).as_secs();
         let mut items: Vec<(String, String)> = vec![
             (

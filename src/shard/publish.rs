@@ -173,7 +173,8 @@ impl Shard {
             expires_at,
         });
         // $SYS belongs to the broker: client publishes there are acknowledged and dropped.
-        let barrier = if msg.topic.as_str().starts_with("$SYS") {
+        let barrier = if msg.topic.is_broker_sys() {
+            self.refuse_sys(&msg.publisher, msg.topic.as_str());
             None
         } else {
             self.publish_message(msg, now)
@@ -362,6 +363,9 @@ impl Shard {
         let Ok(topic) = TopicName::new(will.topic) else {
             return;
         };
+        if topic.is_broker_sys() {
+            return self.refuse_sys(client, topic.as_str());
+        }
         let p = will.properties;
         let msg = Arc::new(Message {
             topic,
@@ -385,6 +389,12 @@ impl Shard {
         });
         tracing::debug!(client_id = %client, topic = msg.topic.as_str(), "publishing will");
         self.publish_message(msg, now);
+    }
+
+    /// A client's publish or will to `$SYS/...`: dropped, counted, logged.
+    fn refuse_sys(&mut self, client: &str, topic: &str) {
+        self.metrics.sys_publishes_refused += 1;
+        tracing::info!(client_id = client, topic, "publish to $SYS refused");
     }
 
     /// Publishes a broker message (`$SYS`), retained, QoS 0.

@@ -65,6 +65,12 @@ impl TopicName {
     pub fn is_system(&self) -> bool {
         self.0.starts_with('$')
     }
+
+    /// True when the first topic level is exactly `$SYS`: the broker's own
+    /// tree, where clients may not publish (`$SYSTEM/x` is not in it).
+    pub fn is_broker_sys(&self) -> bool {
+        self.as_str().split('/').next() == Some("$SYS")
+    }
 }
 
 /// A validated topic filter (wildcards allowed, in their places).

@@ -1,0 +1,152 @@
+//! The broker under abuse: what one client (or an unlucky operator) does must
+//! not end another's session, leak into `$SYS`, or go unanswered.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmq::protocol::{
+    LastWill, Packet,
+    ProtocolVersion::{V311, V5},
+    QoS, ReasonCode, WillProperties,
+};
+
+/// A timer armed for an earlier session in a reused slot must not end the
+/// session that lives there now: the first session's 1 s expiry timer is
+/// still armed when a clean start replaces it by one with a 60 s expiry.
+// [v5:MQTT-3.1.2-23] the session lives until its (new) expiry.
+#[test]
+fn earlier_sessions_timer_never_ends_a_later_one() {
+    let b = start(2);
+    let mut short = connect_packet(V5, "reused-slot", false);
+    short.properties.session_expiry_interval = Some(1);
+    let (c, _) = Raw::connect_with(b.addr, short);
+    drop(c);
+    b.wait_connections(0);
+    let mut long = connect_packet(V5, "reused-slot", true);
+    long.properties.session_expiry_interval = Some(60);
+    let (mut c, ack) = Raw::connect_with(b.addr, long.clone());
+    assert!(!ack.session_present);
+    c.subscribe(1, &[("slot/t", QoS::AtLeastOnce)]);
+    drop(c);
+    b.wait_connections(0);
+    // Past the first session's expiry (ticks run every 100 ms).
+    std::thread::sleep(Duration::from_millis(1600));
+    long.clean_start = false;
+    let (_c, ack) = Raw::connect_with(b.addr, long);
+    assert!(
+        ack.session_present,
+        "the 60 s session was ended by a 1 s timer"
+    );
+}
+
+/// The same for a will: a delayed will armed for the earlier session must
+/// not publish the later session's will early.
+// [v5:MQTT-3.1.3-9] the will waits for its delay.
+#[test]
+fn earlier_sessions_will_timer_never_fires_a_later_will() {
+    let b = start(2);
+    let (mut watcher, _) = Raw::connect(b.addr, V311, "will-watch", true);
+    watcher.subscribe(1, &[("wills/#", QoS::AtMostOnce)]);
+    let will = |topic: &str, delay: u32| LastWill {
+        topic: s(topic),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: Some(delay),
+            ..Default::default()
+        },
+    };
+    let mut first = connect_packet(V5, "reused-will", false);
+    first.properties.session_expiry_interval = Some(120);
+    first.will = Some(will("wills/first", 1));
+    let (c, _) = Raw::connect_with(b.addr, first.clone());
+    drop(c); // arms the first will for 1 s
+    b.wait_connections(1);
+    // Back before the delay: the first will is cancelled; the new one waits 60 s.
+    let mut second = first;
+    second.clean_start = true;
+    second.will = Some(will("wills/second", 60));
+    let (c, _) = Raw::connect_with(b.addr, second);
+    drop(c);
+    b.wait_connections(1);
+    watcher.expect_silence(Duration::from_millis(1600));
+}
+
+/// `$SYS/` belongs to the broker: neither a PUBLISH nor a will may put a
+/// message there (retained or not); `$SYSTEM/x` is an ordinary topic.
+// [MQTT-4.7.2-1] topics beginning with $ are not matched by # or +.
+#[test]
+fn sys_topics_are_the_brokers_alone() {
+    let b = start(2);
+    let (mut watcher, _) = Raw::connect(b.addr, V5, "sys-watch", true);
+    watcher.subscribe(1, &[("$SYS/inject/#", QoS::AtLeastOnce)]);
+    watcher.subscribe(2, &[("$SYSTEM/x", QoS::AtLeastOnce)]);
+
+    let mut c = connect_packet(V5, "sys-will", true);
+    c.will = Some(LastWill {
+        topic: s("$SYS/inject/will"),
+        payload: bytes::Bytes::from_static(b"fake"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: WillProperties::default(),
+    });
+    let (w, _) = Raw::connect_with(b.addr, c);
+    drop(w); // abnormal close: the will would fire
+    b.wait_connections(1);
+
+    let (mut p, _) = Raw::connect(b.addr, V5, "sys-pub", true);
+    p.publish("$SYS/inject/pub", b"fake", QoS::AtLeastOnce, 1, true);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    p.publish("$SYSTEM/x", b"ordinary", QoS::AtLeastOnce, 2, false);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    let m = watcher.recv_publish();
+    assert_eq!(m.topic.as_str(), "$SYSTEM/x", "only $SYSTEM/x is delivered");
+    watcher.expect_silence(Duration::from_millis(300));
+    // Nothing was retained under $SYS either.
+    let (mut late, _) = Raw::connect(b.addr, V5, "sys-late", true);
+    late.subscribe(1, &[("$SYS/inject/#", QoS::AtLeastOnce)]);
+    late.expect_silence(Duration::from_millis(300));
+}
+
+/// A v5 CONNECT that is malformed in a field the broker can read past gets
+/// CONNACK 0x81 (malformed) or 0x82 (protocol error) before the close.
+// [v5:MQTT-3.1.4-1] the server validates CONNECT and closes on a failure.
+// [v5:MQTT-3.2.2-8] a server sending a CONNACK with a reason code >= 0x80
+// closes the connection.
+#[test]
+fn malformed_v5_connect_gets_a_connack_reason() {
+    let b = start(2);
+    // CONNECT v5, client id "m", properties: Receive Maximum = 0.
+    let receive_max_zero: &[u8] = &[
+        0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 3, 0x21, 0, 0, 0, 1, b'm',
+    ];
+    // Session Expiry Interval twice.
+    let duplicate: &[u8] = &[
+        0x10, 23, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 10, 0x11, 0, 0, 0, 1, 0x11, 0, 0,
+        0, 2, 0, 1, b'm',
+    ];
+    // Property 0x01 (Payload Format Indicator) is not a CONNECT property.
+    let unknown: &[u8] = &[
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 2, 0x01, 1, 0, 1, b'm',
+    ];
+    for (name, bytes) in [
+        ("receive maximum 0", receive_max_zero),
+        ("duplicate property", duplicate),
+        ("unknown property", unknown),
+    ] {
+        let mut raw = Raw::connect_tcp(b.addr, V5);
+        raw.send_bytes(bytes);
+        let got = raw.expect_closed();
+        match got.as_slice() {
+            [Packet::ConnAck(a)] => assert!(
+                a.reason == ReasonCode::MALFORMED_PACKET || a.reason == ReasonCode::PROTOCOL_ERROR,
+                "{name}: {:?}",
+                a.reason
+            ),
+            other => panic!("{name}: expected one CONNACK, got {other:?}"),
+        }
+    }
+}
