@@ -150,3 +150,108 @@ fn malformed_v5_connect_gets_a_connack_reason() {
         }
     }
 }
+
+/// Sends `rounds` times a publish of `big` bytes to a topic nobody wants,
+/// then `small` (already encoded) in the same write, so both sit in one read
+/// buffer; then waits until the broker has read everything.
+fn small_beside_big(c: &mut Raw, rounds: usize, big: usize, small: impl Fn(usize) -> Packet) {
+    let mut big_pub = ringmq::protocol::Publish::new(s("unused/big"), vec![7u8; big].into());
+    big_pub.qos = QoS::AtMostOnce;
+    let big_pub = Packet::Publish(big_pub);
+    for i in 0..rounds {
+        let mut out = bytes::BytesMut::new();
+        big_pub.encode(c.version, &mut out).expect("encodes");
+        small(i).encode(c.version, &mut out).expect("encodes");
+        c.send_bytes(&out);
+        if let Some(id) = match small(i) {
+            Packet::Publish(p) => p.packet_id,
+            _ => None,
+        } {
+            assert_eq!(c.recv(), Packet::PubAck(ringmq::protocol::Ack::new(id)));
+        }
+    }
+    c.send(&Packet::PingReq);
+    assert_eq!(c.recv(), Packet::PingResp);
+}
+
+fn publish(topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) -> Packet {
+    let mut p = ringmq::protocol::Publish::new(s(topic), bytes::Bytes::copy_from_slice(payload));
+    p.qos = qos;
+    p.retain = retain;
+    if qos != QoS::AtMostOnce {
+        p.packet_id = Some(pid(id));
+    }
+    Packet::Publish(p)
+}
+
+/// Retained messages own their bytes: 200 retained 20-byte messages, each
+/// read together with a 1 MB publish, used to pin 200 MB of read buffers.
+#[test]
+fn retained_small_messages_do_not_pin_read_buffers() {
+    let b = BinBroker::spawn(&["--cores", "2"]);
+    let (mut c, _) = Raw::connect(b.addr, V311, "pin-retained", true);
+    small_beside_big(&mut c, 3, 1_000_000, |i| {
+        publish(&format!("warm/{i}"), &[1; 20], QoS::AtMostOnce, 0, true)
+    });
+    let before = b.status_kib("VmRSS");
+    small_beside_big(&mut c, 200, 1_000_000, |i| {
+        publish(&format!("pin/{i}"), &[1; 20], QoS::AtMostOnce, 0, true)
+    });
+    let grown = b.status_kib("VmRSS").saturating_sub(before);
+    eprintln!("RSS grew {grown} KiB");
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew {grown} KiB for 4 KB of retained messages"
+    );
+    // They are all there.
+    let (mut sub, _) = Raw::connect(b.addr, V311, "pin-retained-sub", true);
+    sub.subscribe(1, &[("pin/#", QoS::AtMostOnce)]);
+    for _ in 0..200 {
+        assert!(sub.recv_publish().retain);
+    }
+}
+
+/// Queued messages own their bytes, and the queue's byte bound counts what
+/// they hold: an offline session's 3,000 queued 100-byte messages, each read
+/// beside 60 KB of other data, used to pin 190 MB, even under
+/// `--max-queued-bytes 1000000`.
+#[test]
+fn queued_small_messages_do_not_pin_read_buffers() {
+    let b = BinBroker::spawn(&["--cores", "2", "--max-queued-bytes", "1000000"]);
+    let (mut sub, _) = Raw::connect(b.addr, V311, "pin-queue-sub", false);
+    sub.subscribe(1, &[("q/#", QoS::AtLeastOnce)]);
+    drop(sub);
+    let (mut c, _) = Raw::connect(b.addr, V311, "pin-queue-pub", true);
+    small_beside_big(&mut c, 20, 60_000, |i| {
+        publish("warm", &[2; 100], QoS::AtLeastOnce, i as u16 + 1, false)
+    });
+    let before = b.status_kib("VmRSS");
+    small_beside_big(&mut c, 3000, 60_000, |i| {
+        publish(
+            "q/x",
+            &[2; 100],
+            QoS::AtLeastOnce,
+            (i % 60_000) as u16 + 1,
+            false,
+        )
+    });
+    let grown = b.status_kib("VmRSS").saturating_sub(before);
+    eprintln!("RSS grew {grown} KiB");
+    assert!(grown < 48 * 1024, "RSS grew {grown} KiB for a 1 MB queue");
+    // The bound kept the newest ones, as many as fit in 1 MB.
+    let (mut sub, ack) = Raw::connect(b.addr, V311, "pin-queue-sub", false);
+    assert!(ack.session_present);
+    let mut got = 0;
+    while let Some(p) = sub.recv_within(Duration::from_millis(500)) {
+        if let Packet::Publish(p) = p {
+            got += 1;
+            sub.send(&Packet::PubAck(ringmq::protocol::Ack::new(
+                p.packet_id.expect("QoS 1"),
+            )));
+        }
+    }
+    assert!(
+        got > 0 && got < 1_000_000 / 100,
+        "{got} delivered from a 1 MB queue"
+    );
+}

@@ -142,27 +142,10 @@ fn sys_topics_report_totals() {
 // SIGTERM: MQTT 5 clients get DISCONNECT 0x8B, the process exits 0.
 #[test]
 fn sigterm_is_graceful() {
-    let dir = std::env::temp_dir().join(format!("ringmq-sig-{}", std::process::id()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--log-level",
-            "info",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let addr = read_listen_addr(&mut child);
-    let (mut c5, _) = Raw::connect(addr, V5, "sig5", true);
-    let (mut c3, _) = Raw::connect(addr, V311, "sig3", true);
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut b = BinBroker::spawn(&["--cores", "2"]);
+    let (mut c5, _) = Raw::connect(b.addr, V5, "sig5", true);
+    let (mut c3, _) = Raw::connect(b.addr, V311, "sig3", true);
+    b.signal(libc::SIGTERM);
     assert_eq!(
         c5.expect_closed(),
         vec![Packet::Disconnect(Disconnect::new(
@@ -170,28 +153,6 @@ fn sigterm_is_graceful() {
         ))]
     );
     assert!(c3.expect_closed().is_empty());
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Reads the "listening on" line the binary prints at start.
-fn read_listen_addr(child: &mut std::process::Child) -> std::net::SocketAddr {
-    use std::io::BufRead;
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(out).lines();
-    let line = lines.next().expect("a line").expect("utf-8");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    addr
+    let status = b.wait_exit(TIMEOUT).expect("exits");
+    assert!(status.success(), "{status:?}");
 }

@@ -82,6 +82,20 @@ impl Codec {
     }
 }
 
+/// Frames smaller than this whose bytes may outlive the loop turn are
+/// copied out of the read buffer (see [`decode_packet`]). A larger frame is
+/// sliced: it fills most of the buffer it was reserved for, so it pins at
+/// most about its own size again, and copying it would cost real time.
+pub const OWNED_FRAME_BYTES: usize = 64 * 1024;
+
+/// Packets whose decoded fields the broker may keep past the loop turn.
+fn keeps_bytes(t: PacketType) -> bool {
+    matches!(
+        t,
+        PacketType::Publish | PacketType::Subscribe | PacketType::Connect
+    )
+}
+
 /// The protocol level a CONNECT at the front of `buf` declares, read before
 /// the rest of it is validated, so that a CONNECT refused for a malformed
 /// field can still be answered in the client's version. `None` until the
@@ -142,7 +156,17 @@ pub fn decode_packet(
         buf.reserve(size - buf.len());
         return Ok(None);
     }
-    let mut frame = buf.split_to(size);
+    let mut frame = if size < OWNED_FRAME_BYTES && keeps_bytes(packet_type) {
+        // A small packet whose bytes may be kept (a queued or retained
+        // message, a subscription, a will) gets an allocation of its own: a
+        // slice would pin the whole read buffer it arrived in, so 20 bytes
+        // read beside a 1 MB publish held 1 MB for as long as it was kept.
+        let owned = BytesMut::from(&buf[..size]);
+        bytes::Buf::advance(buf, size);
+        owned
+    } else {
+        buf.split_to(size)
+    };
     bytes::Buf::advance(&mut frame, 1 + len_bytes);
     let mut r = Reader::new(frame.freeze());
     // Only CONNECT may arrive without a version, and it carries its own.

@@ -1464,16 +1464,32 @@ fn codec_learns_version_from_connect() {
     assert_eq!(codec.decode(&mut buf), Ok(None));
 }
 
-// The payload is a slice of the read buffer, not a copy.
+// A small PUBLISH owns its bytes (a slice would pin the whole read buffer
+// while the message sits in a queue); a large one is a slice of the read
+// buffer, not a copy.
 #[test]
-fn publish_payload_is_zero_copy() {
-    let mut buf = BytesMut::from(&hex("30 08  00 03 61 2f 62  00  68 69")[..]);
-    let base = buf.as_ptr() as usize;
+fn small_publish_owns_its_frame_large_one_is_zero_copy() {
+    let mut buf = BytesMut::from(&hex("30 08  00 03 61 2f 62  00  68 69 ff ff")[..]);
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
     let Ok(Some(Packet::Publish(p))) = decode_packet(&mut buf, Some(V5), 1024) else {
         panic!("publish")
     };
-    assert_eq!(p.payload.as_ptr() as usize, base + 8);
-    assert_eq!(p.topic.as_bytes().as_ptr() as usize, base + 4);
+    assert_eq!(&p.payload[..], b"hi");
+    assert!(!range.contains(&(p.payload.as_ptr() as usize)));
+    assert!(!range.contains(&(p.topic.as_bytes().as_ptr() as usize)));
+    assert_eq!(&buf[..], &[0xff, 0xff]);
+
+    let payload = vec![5u8; super::codec::OWNED_FRAME_BYTES];
+    let mut big = Publish::new(MqttStr::from_static("a/b"), payload.into());
+    big.qos = QoS::AtMostOnce;
+    let mut buf = BytesMut::new();
+    Packet::Publish(big).encode(V5, &mut buf).expect("encodes");
+    let base = buf.as_ptr() as usize;
+    let Ok(Some(Packet::Publish(p))) = decode_packet(&mut buf, Some(V5), 1 << 20) else {
+        panic!("publish")
+    };
+    // Fixed header (1 + 3 length bytes), topic (2 + 3), properties (1).
+    assert_eq!(p.payload.as_ptr() as usize, base + 10);
 }
 
 // ---------------------------------------------------------------- properties

@@ -7,6 +7,7 @@
 //! method takes `now` where time matters and pushes the packets to send into
 //! an output vector that the shard encodes and writes.
 
+pub(crate) mod pending;
 mod queue;
 
 pub use queue::{Delivery, DropReason, Limits, Session};
@@ -24,7 +25,9 @@ use crate::topic::TopicName;
 pub struct Message {
     /// Where it was published.
     pub topic: TopicName,
-    /// The payload (a slice of the publisher's read buffer).
+    /// The payload: a slice of the decoded frame, which owns an allocation
+    /// of its own unless it is large (see `protocol::codec`), so a message
+    /// kept in a queue or the retained store never pins a read buffer.
     pub payload: Bytes,
     /// QoS it was published with.
     pub qos: QoS,
@@ -40,6 +43,21 @@ pub struct Message {
 }
 
 impl Message {
+    /// Bytes this message keeps alive: its frame's topic, payload and
+    /// properties plus the struct itself. What queue bounds count, so that
+    /// `--max-queued-bytes` bounds memory rather than payload alone.
+    pub fn held_bytes(&self) -> usize {
+        let p = &self.properties;
+        let strs = p.response_topic.as_ref().map_or(0, |s| s.len())
+            + p.content_type.as_ref().map_or(0, |s| s.len())
+            + p.correlation_data.as_ref().map_or(0, |b| b.len())
+            + p.user_properties
+                .iter()
+                .map(|u| u.name.len() + u.value.len() + 4)
+                .sum::<usize>();
+        std::mem::size_of::<Message>() + self.topic.as_str().len() + self.payload.len() + strs
+    }
+
     /// True once the message's expiry has passed ([MQTT-3.3.2-5]).
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| now >= t)

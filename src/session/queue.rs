@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::protocol::{Ack, Packet, PacketId, PublishProperties, QoS, ReasonCode};
 
+use super::pending::Pending;
 use super::Message;
 
 /// Queue bounds and policy for one session.
@@ -13,7 +14,7 @@ use super::Message;
 pub struct Limits {
     /// Most messages in the pending queue.
     pub max_queued_messages: usize,
-    /// Most payload bytes in the pending queue.
+    /// Most bytes the pending queue holds ([`Delivery::held_bytes`]).
     pub max_queued_bytes: usize,
     /// Queue QoS 0 messages while offline.
     pub queue_qos0: bool,
@@ -30,6 +31,17 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions (MQTT 5).
     pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// Memory this delivery accounts for in a queue: the message (counted
+    /// whole for each session that queues it, as each could be its last
+    /// holder) and the delivery itself.
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Delivery>()
+            + self.subscription_ids.len() * std::mem::size_of::<u32>()
+            + self.msg.held_bytes()
+    }
 }
 
 /// Why a message was not delivered.
@@ -71,8 +83,7 @@ pub struct Session {
     limits: Limits,
     window: usize,
     inflight: VecDeque<Inflight>,
-    pending: VecDeque<Delivery>,
-    pending_bytes: usize,
+    pending: Pending,
     next_id: u16,
     /// Inbound QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
     pub awaiting_rel: HashSet<u16>,
@@ -87,8 +98,7 @@ impl Session {
             limits,
             window: usize::from(window.max(1)),
             inflight: VecDeque::new(),
-            pending: VecDeque::new(),
-            pending_bytes: 0,
+            pending: Pending::default(),
             next_id: 0,
             awaiting_rel: HashSet::new(),
             dropped: 0,
@@ -150,28 +160,20 @@ impl Session {
 
     fn enqueue(&mut self, d: Delivery) -> Option<DropReason> {
         let mut dropped = None;
-        let len = d.msg.payload.len();
-        while !self.pending.is_empty()
-            && (self.pending.len() >= self.limits.max_queued_messages
-                || self.pending_bytes + len > self.limits.max_queued_bytes)
-        {
-            // QoS 0 goes first, then the oldest message.
-            let victim = self
-                .pending
-                .iter()
-                .position(|p| p.qos == QoS::AtMostOnce)
-                .unwrap_or(0);
-            if let Some(v) = self.pending.remove(victim) {
-                self.pending_bytes -= v.msg.payload.len();
-            }
-            self.dropped += 1;
-            dropped = Some(DropReason::QueueFull);
-        }
+        let len = d.held_bytes();
         if len > self.limits.max_queued_bytes {
             self.dropped += 1;
             return Some(DropReason::QueueFull);
         }
-        self.pending_bytes += len;
+        while !self.pending.is_empty()
+            && (self.pending.len() >= self.limits.max_queued_messages
+                || self.pending.bytes() + len > self.limits.max_queued_bytes)
+        {
+            // QoS 0 goes first, then the oldest message: O(1) either way.
+            self.pending.drop_one();
+            self.dropped += 1;
+            dropped = Some(DropReason::QueueFull);
+        }
         self.pending.push_back(d);
         dropped
     }
@@ -242,7 +244,6 @@ impl Session {
             let Some(d) = self.pending.pop_front() else {
                 break;
             };
-            self.pending_bytes -= d.msg.payload.len();
             if d.msg.is_expired(now) {
                 expired += 1;
                 self.dropped += 1;

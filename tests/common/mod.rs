@@ -153,6 +153,30 @@ impl Raw {
         }
     }
 
+    /// The next packet, or None if the broker closed the connection or
+    /// nothing arrived within `d` of quiet.
+    pub fn recv_within(&mut self, d: Duration) -> Option<Packet> {
+        loop {
+            if let Some(p) = self
+                .codec
+                .decode(&mut self.buf)
+                .expect("broker sends valid packets")
+            {
+                return Some(p);
+            }
+            self.stream.set_read_timeout(Some(d)).expect("timeout");
+            let mut tmp = [0u8; 65536];
+            let r = self.stream.read(&mut tmp);
+            self.stream
+                .set_read_timeout(Some(TIMEOUT))
+                .expect("timeout");
+            match r {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    }
+
     pub fn recv(&mut self) -> Packet {
         self.try_recv()
             .expect("connection closed while waiting for a packet")
@@ -262,4 +286,129 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// The real `ringmq` binary on 127.0.0.1:0, killed on drop; its stderr
+/// (the log) is kept for assertions.
+pub struct BinBroker {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("ringmq-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl BinBroker {
+    /// Starts the binary with `args` (after `--listen 127.0.0.1:0`).
+    pub fn spawn(args: &[&str]) -> BinBroker {
+        Self::spawn_with(
+            std::process::Command::new(env!("CARGO_BIN_EXE_ringmq")),
+            args,
+        )
+    }
+
+    /// Starts `cmd` (the binary, maybe behind a wrapper) with `args`.
+    pub fn spawn_with(mut cmd: std::process::Command, args: &[&str]) -> BinBroker {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let dir = TempDir::new("bin");
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(out).lines();
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            other => panic!(
+                "no listening line ({other:?}); log: {:?}",
+                log.lock().expect("log")
+            ),
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        BinBroker {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `RssAnon`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in status"))
+    }
+
+    /// Log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Sends `sig` to the broker.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded by `within`) for the process to exit; its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BinBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -180,11 +180,15 @@ fn full_queue_drops_qos0_first_then_oldest() {
     assert_eq!(got, vec!["q2", "q3", "q4"]);
 }
 
+// The byte bound counts what a queued message holds (topic, properties,
+// overhead), not its payload alone.
 #[test]
 fn byte_bound_applies_too() {
     let now = Instant::now();
+    let one = d("ab", QoS::AtLeastOnce).held_bytes();
+    assert!(one > 100, "overhead is counted: {one}");
     let limits = Limits {
-        max_queued_bytes: 4,
+        max_queued_bytes: 2 * one,
         ..LIMITS
     };
     let mut s = Session::new(limits, 1);
@@ -284,4 +288,71 @@ fn subscription_ids_are_attached() {
         panic!("publish")
     };
     assert_eq!(p.properties.subscription_identifiers, vec![3, 7]);
+}
+
+// A full queue's overflow is O(1): 300k publishes into a full queue of 100k
+// QoS 1 messages (each one drops the oldest) and 100k mixed ones (each
+// drops the oldest QoS 0 from the middle). A scan per drop took minutes.
+#[test]
+fn overflow_of_a_full_queue_is_constant_time() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_queued_messages: 100_000,
+        max_queued_bytes: usize::MAX,
+        queue_qos0: true,
+    };
+    let started = Instant::now();
+    let mut s = Session::new(limits, 1);
+    let mut out = Vec::new();
+    let q1 = d("one", QoS::AtLeastOnce);
+    let q0 = d("zero", QoS::AtMostOnce);
+    for _ in 0..400_000 {
+        s.deliver(q1.clone(), false, now, &mut out);
+    }
+    assert_eq!(s.pending_len(), 100_000);
+    // QoS 1 at the front, QoS 0 behind: every drop removes a QoS 0 from
+    // the middle.
+    for i in 0..300_000 {
+        let next = if i % 2 == 0 { &q0 } else { &q1 };
+        s.deliver(next.clone(), false, now, &mut out);
+    }
+    assert_eq!(s.pending_len(), 100_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "700k deliveries into a full queue took {:?}",
+        started.elapsed()
+    );
+}
+
+proptest::proptest! {
+    // The O(1) queue drops and pops exactly what a plain scan would.
+    #[test]
+    fn pending_matches_a_linear_model(ops in proptest::collection::vec(0u8..4, 0..2000)) {
+        let mut p = crate::session::pending::Pending::default();
+        let mut model: std::collections::VecDeque<(u32, QoS)> = Default::default();
+        let mut n = 0u32;
+        for op in ops {
+            match op {
+                0 | 1 => {
+                    let qos = if op == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                    n += 1;
+                    let mut x = d("x", qos);
+                    x.subscription_ids = vec![n];
+                    p.push_back(x);
+                    model.push_back((n, qos));
+                }
+                2 => {
+                    let got = p.drop_one().map(|d| d.subscription_ids[0]);
+                    let at = model.iter().position(|m| m.1 == QoS::AtMostOnce).unwrap_or(0);
+                    proptest::prop_assert_eq!(got, model.remove(at).map(|m| m.0));
+                }
+                _ => {
+                    let got = p.pop_front().map(|d| d.subscription_ids[0]);
+                    proptest::prop_assert_eq!(got, model.pop_front().map(|m| m.0));
+                }
+            }
+            proptest::prop_assert_eq!(p.len(), model.len());
+            proptest::prop_assert_eq!(p.front().map(|d| d.subscription_ids[0]), model.front().map(|m| m.0));
+        }
+    }
 }

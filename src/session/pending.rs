@@ -1,0 +1,116 @@
+//! The pending queue behind a session's inflight window, with O(1) overflow.
+//!
+//! A full queue drops QoS 0 first, then the oldest message. Finding the
+//! oldest QoS 0 by scanning made every publish into a full 100k queue scan
+//! it (a shard then spent seconds per burst); here an index of the QoS 0
+//! entries' sequence numbers names the victim at once, and a removal from
+//! the middle leaves a hole that [`Pending::compact`] squeezes out once holes
+//! outnumber live entries, so every operation is O(1) amortized.
+
+use std::collections::VecDeque;
+
+use crate::protocol::QoS;
+
+use super::Delivery;
+
+/// Holes allowed before a compaction, beyond one per live entry.
+const SLACK_SLOTS: usize = 1024;
+
+/// FIFO of deliveries; see the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// Entries in arrival order; `None` is a dropped entry's hole. Never
+    /// starts with a hole.
+    slots: VecDeque<Option<Delivery>>,
+    /// Sequence number of `slots[0]`.
+    head: u64,
+    /// Sequence numbers of the live QoS 0 entries, oldest first.
+    qos0: VecDeque<u64>,
+    live: usize,
+    bytes: usize,
+}
+
+impl Pending {
+    /// Live entries.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Bytes held by the live entries ([`Delivery::held_bytes`]).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn push_back(&mut self, d: Delivery) {
+        let seq = self.head + self.slots.len() as u64;
+        if d.qos == QoS::AtMostOnce {
+            self.qos0.push_back(seq);
+        }
+        self.live += 1;
+        self.bytes += d.held_bytes();
+        self.slots.push_back(Some(d));
+    }
+
+    pub(crate) fn front(&self) -> Option<&Delivery> {
+        self.slots.front().and_then(Option::as_ref)
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.slots.pop_front()??;
+        if self.qos0.front() == Some(&self.head) {
+            self.qos0.pop_front();
+        }
+        self.head += 1;
+        self.taken(&d);
+        self.skip_holes();
+        Some(d)
+    }
+
+    /// Removes the overflow victim: the oldest QoS 0 entry, else the oldest.
+    pub(crate) fn drop_one(&mut self) -> Option<Delivery> {
+        let Some(seq) = self.qos0.front().copied() else {
+            return self.pop_front();
+        };
+        if seq == self.head {
+            return self.pop_front();
+        }
+        self.qos0.pop_front();
+        let d = self
+            .slots
+            .get_mut((seq - self.head) as usize)
+            .and_then(Option::take)
+            .expect("invariant: the QoS 0 index names live entries");
+        self.taken(&d);
+        if self.slots.len() > 2 * self.live + SLACK_SLOTS {
+            self.compact();
+        }
+        Some(d)
+    }
+
+    fn taken(&mut self, d: &Delivery) {
+        self.live -= 1;
+        self.bytes -= d.held_bytes();
+    }
+
+    fn skip_holes(&mut self) {
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.head += 1;
+        }
+    }
+
+    /// Squeezes the holes out and renumbers from `head`.
+    fn compact(&mut self) {
+        self.slots.retain(Option::is_some);
+        self.qos0.clear();
+        for (i, d) in self.slots.iter().enumerate() {
+            if d.as_ref().is_some_and(|d| d.qos == QoS::AtMostOnce) {
+                self.qos0.push_back(self.head + i as u64);
+            }
+        }
+    }
+}
