@@ -71,6 +71,23 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
     }
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mut config = config;
+    if let Some(room) = fd_room_for_clients(n) {
+        if room < config.max_connections {
+            tracing::warn!(
+                "the file descriptor limit (RLIMIT_NOFILE {}) leaves room for about {room} \
+                 clients, below --max-connections {}: clients past {room} get CONNACK \
+                 'server busy'; raise it (ulimit -n, systemd LimitNOFILE=) for more",
+                nofile_limit().map_or(0, |l| l.0),
+                config.max_connections
+            );
+            config.max_connections = room.max(1);
+        } else {
+            tracing::info!(
+                "file descriptor limit leaves room for about {room} clients (--max-connections {})",
+                config.max_connections
+            );
+        }
+    }
     let mut threads = Vec::with_capacity(n);
     let mut addrs = Vec::new();
     let mut shards: Vec<_> = senders.into_iter().zip(receivers).enumerate().collect();
@@ -114,6 +131,45 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
     })
 }
 
+/// The soft and hard `RLIMIT_NOFILE`.
+fn nofile_limit() -> Option<(u64, u64)> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0)
+        .then_some((l.rlim_cur, l.rlim_max))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, as a server that holds
+/// a socket (and a dup for its writer) per client must; returns the new
+/// soft limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft < hard {
+        let l = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            return Some(soft);
+        }
+    }
+    nofile_limit().map(|l| l.0)
+}
+
+/// How many clients the soft `RLIMIT_NOFILE` has room for: two fds each
+/// (reader and writer), after the shards' own (rings, eventfds, listeners)
+/// and room to answer over-limit clients with a CONNACK. `None` if unknown.
+fn fd_room_for_clients(shards: usize) -> Option<usize> {
+    let (soft, _) = nofile_limit()?;
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    let reserved = 64 + 16 * shards + 2 * crate::shard::OVER_LIMIT_ANSWERED;
+    Some(soft.saturating_sub(reserved) / 2)
+}
+
 /// io_uring depth of each shard ring. Every idle connection keeps a poll
 /// armed, and glommio cancels a timer on each park; the kernel looks the
 /// cancelled request up in a hash table of `cq_entries / 32` buckets (at
@@ -138,6 +194,7 @@ pub fn run(config: Config) -> io::Result<()> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
+    raise_fd_limit();
     let handle = start(config)?;
     for a in handle.local_addrs() {
         // One line per listener on stdout, for scripts that asked for port 0.

@@ -19,6 +19,24 @@ fn duration_or_never(s: &str) -> Result<MaybeDuration, String> {
     }
 }
 
+/// A `--log-level`: a level word, or directives (which name a target with
+/// `=`). A lone unknown word would be read as a target name and silence
+/// every log line, so it is refused.
+fn log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let ok = s.split(',').all(|d| {
+        let d = d.trim();
+        d.contains('=') || LEVELS.contains(&d.to_ascii_lowercase().as_str())
+    });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a level (off, error, warn, info, debug, trace) or a directive (target=level)"
+        ))
+    }
+}
+
 /// ringmq: a thread-per-core MQTT 3.1/3.1.1/5.0 broker on io_uring.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -53,7 +71,8 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub max_queued_messages: usize,
 
-    /// Payload bytes queued per session behind the inflight window.
+    /// Bytes queued per session behind the inflight window (payload, topic,
+    /// properties and about 200 bytes of bookkeeping per message).
     #[arg(long, value_name = "BYTES", default_value_t = 100 << 20)]
     pub max_queued_bytes: usize,
 
@@ -74,12 +93,23 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Largest CONNECT accepted, in bytes: what a socket may buffer before it
+    /// has connected (larger ones are refused: v5 CONNACK 0x95).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_MAX_CONNECT_BYTES)]
+    pub max_connect_size: usize,
+
+    /// How long SIGINT/SIGTERM waits for clients to take their DISCONNECT
+    /// and queued bytes before closing the rest.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Queue QoS 0 messages for offline persistent sessions too.
     #[arg(long)]
     pub queue_qos0: bool,
 
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    /// Log filter: off, error, warn, info, debug, trace, or tracing
+    /// directives such as `ringmq=debug,info`.
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_level)]
     pub log_level: String,
 }
 
@@ -103,6 +133,8 @@ impl Cli {
             v3_session_expiry: self.v3_session_expiry.0,
             sys_interval: self.sys_interval.0.filter(|d| !d.is_zero()),
             connect_timeout: self.connect_timeout,
+            max_connect_bytes: self.max_connect_size,
+            shutdown_timeout: self.shutdown_timeout,
             queue_qos0: self.queue_qos0,
         };
         config.validate()?;
@@ -126,6 +158,9 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Cli::try_parse_from(["ringmq", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["ringmq", "--sys-interval", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["ringmq", "--log-level", "verbose"]).is_err());
+        assert!(Cli::try_parse_from(["ringmq", "--log-level", "ringmq=debug,warn"]).is_ok());
+        assert!(Cli::try_parse_from(["ringmq", "--log-level", "DEBUG"]).is_ok());
         let cli = Cli::try_parse_from(["ringmq", "--cores", "0"]).expect("parses");
         assert!(cli.into_config().is_err());
         let cli = Cli::try_parse_from(["ringmq", "--listen", "0.0.0.0:1", "--listen", "[::1]:2"])

@@ -9,6 +9,9 @@ use crate::protocol::DEFAULT_MAX_PACKET_BYTES;
 
 /// Default listener address: loopback only, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+/// Default `--max-connect-size`: a CONNECT with a will of a few KB and
+/// credentials fits many times over.
+pub const DEFAULT_MAX_CONNECT_BYTES: usize = 64 * 1024;
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./ringmq-data";
 
@@ -29,7 +32,7 @@ pub struct Config {
     pub max_inflight: u16,
     /// Messages queued per session beyond the inflight window.
     pub max_queued_messages: usize,
-    /// Payload bytes queued per session beyond the inflight window.
+    /// Bytes queued per session beyond the inflight window (see `Delivery::held_bytes`).
     pub max_queued_bytes: usize,
     /// Largest keep-alive accepted; MQTT 5 clients asking for more are told this value.
     pub max_keepalive: u16,
@@ -39,6 +42,11 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
+    /// Largest CONNECT accepted: what a socket may buffer before it is a
+    /// client, so a thousand half-sent CONNECTs cannot hold gigabytes.
+    pub max_connect_bytes: usize,
+    /// How long a graceful shutdown may take before the rest is cut off.
+    pub shutdown_timeout: Duration,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0: bool,
 }
@@ -60,6 +68,8 @@ impl Default for Config {
             v3_session_expiry: None,
             sys_interval: Some(Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(10),
+            max_connect_bytes: DEFAULT_MAX_CONNECT_BYTES,
+            shutdown_timeout: Duration::from_secs(5),
             queue_qos0: false,
         }
     }
@@ -114,6 +124,7 @@ impl Config {
             ("max-queued-messages", self.max_queued_messages),
             ("max-queued-bytes", self.max_queued_bytes),
             ("max-keepalive", usize::from(self.max_keepalive)),
+            ("max-connect-size", self.max_connect_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { flag });
@@ -122,6 +133,11 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::Zero {
                 flag: "connect-timeout",
+            });
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                flag: "shutdown-timeout",
             });
         }
         if !(64..=268_435_460).contains(&self.max_packet_bytes) {

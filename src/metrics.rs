@@ -24,6 +24,7 @@ pub struct Metrics {
     pub keepalive_timeouts: u64,
     pub refused_connections: u64,
     pub sys_publishes_refused: u64,
+    pub accept_errors: u64,
 }
 
 impl Metrics {
@@ -50,6 +51,7 @@ impl Metrics {
         self.keepalive_timeouts += o.keepalive_timeouts;
         self.refused_connections += o.refused_connections;
         self.sys_publishes_refused += o.sys_publishes_refused;
+        self.accept_errors += o.accept_errors;
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.

@@ -255,3 +255,154 @@ fn queued_small_messages_do_not_pin_read_buffers() {
         "{got} delivered from a 1 MB queue"
     );
 }
+
+/// True if the broker closes `c` within `d` (EOF or reset), false if it
+/// stays open and silent.
+fn closed_within(c: &mut Raw, d: Duration) -> bool {
+    use std::io::Read;
+    c.stream.set_read_timeout(Some(d)).expect("timeout");
+    let mut b = [0u8; 64];
+    loop {
+        match c.stream.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a CONNACK or DISCONNECT before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A socket that has not connected may not buffer more than one CONNECT
+/// (`--max-connect-size`): a CONNECT header announcing 1 MB is refused at
+/// once (v5: CONNACK 0x95), not read for the whole connect timeout.
+#[test]
+fn half_sent_connect_cannot_hold_a_megabyte() {
+    let mut cfg = config(2);
+    cfg.connect_timeout = Duration::from_secs(60);
+    let b = start_with(cfg);
+    let mut c = Raw::connect_tcp(b.addr, V5);
+    // CONNECT, remaining length 1,000,000 (varint c0 84 3d), "MQTT" level 5.
+    c.send_bytes(&[0x10, 0xc0, 0x84, 0x3d, 0, 4, b'M', b'Q', b'T', b'T', 5]);
+    c.send_bytes(&[0u8; 70_000]);
+    let got = c.expect_closed();
+    match got.as_slice() {
+        [Packet::ConnAck(a)] => assert_eq!(a.reason, ReasonCode::PACKET_TOO_LARGE),
+        other => panic!("expected CONNACK 0x95, got {other:?}"),
+    }
+}
+
+/// Sockets that have not sent CONNECT count against `--max-connections`:
+/// past the limit (and the few still answered with "server busy"), new
+/// sockets are closed at accept instead of each holding a buffer.
+#[test]
+fn sockets_before_connect_count_against_the_limit() {
+    let mut cfg = config(2);
+    cfg.max_connections = 5;
+    cfg.connect_timeout = Duration::from_secs(60);
+    let b = start_with(cfg);
+    let answered = ringmq::shard::OVER_LIMIT_ANSWERED;
+    let mut idle: Vec<Raw> = (0..5 + answered)
+        .map(|_| Raw::connect_tcp(b.addr, V311))
+        .collect();
+    // Every one of those is held open (they may still send CONNECT).
+    for c in idle.iter_mut().take(3) {
+        assert!(!closed_within(c, Duration::from_millis(100)));
+    }
+    let mut extra: Vec<Raw> = (0..10).map(|_| Raw::connect_tcp(b.addr, V311)).collect();
+    for (i, c) in extra.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, Duration::from_secs(5)),
+            "socket {i} past the limit was kept"
+        );
+    }
+    drop(idle);
+    drop(extra);
+    // Once they are gone, a client connects as usual.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_c, ack) = Raw::connect(b.addr, V311, "after-flood", true);
+        if ack.reason == ReasonCode::SUCCESS {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", ack.reason);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Under a file descriptor limit below `--max-connections`, the broker says
+/// so at start, and clients past what the limit allows get CONNACK "server
+/// busy", not a bare close; the refusals are logged a few lines a second,
+/// not one each.
+#[test]
+fn fd_limit_below_max_connections_is_said_and_refused_cleanly() {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -n 300 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_ringmq"));
+    let b = BinBroker::spawn_with(cmd, &["--cores", "2", "--max-connections", "1000"]);
+    let warned = b
+        .log()
+        .iter()
+        .any(|l| l.contains("RLIMIT_NOFILE 300") && l.contains("--max-connections 1000"));
+    assert!(warned, "no warning at start: {:?}", b.log());
+    let mut clients = Vec::new();
+    let (mut ok, mut busy) = (0, 0);
+    for i in 0..120 {
+        let (c, ack) = Raw::connect(b.addr, V5, &format!("fd-{i}"), true);
+        match ack.reason {
+            ReasonCode::SUCCESS => ok += 1,
+            ReasonCode::SERVER_BUSY => busy += 1,
+            other => panic!("client {i}: {other:?}"),
+        }
+        clients.push(c);
+    }
+    assert!(ok >= 20 && busy > 0, "{ok} connected, {busy} refused");
+    let refusals = b
+        .log()
+        .iter()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert!(
+        refusals <= 10,
+        "{refusals} refusal lines for {busy} refusals"
+    );
+}
+
+/// An unknown `--log-level` word is an error, not a silent log.
+#[test]
+fn unknown_log_level_is_an_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--listen", "127.0.0.1:0", "--log-level", "verbose"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verbose"));
+}
+
+/// Connects and disconnects are logged with client id, peer, version and
+/// the reason in words.
+#[test]
+fn connects_and_disconnects_are_logged_in_words() {
+    let b = BinBroker::spawn(&["--cores", "2"]);
+    let (mut c, _) = Raw::connect(b.addr, V5, "log-me", true);
+    c.send(&Packet::PingReq);
+    assert_eq!(c.recv(), Packet::PingResp);
+    c.send_bytes(&[0x36, 0x06, 0, 1, b't', 0, 1, 0]); // QoS 3: malformed
+    c.expect_closed();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let find = |what: &str| {
+        b.log()
+            .into_iter()
+            .find(|l| l.contains(what) && l.contains("log-me"))
+    };
+    while find("client disconnected").is_none() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", b.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connected = find("client connected").expect("connect line");
+    assert!(
+        connected.contains("5.0") && connected.contains("127.0.0.1:"),
+        "{connected}"
+    );
+    let gone = find("client disconnected").expect("disconnect line");
+    assert!(gone.contains("0x81 malformed packet"), "{gone}");
+}

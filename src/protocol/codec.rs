@@ -161,7 +161,7 @@ pub fn decode_packet(
         // message, a subscription, a will) gets an allocation of its own: a
         // slice would pin the whole read buffer it arrived in, so 20 bytes
         // read beside a 1 MB publish held 1 MB for as long as it was kept.
-        let owned = BytesMut::from(&buf[..size]);
+        let owned = BytesMut::from(buf.get(..size).unwrap_or_default());
         bytes::Buf::advance(buf, size);
         owned
     } else {

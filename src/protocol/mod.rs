@@ -67,6 +67,17 @@ impl ProtocolVersion {
     }
 }
 
+/// `3.1`, `3.1.1` or `5.0`, as the specs name themselves.
+impl std::fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProtocolVersion::V31 => "3.1",
+            ProtocolVersion::V311 => "3.1.1",
+            ProtocolVersion::V5 => "5.0",
+        })
+    }
+}
+
 /// Quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum QoS {

@@ -52,6 +52,13 @@ pub struct Conn {
     pub topic_aliases: RefCell<HashMap<u16, TopicName>>,
     /// Set when the client sent DISCONNECT (no will then, unless 0x04).
     pub clean_disconnect: Cell<bool>,
+    /// Where the client connects from, for log lines.
+    pub peer: Cell<Option<std::net::SocketAddr>>,
+    /// Client id once CONNECT was accepted, for log lines.
+    pub client_id: RefCell<Option<std::sync::Arc<str>>>,
+    /// Why the connection ended, once known (`None` at close: the peer
+    /// closed it or the socket failed).
+    pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,
     outbox: RefCell<BytesMut>,
     waker: Cell<Option<Waker>>,
     closing: Cell<bool>,
@@ -91,6 +98,9 @@ impl Conn {
             session: Cell::new(None),
             topic_aliases: RefCell::new(HashMap::new()),
             clean_disconnect: Cell::new(false),
+            peer: Cell::new(None),
+            client_id: RefCell::new(None),
+            close_reason: Cell::new(None),
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
@@ -159,6 +169,22 @@ impl Conn {
         self.closing.set(true);
         self.uncongest();
         self.wake();
+    }
+
+    /// Closes with `reason` as the cause the log will give, unless an
+    /// earlier cause was recorded.
+    pub fn close_for(&self, reason: crate::protocol::ReasonCode) {
+        if self.close_reason.get().is_none() {
+            self.close_reason.set(Some(reason));
+        }
+        self.close();
+    }
+
+    /// The peer address for log lines.
+    pub fn peer_str(&self) -> String {
+        self.peer
+            .get()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
     }
 
     /// True once [`Conn::close`] was called.

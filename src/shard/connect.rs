@@ -16,7 +16,15 @@ use super::{Conn, Flow, SessionEntry, Shard, TOPIC_ALIAS_MAX};
 impl Shard {
     fn refuse(&mut self, conn: &Conn, reason: ReasonCode) -> Flow {
         self.metrics.refused_connections += 1;
-        tracing::info!(conn = conn.id, reason = reason.0, "connection refused");
+        if let Some(held) = self.log_limits.refused.allow(conn.last_seen.get()) {
+            tracing::info!(
+                peer = %conn.peer_str(),
+                version = %conn.version,
+                reason = %reason,
+                held_back = held,
+                "connection refused"
+            );
+        }
         // [MQTT-3.2.2-6] (v5) / [MQTT-3.2.2-4] (v3): no session present on refusal.
         let ack = ConnAck {
             session_present: false,
@@ -105,7 +113,16 @@ impl Shard {
         if let Some(key) = existing {
             if let Some(old) = self.entry(key).and_then(|e| e.conn.take()) {
                 old.session.set(None);
-                tracing::info!(client_id = %client_id, "session taken over");
+                old.close_reason.set(Some(ReasonCode::SESSION_TAKEN_OVER));
+                if let Some(held) = self.log_limits.takeover.allow(now) {
+                    tracing::info!(
+                        client_id = %client_id,
+                        old_peer = %old.peer_str(),
+                        peer = %conn.peer_str(),
+                        held_back = held,
+                        "session taken over"
+                    );
+                }
                 if old.version.is_v5() {
                     // [v5:MQTT-3.1.4-3]
                     self.send(
@@ -159,6 +176,19 @@ impl Shard {
             props.shared_subscription_available = Some(false);
         }
         // [MQTT-3.2.2-2] / [MQTT-3.2.2-3]: session present only for a resumed session.
+        *conn.client_id.borrow_mut() = Some(client_id.clone());
+        if let Some(held) = self.log_limits.connects.allow(now) {
+            tracing::info!(
+                client_id = %client_id,
+                peer = %conn.peer_str(),
+                version = %c.protocol,
+                clean_start = c.clean_start,
+                keep_alive = c.keep_alive,
+                session_present = present,
+                held_back = held,
+                "client connected"
+            );
+        }
         let ack = ConnAck {
             session_present: present,
             reason: ReasonCode::SUCCESS,

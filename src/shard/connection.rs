@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -122,30 +123,90 @@ pub async fn run(start: ShardStart) {
     }
 }
 
+/// Sockets past `--max-connections` (counting those still before CONNECT)
+/// that are still read, so that they get a CONNACK "server busy" instead of
+/// a bare close; past these, new sockets are closed at accept.
+pub const OVER_LIMIT_ANSWERED: usize = 64;
+
+/// Longest pause after a failed accept (out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+    let (shared, max) = {
+        let s = shard.borrow();
+        (s.shared.clone(), s.config.max_connections)
+    };
+    let mut backoff = Duration::from_millis(10);
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+                backoff = Duration::from_millis(10);
+                let live = shared.connections.load(Ordering::Relaxed)
+                    + shared.pending.load(Ordering::Relaxed);
+                if live >= max + OVER_LIMIT_ANSWERED {
+                    let mut s = shard.borrow_mut();
+                    s.metrics.refused_connections += 1;
+                    if let Some(held) = s.log_limits.over_limit.allow(Instant::now()) {
+                        tracing::warn!(
+                            peer = %peer_of(&stream),
+                            max_connections = max,
+                            held_back = held,
+                            "connection limit reached, closing new sockets at accept"
+                        );
+                    }
+                    continue; // dropping the stream closes it
+                }
+                shared.pending.fetch_add(1, Ordering::Relaxed);
+                let pending = Pending(shared.clone());
+                glommio::spawn_local(serve(shard.clone(), stream, pending)).detach();
             }
             Err(e) => {
-                // Out of fds and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                // Out of fds and the like: back off instead of spinning, and
+                // say so once a second, not once per failed accept.
+                {
+                    let mut s = shard.borrow_mut();
+                    s.metrics.accept_errors += 1;
+                    if let Some(held) = s.log_limits.accept_failed.allow(Instant::now()) {
+                        tracing::warn!(error = %e, held_back = held, "accept failed, backing off");
+                    }
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
         }
     }
 }
 
+/// One socket counted in [`Shared::pending`] until it has connected (or
+/// failed to).
+struct Pending(Arc<Shared>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The peer address of `stream`, for log lines.
+fn peer_of(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string())
+}
+
 /// Reads until CONNECT, then serves the connection here or hands it to the
 /// shard that owns its client id.
-async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
+async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, pending: Pending) {
     let _ = stream.set_nodelay(true);
-    let (timeout, max_packet) = {
+    let (timeout, max_connect) = {
         let s = shard.borrow();
-        (s.config.connect_timeout, s.config.max_packet_bytes)
+        (
+            s.config.connect_timeout,
+            s.config.max_connect_bytes.min(s.config.max_packet_bytes),
+        )
     };
-    let mut codec = Codec::server(max_packet);
+    // A socket that is not a client yet may buffer at most one CONNECT.
+    let mut codec = Codec::server(max_connect);
     let mut buf = BytesMut::new();
     let mut tmp = ReadBuf::default();
     let mut level = None;
@@ -172,13 +233,17 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream) {
         Ok(Ok(_)) => return, // the codec refuses anything else first
         Ok(Err(e)) => return refuse_malformed(&shard, &mut stream, level, e).await,
         Err(glommio::GlommioError::TimedOut(_)) => {
-            shard.borrow_mut().metrics.connect_timeouts += 1;
-            tracing::info!("no CONNECT within {timeout:?}, closing");
+            let mut s = shard.borrow_mut();
+            s.metrics.connect_timeouts += 1;
+            if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
+                tracing::info!(peer = %peer_of(&stream), held_back = held, "no CONNECT within {timeout:?}, closing");
+            }
             return;
         }
         Err(_) => return,
     };
     drop(tmp);
+    drop(pending);
     let (me, nr) = {
         let s = shard.borrow();
         (s.id, s.nr_shards)
@@ -217,8 +282,13 @@ async fn refuse_malformed(
     level: Option<u8>,
     e: DecodeError,
 ) {
-    shard.borrow_mut().metrics.malformed_packets += 1;
-    tracing::info!(error = %e, "bad CONNECT, closing");
+    {
+        let mut s = shard.borrow_mut();
+        s.metrics.malformed_packets += 1;
+        if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
+            tracing::info!(peer = %peer_of(stream), error = %e, held_back = held, "bad CONNECT, closing");
+        }
+    }
     let (version, reason) = if level == Some(5) {
         // [v5:MQTT-3.1.4-1], [v5:MQTT-3.2.2-8]: a CONNACK with the reason
         // (0x81 malformed, 0x82 protocol error, 0x95 too large), then close.
@@ -300,6 +370,7 @@ async fn adopt(
         now,
         congestion.clone(),
     ));
+    conn.peer.set(stream.peer_addr().ok());
     glommio::spawn_local(write_loop(conn.clone(), writer)).detach();
     let flow = {
         let mut s = shard.borrow_mut();
@@ -350,12 +421,17 @@ async fn read_loop(
                     Ok(None) => break,
                     Err(e) => {
                         s.metrics.malformed_packets += 1;
-                        tracing::info!(conn = conn.id, error = %e, "malformed packet, closing");
+                        tracing::info!(
+                            client_id = conn.client_id.borrow().as_deref().unwrap_or(""),
+                            peer = %conn.peer_str(),
+                            error = %e,
+                            "malformed packet, closing"
+                        );
                         if version.is_v5() {
                             let d = Packet::Disconnect(Disconnect::new(e.reason_code()));
                             s.send(conn, &d);
                         }
-                        conn.close();
+                        conn.close_for(e.reason_code());
                         break;
                     }
                 }

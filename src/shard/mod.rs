@@ -15,6 +15,7 @@
 mod conn;
 mod connect;
 mod connection;
+mod log_limit;
 mod mesh;
 pub mod pipe;
 mod publish;
@@ -22,7 +23,8 @@ mod read_buf;
 mod subscribe;
 
 pub use conn::{Congestion, Conn, CONGESTED_OUTBOX_BYTES, MAX_OUTBOX_BYTES};
-pub use connection::{run, ShardStart};
+pub use connection::{run, ShardStart, OVER_LIMIT_ANSWERED};
+pub use log_limit::{LogLimit, LogLimits};
 pub use mesh::ShardMsg;
 pub use read_buf::ReadBuf;
 
@@ -54,6 +56,9 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// The most live connections the broker has had at once.
     pub connections_peak: AtomicUsize,
+    /// Accepted sockets that have not finished CONNECT yet; they count
+    /// against `--max-connections` too.
+    pub pending: AtomicUsize,
 }
 
 impl Shared {
@@ -189,6 +194,8 @@ pub struct Shard {
     pub stopping: bool,
     /// Connections whose outbox is past [`CONGESTED_OUTBOX_BYTES`].
     pub congestion: Congestion,
+    /// Rate limits of the log lines a flood would repeat.
+    pub log_limits: LogLimits,
 }
 
 impl Shard {
@@ -224,6 +231,7 @@ impl Shard {
             scratch_matches: Vec::new(),
             stopping: false,
             congestion: Congestion::default(),
+            log_limits: LogLimits::default(),
         }
     }
 
@@ -287,7 +295,13 @@ impl Shard {
     /// DISCONNECT with `reason` first ([MQTT-4.13.1-1]).
     pub(crate) fn protocol_error(&mut self, conn: &Conn, reason: ReasonCode) -> Flow {
         self.metrics.protocol_errors += 1;
-        tracing::info!(conn = conn.id, reason = reason.0, "protocol error, closing");
+        tracing::info!(
+            client_id = conn.client_id.borrow().as_deref().unwrap_or(""),
+            peer = %conn.peer_str(),
+            reason = %reason,
+            "protocol error, closing"
+        );
+        conn.close_reason.set(Some(reason));
         if conn.version.is_v5() {
             self.send(conn, &Packet::Disconnect(Disconnect::new(reason)));
         }
@@ -297,6 +311,28 @@ impl Shard {
     /// The reader of `conn` ended (peer closed, error, or we closed it).
     pub fn on_close(&mut self, conn: &Rc<Conn>, now: Instant) {
         conn.close();
+        let client = conn.client_id.borrow().clone();
+        if let Some(client) = client {
+            if let Some(held) = self.log_limits.connects.allow(now) {
+                let reason = match conn.close_reason.get() {
+                    Some(ReasonCode::NORMAL_DISCONNECTION) if conn.clean_disconnect.get() => {
+                        "DISCONNECT from client (0x00 normal disconnection)".to_string()
+                    }
+                    Some(r) if conn.clean_disconnect.get() => {
+                        format!("DISCONNECT from client ({r})")
+                    }
+                    Some(r) => r.to_string(),
+                    None => "connection lost".to_string(),
+                };
+                tracing::info!(
+                    client_id = &*client,
+                    peer = %conn.peer_str(),
+                    reason,
+                    held_back = held,
+                    "client disconnected"
+                );
+            }
+        }
         self.detach_session(conn, now);
         // Counted down last: `BrokerHandle::connections` promises the
         // session is offline and its will armed or sent by then.
@@ -401,14 +437,21 @@ impl Shard {
         }
         for c in expired {
             self.metrics.keepalive_timeouts += 1;
-            tracing::info!(conn = c.id, "keep alive timeout");
+            if let Some(held) = self.log_limits.keepalive.allow(now) {
+                tracing::info!(
+                    client_id = c.client_id.borrow().as_deref().unwrap_or(""),
+                    peer = %c.peer_str(),
+                    held_back = held,
+                    "keep alive timeout"
+                );
+            }
             if c.version.is_v5() {
                 self.send(
                     &c,
                     &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)),
                 );
             }
-            c.close();
+            c.close_for(ReasonCode::KEEP_ALIVE_TIMEOUT);
         }
         for key in self.timers.pop_expired(now) {
             self.on_timer(key, now);
@@ -431,7 +474,7 @@ impl Shard {
                     &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)),
                 );
             }
-            c.close();
+            c.close_for(ReasonCode::SERVER_SHUTTING_DOWN);
         }
     }
 

@@ -109,6 +109,7 @@ impl Shard {
             };
         }
         conn.clean_disconnect.set(true);
+        conn.close_reason.set(Some(d.reason));
         Flow::Close
     }
 
