@@ -27,9 +27,16 @@
 //!   own trie. A SUBACK waits until every shard has applied the new interest,
 //!   so "subscribed" means "routed to from everywhere"; likewise the PUBACK
 //!   of a retained publish waits until every shard stores it.
-//! * **Backpressure, not drops.** A subscriber whose outbox passes 1 MiB
-//!   makes its shard stop reading publishers and mesh batches until it
-//!   drains (for at most 2 s; then its QoS 0 is dropped past 16 MiB, counted).
+//! * **Backpressure for the slow, drops for the stuck.** A subscriber whose
+//!   unsent bytes pass 1 MiB makes its shard stop reading publishers and
+//!   mesh batches while it drains (readers park on a waker). One whose writer
+//!   makes no progress for [`shard::STUCK_AFTER`] stops holding anyone and
+//!   loses its own QoS 0 messages (counted); its QoS 1/2 wait in its bounded
+//!   queue.
+//! * **Memory follows the limits.** Small packets that may be kept
+//!   (PUBLISH, SUBSCRIBE, CONNECT) are copied out of the read buffer, so a
+//!   queued or retained message never pins a buffer; queue bounds count
+//!   [`session::Delivery::held_bytes`].
 //! * **Idle is cheap.** A connection starts with a 2 KiB read buffer that
 //!   grows only while reads fill it and empty write buffers (about 7 KB of
 //!   broker memory per idle client); rings are deep enough (4096) that the

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub refused_connections: u64,
     pub sys_publishes_refused: u64,
     pub accept_errors: u64,
+    pub slow_consumers: u64,
+    pub slow_consumer_drops: u64,
 }
 
 impl Metrics {
@@ -52,6 +54,8 @@ impl Metrics {
         self.refused_connections += o.refused_connections;
         self.sys_publishes_refused += o.sys_publishes_refused;
         self.accept_errors += o.accept_errors;
+        self.slow_consumers += o.slow_consumers;
+        self.slow_consumer_drops += o.slow_consumer_drops;
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.

@@ -22,14 +22,65 @@ pub const MAX_OUTBOX_BYTES: usize = 16 << 20;
 /// QoS 0 messages read and then dropped.
 pub const CONGESTED_OUTBOX_BYTES: usize = 1 << 20;
 
-/// A connection congested for longer than this stops holding the shard
-/// back: a stuck consumer must not stall everyone (its QoS 0 messages are
-/// then dropped at [`MAX_OUTBOX_BYTES`]).
-pub const MAX_CONGESTION: std::time::Duration = std::time::Duration::from_secs(2);
+/// A congested connection whose writer made no progress for this long is
+/// *stuck*: it stops holding the shard back at once and loses its QoS 0
+/// messages instead. Others are paused for at most about this long (plus a
+/// tick) by a consumer that never reads.
+pub const STUCK_AFTER: Duration = Duration::from_millis(200);
 
-/// How many of a shard's connections are congested (shared by the shard's
-/// connections, on one thread).
-pub type Congestion = std::rc::Rc<Cell<usize>>;
+/// After being stuck, a connection may not pause its shard again for this
+/// long: a consumer that reads in rare bursts must not stall everyone at
+/// every burst.
+pub const STUCK_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Most bytes the writer hands the socket at once, so that its progress is
+/// seen in steps (see [`STUCK_AFTER`]).
+pub const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// How many of a shard's connections are congested, and the readers waiting
+/// for that to end (shared by the shard's connections, on one thread).
+#[derive(Debug, Default)]
+pub struct CongestionState {
+    count: Cell<usize>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl CongestionState {
+    /// Congested connections.
+    pub fn get(&self) -> usize {
+        self.count.get()
+    }
+
+    fn add(&self) {
+        self.count.set(self.count.get() + 1);
+    }
+
+    fn remove(&self) {
+        self.count.set(self.count.get().saturating_sub(1));
+        if self.count.get() == 0 {
+            self.wake_all();
+        }
+    }
+
+    /// Parks a reader (or the mesh receiver) until [`wake_all`](Self::wake_all).
+    pub fn register(&self, w: &Waker) {
+        let mut ws = self.waiters.borrow_mut();
+        if !ws.iter().any(|x| x.will_wake(w)) {
+            ws.push(w.clone());
+        }
+    }
+
+    /// Wakes every parked reader: congestion ended or the mesh drained.
+    pub fn wake_all(&self) {
+        let ws = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in ws {
+            w.wake();
+        }
+    }
+}
+
+/// A shard's [`CongestionState`].
+pub type Congestion = std::rc::Rc<CongestionState>;
 
 /// A live connection, owned by its shard (shared by `Rc` between the shard
 /// state and the connection's reader and writer tasks).
@@ -64,6 +115,12 @@ pub struct Conn {
     closing: Cell<bool>,
     /// Since when this connection counts in `congestion`, if it does.
     congested_since: Cell<Option<Instant>>,
+    /// When the writer last finished a chunk (or the connection started).
+    last_progress: Cell<Instant>,
+    /// Set while stuck ([`STUCK_AFTER`]); until when it may not congest again.
+    stuck_until: Cell<Option<Instant>>,
+    /// Bytes handed to the writer and not yet written.
+    writing: Cell<usize>,
     congestion: Congestion,
 }
 
@@ -106,13 +163,16 @@ impl Conn {
             waker: Cell::new(None),
             closing: Cell::new(false),
             congested_since: Cell::new(None),
+            last_progress: Cell::new(now),
+            stuck_until: Cell::new(None),
+            writing: Cell::new(0),
             congestion,
         }
     }
 
     fn uncongest(&self) {
         if self.congested_since.take().is_some() {
-            self.congestion.set(self.congestion.get().saturating_sub(1));
+            self.congestion.remove();
         }
     }
 
@@ -121,18 +181,35 @@ impl Conn {
         self.congested_since.get().is_some()
     }
 
-    /// Stops counting a connection that stayed congested too long.
-    pub fn expire_congestion(&self, now: Instant) {
+    /// True while this connection is a stuck consumer: it loses its QoS 0
+    /// messages rather than slowing anyone.
+    pub fn is_stuck(&self) -> bool {
+        self.stuck_until.get().is_some() && self.congested_since.get().is_none()
+    }
+
+    /// Marks a congested connection whose writer made no progress for
+    /// [`STUCK_AFTER`] as stuck; returns true when it just became so.
+    pub fn check_stuck(&self, now: Instant) -> bool {
+        let Some(since) = self.congested_since.get() else {
+            return false;
+        };
+        let quiet_since = since.max(self.last_progress.get());
+        if now.saturating_duration_since(quiet_since) <= STUCK_AFTER {
+            return false;
+        }
+        self.stuck_until.set(Some(now + STUCK_COOLDOWN));
+        self.uncongest();
+        true
+    }
+
+    /// Ends the stuck state once the cooldown passed and the backlog drained.
+    fn maybe_unstick(&self, now: Instant) {
         if self
-            .congested_since
+            .stuck_until
             .get()
-            .is_some_and(|t| now.saturating_duration_since(t) > MAX_CONGESTION)
+            .is_some_and(|t| now >= t && self.backlog() <= CONGESTED_OUTBOX_BYTES / 2)
         {
-            tracing::info!(
-                conn = self.id,
-                "slow consumer: no longer holding the shard back"
-            );
-            self.uncongest();
+            self.stuck_until.set(None);
         }
     }
 
@@ -149,19 +226,29 @@ impl Conn {
         let before = out.len();
         encode_packet(p, self.version, self.max_packet_bytes, &mut out)?;
         let n = out.len() - before;
-        let congested = out.len() > CONGESTED_OUTBOX_BYTES;
+        let congested = out.len() + self.writing.get() > CONGESTED_OUTBOX_BYTES;
         drop(out);
-        if congested && self.congested_since.get().is_none() {
+        if congested && self.congested_since.get().is_none() && self.stuck_until.get().is_none() {
             self.congested_since.set(Some(Instant::now()));
-            self.congestion.set(self.congestion.get() + 1);
+            self.congestion.add();
         }
         self.wake();
         Ok(n)
     }
 
-    /// Unsent bytes.
+    /// Unsent bytes: queued, and handed to the writer but not yet written.
     pub fn backlog(&self) -> usize {
-        self.outbox.borrow().len()
+        self.outbox.borrow().len() + self.writing.get()
+    }
+
+    /// For the writer: `n` more bytes reached the socket.
+    pub fn wrote(&self, n: usize, now: Instant) {
+        self.writing.set(self.writing.get().saturating_sub(n));
+        self.last_progress.set(now);
+        if self.backlog() <= CONGESTED_OUTBOX_BYTES {
+            self.uncongest();
+        }
+        self.maybe_unstick(now);
     }
 
     /// Asks the writer to flush what is queued and then close the socket.
@@ -169,6 +256,8 @@ impl Conn {
         self.closing.set(true);
         self.uncongest();
         self.wake();
+        // Its reader may be parked behind another's congestion.
+        self.congestion.wake_all();
     }
 
     /// Closes with `reason` as the cause the log will give, unless an
@@ -204,8 +293,7 @@ impl Conn {
         let mut out = self.outbox.borrow_mut();
         if !out.is_empty() {
             std::mem::swap(&mut *out, spare);
-            drop(out);
-            self.uncongest();
+            self.writing.set(self.writing.get() + spare.len());
             return Some(true);
         }
         if self.closing.get() {

@@ -33,8 +33,6 @@ use super::pipe::{PipeReceiver, PipeSender};
 use super::{owner_of, Congestion, Conn, Flow, ReadBuf, Shard, ShardMsg, Shared};
 
 const TICK: Duration = Duration::from_millis(100);
-/// How long a stopping shard waits for its connections to flush.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything one shard needs to start, handed to its executor thread.
 #[derive(Debug)]
@@ -103,14 +101,37 @@ pub async fn run(start: ShardStart) {
     let mut stop_started = None;
     loop {
         glommio::timer::sleep(TICK).await;
-        let now = Instant::now();
-        let mut s = shard.borrow_mut();
-        s.tick(now);
-        if s.stopping {
+        let cut_off = {
+            let now = Instant::now();
+            let mut s = shard.borrow_mut();
+            s.tick(now);
+            if !s.stopping {
+                continue;
+            }
             let since = *stop_started.get_or_insert(now);
-            if s.conns.is_empty() || now.duration_since(since) > SHUTDOWN_GRACE {
+            if s.conns.is_empty() {
                 break;
             }
+            let late = now.duration_since(since) > s.config.shutdown_timeout;
+            if late {
+                // Clients that did not take their bytes in time (a consumer
+                // that never reads) are cut off: both tasks of each socket
+                // see the shutdown and end.
+                tracing::info!(
+                    shard = s.id,
+                    left = s.conns.len(),
+                    "shutdown timeout: closing the remaining connections"
+                );
+                for c in s.conns.values() {
+                    // SAFETY: plain syscall on a socket this shard owns.
+                    unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+                }
+            }
+            late
+        };
+        if cut_off {
+            glommio::timer::sleep(TICK).await;
+            break;
         }
     }
     for t in accepting {
@@ -443,10 +464,21 @@ async fn read_loop(
         // Backpressure: while the mesh is full or a local subscriber cannot
         // keep up, stop reading (a congested connection still reads its own
         // acknowledgements, or it could never drain).
-        while shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS
-            || (congestion.get() > 0 && !conn.is_congested() && !conn.is_closing())
-        {
-            glommio::timer::sleep(Duration::from_micros(200)).await;
+        // Parked on a waker: woken when congestion ends or the mesh drains.
+        poll_fn(|cx| {
+            let paused = !conn.is_closing()
+                && (shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS
+                    || (congestion.get() > 0 && !conn.is_congested()));
+            if paused {
+                congestion.register(cx.waker());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        if conn.is_closing() {
+            return;
         }
         match stream.read(tmp.space()).await {
             Ok(0) | Err(_) => return,
@@ -467,7 +499,18 @@ async fn write_loop(conn: Rc<Conn>, mut stream: TcpStream) {
             None => Poll::Ready(false),
         })
         .await;
-        if !more || stream.write_all(&spare).await.is_err() {
+        if !more {
+            break;
+        }
+        let mut failed = false;
+        for chunk in spare.chunks(super::conn::WRITE_CHUNK_BYTES) {
+            if stream.write_all(chunk).await.is_err() {
+                failed = true;
+                break;
+            }
+            conn.wrote(chunk.len(), Instant::now());
+        }
+        if failed {
             break;
         }
         if spare.capacity() > 1 << 20 {

@@ -98,6 +98,13 @@ pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: PipeSe
         })
         .await;
         let Some(batch) = batch else { return };
+        {
+            // Readers paused on a full mesh wait for this.
+            let s = shard.borrow();
+            if s.mesh_backlog() <= MESH_PAUSE_MSGS {
+                s.congestion.wake_all();
+            }
+        }
         if tx.send(batch).await.is_err() {
             return;
         }
@@ -110,9 +117,15 @@ pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: Pi
     while let Some(batch) = rx.recv().await {
         // Hold further batches while a local subscriber is congested: the
         // channel fills and the sending shard stops reading its publishers.
-        while congestion.get() > 0 {
-            glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
-        }
+        poll_fn(|cx| {
+            if congestion.get() > 0 {
+                congestion.register(cx.waker());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
         let mut adopts = Vec::new();
         {
             let mut s = shard.borrow_mut();

@@ -22,7 +22,9 @@ mod publish;
 mod read_buf;
 mod subscribe;
 
-pub use conn::{Congestion, Conn, CONGESTED_OUTBOX_BYTES, MAX_OUTBOX_BYTES};
+pub use conn::{
+    Congestion, CongestionState, Conn, CONGESTED_OUTBOX_BYTES, MAX_OUTBOX_BYTES, STUCK_AFTER,
+};
 pub use connection::{run, ShardStart, OVER_LIMIT_ANSWERED};
 pub use log_limit::{LogLimit, LogLimits};
 pub use mesh::ShardMsg;
@@ -425,14 +427,29 @@ impl Shard {
             self.begin_shutdown();
         }
         let mut expired = Vec::new();
+        let mut stuck = Vec::new();
         for c in self.conns.values() {
-            c.expire_congestion(now);
+            if c.check_stuck(now) {
+                stuck.push(c.clone());
+            }
             // [MQTT-3.1.2-22] (v5) / [MQTT-3.1.2-24] (v3): 1.5 × keep alive.
             if !c.keep_alive.is_zero()
                 && !c.is_closing()
                 && now.saturating_duration_since(c.last_seen.get()) > c.keep_alive * 3 / 2
             {
                 expired.push(c.clone());
+            }
+        }
+        for c in stuck {
+            self.metrics.slow_consumers += 1;
+            if let Some(held) = self.log_limits.slow_consumer.allow(now) {
+                tracing::warn!(
+                    client_id = c.client_id.borrow().as_deref().unwrap_or(""),
+                    peer = %c.peer_str(),
+                    backlog_bytes = c.backlog(),
+                    held_back = held,
+                    "slow consumer: not reading; its QoS 0 messages are dropped until it catches up"
+                );
             }
         }
         for c in expired {

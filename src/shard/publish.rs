@@ -296,12 +296,14 @@ impl Shard {
     pub(crate) fn deliver_to(&mut self, key: u32, d: Delivery, now: Instant) {
         let Some(e) = self.entry(key) else { return };
         let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
+        // A consumer that cannot keep up loses its own QoS 0 messages.
         if d.qos == QoS::AtMostOnce
             && e.conn
                 .as_ref()
-                .is_some_and(|c| c.backlog() > super::MAX_OUTBOX_BYTES)
+                .is_some_and(|c| c.is_stuck() || c.backlog() > super::MAX_OUTBOX_BYTES)
         {
             self.metrics.publishes_dropped += 1;
+            self.metrics.slow_consumer_drops += 1;
             return;
         }
         let mut out = std::mem::take(&mut self.scratch_packets);
