@@ -427,30 +427,9 @@ fn sigterm_under_load_is_bounded_and_says_why() {
     let publishers: Vec<Raw> = (0..8)
         .map(|k| Raw::connect(b.addr, V311, &id_on_shard("sd-pub", k % 2, 2), true).0)
         .collect();
-    for mut p in publishers {
+    for p in publishers {
         let stop = stop.clone();
-        floods.push(std::thread::spawn(move || {
-            let mut out = bytes::BytesMut::new();
-            for _ in 0..64 {
-                publish("load/x", &[9; 512], QoS::AtMostOnce, 0, false)
-                    .encode(V311, &mut out)
-                    .expect("encodes");
-            }
-            p.stream
-                .set_write_timeout(Some(Duration::from_millis(200)))
-                .expect("timeout");
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                use std::io::Write;
-                // A timeout means backpressure paused us: try again until told.
-                if let Err(e) = p.stream.write_all(&out) {
-                    if e.kind() != std::io::ErrorKind::WouldBlock
-                        && e.kind() != std::io::ErrorKind::TimedOut
-                    {
-                        break; // closed by the shutdown
-                    }
-                }
-            }
-        }));
+        floods.push(std::thread::spawn(move || flood(p, "load/x", stop)));
     }
     std::thread::sleep(Duration::from_millis(1500));
     let t0 = std::time::Instant::now();

@@ -131,15 +131,18 @@ impl Raw {
         self.stream.write_all(b).expect("write");
     }
 
+    /// A packet already read, if a whole one is buffered.
+    fn buffered(&mut self) -> Option<Packet> {
+        self.codec
+            .decode(&mut self.buf)
+            .expect("broker sends valid packets")
+    }
+
     /// The next packet, or None if the broker closed the connection.
     pub fn try_recv(&mut self) -> Option<Packet> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(p) = self
-                .codec
-                .decode(&mut self.buf)
-                .expect("broker sends valid packets")
-            {
+            if let Some(p) = self.buffered() {
                 return Some(p);
             }
             assert!(Instant::now() < deadline, "timed out waiting for a packet");
@@ -157,11 +160,7 @@ impl Raw {
     /// nothing arrived within `d` of quiet.
     pub fn recv_within(&mut self, d: Duration) -> Option<Packet> {
         loop {
-            if let Some(p) = self
-                .codec
-                .decode(&mut self.buf)
-                .expect("broker sends valid packets")
-            {
+            if let Some(p) = self.buffered() {
                 return Some(p);
             }
             self.stream.set_read_timeout(Some(d)).expect("timeout");
