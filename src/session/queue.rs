@@ -85,6 +85,13 @@ pub struct Session {
     inflight: VecDeque<Inflight>,
     pending: Pending,
     next_id: u16,
+    /// Bytes the connection's outbox can still take: a drain of the pending
+    /// queue stops there (see [`Session::set_room`]).
+    room: usize,
+    /// Set when a drain stopped for want of room.
+    blocked: bool,
+    /// The outbox was empty when the room was set.
+    idle: bool,
     /// Inbound QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
     pub awaiting_rel: HashSet<u16>,
     /// Messages dropped since the session began.
@@ -99,6 +106,9 @@ impl Session {
             window: usize::from(window.max(1)),
             inflight: VecDeque::new(),
             pending: Pending::default(),
+            room: usize::MAX,
+            blocked: false,
+            idle: true,
             next_id: 0,
             awaiting_rel: HashSet::new(),
             dropped: 0,
@@ -109,6 +119,23 @@ impl Session {
     /// Receive Maximum) for the current connection.
     pub fn set_window(&mut self, window: u16) {
         self.window = usize::from(window.max(1));
+    }
+
+    /// How many bytes the connection's outbox can take before a drain of
+    /// the pending queue stops; the shard sets it from the backlog before
+    /// each call that may drain, so that a queue of 100k retained or queued
+    /// messages flows as the client reads instead of flooding the outbox.
+    /// `idle` (the outbox is empty) lets one message larger than the room
+    /// through, or it could never be sent.
+    pub fn set_room(&mut self, bytes: usize, idle: bool) {
+        self.room = bytes;
+        self.idle = idle;
+    }
+
+    /// True (once) if a drain stopped for want of room: the shard drains
+    /// again when the outbox has emptied.
+    pub fn take_blocked(&mut self) -> bool {
+        std::mem::take(&mut self.blocked)
     }
 
     /// Messages sent and not yet acknowledged.
@@ -150,6 +177,27 @@ impl Session {
         if online && self.pending.is_empty() && self.inflight.len() < self.window {
             self.send_new(d, now, out);
             return None;
+        }
+        let dropped = self.enqueue(d);
+        if online {
+            self.drain(now, out);
+        }
+        dropped
+    }
+
+    /// Hands a message to the session through its queue, never straight to
+    /// the client: retained messages sent on SUBSCRIBE, which may be many,
+    /// flow under the queue's bounds and the outbox's room.
+    pub fn deliver_queued(
+        &mut self,
+        d: Delivery,
+        online: bool,
+        now: Instant,
+        out: &mut Vec<Packet>,
+    ) -> Option<DropReason> {
+        if d.msg.is_expired(now) {
+            self.dropped += 1;
+            return Some(DropReason::Expired);
         }
         let dropped = self.enqueue(d);
         if online {
@@ -236,11 +284,19 @@ impl Session {
     /// Returns how many expired.
     pub fn drain(&mut self, now: Instant, out: &mut Vec<Packet>) -> usize {
         let mut expired = 0;
-        // QoS 0 needs no window slot; QoS 1/2 waits for one.
+        // QoS 0 needs no window slot; QoS 1/2 waits for one. Every message
+        // needs room in the outbox.
         while let Some(front) = self.pending.front() {
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 break;
             }
+            let size = front.held_bytes();
+            if size > self.room && !self.idle {
+                self.blocked = true;
+                break;
+            }
+            self.room = self.room.saturating_sub(size);
+            self.idle = false;
             let Some(d) = self.pending.pop_front() else {
                 break;
             };

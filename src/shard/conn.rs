@@ -28,6 +28,11 @@ pub const CONGESTED_OUTBOX_BYTES: usize = 1 << 20;
 /// tick) by a consumer that never reads.
 pub const STUCK_AFTER: Duration = Duration::from_millis(200);
 
+/// A drain of a session's queue stops once the outbox holds this much; the
+/// writer asks for more when it has written half of it. Above
+/// [`CONGESTED_OUTBOX_BYTES`], so a draining queue still slows publishers.
+pub const DRAIN_ROOM_BYTES: usize = 2 * CONGESTED_OUTBOX_BYTES;
+
 /// After being stuck, a connection may not pause its shard again for this
 /// long: a consumer that reads in rare bursts must not stall everyone at
 /// every burst.
@@ -107,6 +112,9 @@ pub struct Conn {
     pub peer: Cell<Option<std::net::SocketAddr>>,
     /// Client id once CONNECT was accepted, for log lines.
     pub client_id: RefCell<Option<std::sync::Arc<str>>>,
+    /// Set when a drain of the session's queue stopped for room; the writer
+    /// clears it and asks the shard for more once it has written enough.
+    pub drain_blocked: Cell<bool>,
     /// Why the connection ended, once known (`None` at close: the peer
     /// closed it or the socket failed).
     pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,
@@ -158,6 +166,7 @@ impl Conn {
             peer: Cell::new(None),
             client_id: RefCell::new(None),
             close_reason: Cell::new(None),
+            drain_blocked: Cell::new(false),
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),

@@ -196,7 +196,7 @@ impl Shard {
         };
         self.send(conn, &Packet::ConnAck(Box::new(ack)));
         let mut out = std::mem::take(&mut self.scratch_packets);
-        if let Some(e) = self.entry(key) {
+        if let Some(e) = self.sending(key) {
             e.session.resume(now, &mut out);
         }
         self.flush_packets(key, &mut out, now);

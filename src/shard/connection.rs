@@ -392,7 +392,7 @@ async fn adopt(
         congestion.clone(),
     ));
     conn.peer.set(stream.peer_addr().ok());
-    glommio::spawn_local(write_loop(conn.clone(), writer)).detach();
+    glommio::spawn_local(write_loop(shard.clone(), conn.clone(), writer)).detach();
     let flow = {
         let mut s = shard.borrow_mut();
         s.add_conn(conn.clone());
@@ -490,7 +490,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(conn: Rc<Conn>, mut stream: TcpStream) {
+async fn write_loop(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, mut stream: TcpStream) {
     let mut spare = BytesMut::new();
     loop {
         let more = poll_fn(|cx| match conn.take_outbox(&mut spare, cx.waker()) {
@@ -508,7 +508,13 @@ async fn write_loop(conn: Rc<Conn>, mut stream: TcpStream) {
                 failed = true;
                 break;
             }
-            conn.wrote(chunk.len(), Instant::now());
+            let now = Instant::now();
+            conn.wrote(chunk.len(), now);
+            if conn.drain_blocked.get() && conn.backlog() <= super::conn::DRAIN_ROOM_BYTES / 2 {
+                // The session's queue stopped for room: there is room now.
+                conn.drain_blocked.set(false);
+                shard.borrow_mut().resume_drain(&conn, now);
+            }
         }
         if failed {
             break;

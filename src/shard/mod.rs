@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode};
 use crate::session::{Delivery, Message, Session};
 use crate::timer::DeadlineQueue;
-use crate::topic::{SubscriptionTrie, TopicFilter, TopicName};
+use crate::topic::{RetainedIndex, SubscriptionTrie, TopicFilter};
 
 /// State shared by every shard and the main thread: written rarely (connect,
 /// shutdown), never on the publish path.
@@ -177,7 +177,7 @@ pub struct Shard {
     pub(crate) subs: SubscriptionTrie<SubEntry>,
     pub(crate) filter_refs: HashMap<TopicFilter, u32>,
     pub(crate) interest: SubscriptionTrie<u16>,
-    pub(crate) retained: HashMap<TopicName, Arc<Message>>,
+    pub(crate) retained: RetainedIndex<Arc<Message>>,
     pub(crate) timers: DeadlineQueue<TimerKey>,
     /// This shard's counters.
     pub metrics: Metrics,
@@ -220,7 +220,7 @@ impl Shard {
             subs: SubscriptionTrie::new(),
             filter_refs: HashMap::new(),
             interest: SubscriptionTrie::new(),
-            retained: HashMap::new(),
+            retained: RetainedIndex::default(),
             timers: DeadlineQueue::default(),
             metrics: Metrics::default(),
             peer_metrics: vec![Metrics::default(); nr_shards],

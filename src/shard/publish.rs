@@ -39,19 +39,19 @@ impl Shard {
         let flow = match p {
             Packet::Publish(p) => self.on_publish(conn, key, p, now),
             Packet::PubAck(a) => {
-                if let Some(e) = self.entry(key) {
+                if let Some(e) = self.sending(key) {
                     e.session.on_puback(a.packet_id, now, &mut out);
                 }
                 Flow::Continue
             }
             Packet::PubRec(a) => {
-                if let Some(e) = self.entry(key) {
+                if let Some(e) = self.sending(key) {
                     e.session.on_pubrec(a.packet_id, a.reason, now, &mut out);
                 }
                 Flow::Continue
             }
             Packet::PubComp(a) => {
-                if let Some(e) = self.entry(key) {
+                if let Some(e) = self.sending(key) {
                     e.session.on_pubcomp(a.packet_id, now, &mut out);
                 }
                 Flow::Continue
@@ -219,7 +219,7 @@ impl Shard {
     fn set_retained(&mut self, topic: TopicName, msg: Option<Arc<Message>>) {
         match msg {
             Some(m) => {
-                self.retained.insert(topic, m);
+                self.retained.insert(&topic, m);
             }
             None => {
                 self.retained.remove(&topic);
@@ -287,13 +287,15 @@ impl Shard {
                     retain,
                     subscription_ids: ids,
                 };
-                self.deliver_to(key, d, now);
+                self.deliver_to(key, d, false, now);
             }
         }
         self.scratch_matches = matches;
     }
 
-    pub(crate) fn deliver_to(&mut self, key: u32, d: Delivery, now: Instant) {
+    /// Delivers `d` to session `key`; `queued` sends it through the session's
+    /// queue even when it could go at once (retained messages on SUBSCRIBE).
+    pub(crate) fn deliver_to(&mut self, key: u32, d: Delivery, queued: bool, now: Instant) {
         let Some(e) = self.entry(key) else { return };
         let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
         // A consumer that cannot keep up loses its own QoS 0 messages.
@@ -307,8 +309,12 @@ impl Shard {
             return;
         }
         let mut out = std::mem::take(&mut self.scratch_packets);
-        let Some(e) = self.entry(key) else { return };
-        let dropped = e.session.deliver(d, online, now, &mut out);
+        let Some(e) = self.sending(key) else { return };
+        let dropped = if queued {
+            e.session.deliver_queued(d, online, now, &mut out)
+        } else {
+            e.session.deliver(d, online, now, &mut out)
+        };
         if let Some(reason) = dropped {
             if !e.drop_logged {
                 e.drop_logged = true;
@@ -328,6 +334,13 @@ impl Shard {
     /// client's Maximum Packet Size cannot take is discarded as if delivered
     /// ([MQTT-3.1.2-25]).
     pub(crate) fn flush_packets(&mut self, key: u32, out: &mut Vec<Packet>, now: Instant) {
+        if let Some(e) = self.entry(key) {
+            if e.session.take_blocked() {
+                if let Some(c) = &e.conn {
+                    c.drain_blocked.set(true);
+                }
+            }
+        }
         while !out.is_empty() {
             let Some(conn) = self.entry(key).and_then(|e| e.conn.clone()) else {
                 out.clear();
@@ -351,7 +364,7 @@ impl Shard {
                             ..
                         }) = p
                         {
-                            if let Some(e) = self.entry(key) {
+                            if let Some(e) = self.sending(key) {
                                 e.session.complete(id, now, &mut retry);
                             }
                         }
@@ -360,6 +373,33 @@ impl Shard {
             }
             out.append(&mut retry);
         }
+    }
+
+    /// Session `key`, told how much room its connection's outbox has left
+    /// (see [`crate::session::Session::set_room`]): every call that may send
+    /// goes through here.
+    pub(crate) fn sending(&mut self, key: u32) -> Option<&mut super::SessionEntry> {
+        let e = self.entry(key)?;
+        let backlog = e.conn.as_ref().map_or(0, |c| c.backlog());
+        e.session.set_room(
+            super::conn::DRAIN_ROOM_BYTES.saturating_sub(backlog),
+            backlog == 0,
+        );
+        Some(e)
+    }
+
+    /// The writer of `conn` emptied its outbox after a drain had stopped for
+    /// room: drain that session's queue again.
+    pub fn resume_drain(&mut self, conn: &Conn, now: Instant) {
+        let Some(key) = conn.session.get() else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.scratch_packets);
+        if let Some(e) = self.sending(key) {
+            e.session.drain(now, &mut out);
+        }
+        self.flush_packets(key, &mut out, now);
+        self.scratch_packets = out;
     }
 
     pub(crate) fn publish_will(&mut self, client: &Arc<str>, will: LastWill, now: Instant) {

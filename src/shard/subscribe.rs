@@ -8,7 +8,7 @@ use crate::protocol::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::session::Delivery;
-use crate::topic::{SubscriptionFilter, TopicFilter, TopicName};
+use crate::topic::{SubscriptionFilter, TopicFilter};
 
 use super::{Conn, Deferred, Flow, Shard, ShardMsg, SubEntry, SubOpts};
 
@@ -139,33 +139,38 @@ impl Shard {
     ) {
         self.send(conn, ack);
         for d in retained {
-            self.deliver_to(key, d, now);
+            self.deliver_to(key, d, true, now);
         }
     }
 
     /// Retained messages matching `filter`, to send with RETAIN set
-    /// ([MQTT-3.3.1-9] v5, [MQTT-3.3.1-6] / [MQTT-3.3.1-8] v3).
-    fn collect_retained(&self, filter: &TopicFilter, opts: SubOpts, out: &mut Vec<Delivery>) {
-        let mut push = |m: &std::sync::Arc<crate::session::Message>| {
+    /// ([MQTT-3.3.1-9] v5, [MQTT-3.3.1-6] / [MQTT-3.3.1-8] v3). The index
+    /// walks only what the filter can match; one SUBSCRIBE collects at most
+    /// what the session's queue holds (the rest would only push the first
+    /// ones out), and counts what it leaves.
+    fn collect_retained(&mut self, filter: &TopicFilter, opts: SubOpts, out: &mut Vec<Delivery>) {
+        let cap = self.config.max_queued_messages;
+        let mut skipped = 0u64;
+        self.retained.for_each_match(filter, |m| {
+            if out.len() >= cap {
+                skipped += 1;
+                return true;
+            }
             out.push(Delivery {
                 msg: m.clone(),
                 qos: m.qos.min(opts.qos),
                 retain: true,
                 subscription_ids: opts.id.into_iter().collect(),
-            })
-        };
-        if filter.has_wildcards() {
-            for (topic, m) in &self.retained {
-                if filter.matches(topic) {
-                    push(m);
-                }
-            }
-        } else if let Some(m) = TopicName::new(filter.as_mqtt_str().clone())
-            .ok()
-            .and_then(|name| self.retained.get(&name))
-        {
-            // A filter without wildcards is a topic name: one lookup, no scan.
-            push(m);
+            });
+            true
+        });
+        if skipped > 0 {
+            self.metrics.publishes_dropped += skipped;
+            tracing::warn!(
+                filter = filter.as_str(),
+                skipped,
+                "more retained messages match than a session queue holds"
+            );
         }
     }
 

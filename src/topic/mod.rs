@@ -5,8 +5,10 @@
 //! level, `#` the parent level and everything below it, and a topic that
 //! starts with `$` is not matched by a filter that starts with a wildcard.
 
+mod retained;
 mod trie;
 
+pub use retained::RetainedIndex;
 pub use trie::{SubscriptionTrie, TrieError, MAX_FILTER_LEVELS};
 
 use crate::protocol::MqttStr;

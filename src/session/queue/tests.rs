@@ -356,3 +356,37 @@ proptest::proptest! {
         }
     }
 }
+
+// A drain stops when the outbox has no room left and says so; an idle
+// outbox still takes one message larger than the room.
+#[test]
+fn drain_stops_for_room_and_resumes() {
+    let now = Instant::now();
+    let mut s = Session::new(LIMITS, 10);
+    let one = d("m", QoS::AtMostOnce).held_bytes();
+    let mut out = Vec::new();
+    s.set_room(usize::MAX, true);
+    for _ in 0..10 {
+        s.deliver(d("m", QoS::AtMostOnce), false, now, &mut out);
+    }
+    assert_eq!(s.pending_len(), 0, "offline QoS 0 is not queued by default");
+    for _ in 0..10 {
+        s.deliver_queued(d("m", QoS::AtMostOnce), false, now, &mut out);
+    }
+    assert_eq!(s.pending_len(), 10);
+    s.set_room(3 * one, false);
+    s.drain(now, &mut out);
+    assert_eq!(publishes(&out).len(), 3);
+    assert!(s.take_blocked());
+    assert!(!s.take_blocked(), "reported once");
+    out.clear();
+    s.set_room(0, true);
+    s.drain(now, &mut out);
+    assert_eq!(publishes(&out).len(), 1, "an idle outbox takes one");
+    assert!(s.take_blocked());
+    out.clear();
+    s.set_room(usize::MAX, true);
+    s.drain(now, &mut out);
+    assert_eq!(publishes(&out).len(), 6);
+    assert!(!s.take_blocked());
+}
