@@ -23,6 +23,10 @@ pub enum Scenario {
     /// A persistent subscriber goes offline, messages pile up, it comes back:
     /// drain time and loss.
     Backlog,
+    /// Fan-out with `--stuck` (default 1) more subscribers that never read:
+    /// compare with `fan-out` under the same flags to see what a stuck
+    /// consumer costs the healthy ones (the report covers those only).
+    SlowConsumer,
 }
 
 /// ringmq-bench: drives any MQTT broker and reports throughput, loss,
@@ -104,6 +108,10 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Subscribers to the same filter that never read after their SUBACK
+    /// (slow-consumer: default 1; others: 0). Not counted in the report.
+    #[arg(long)]
+    pub stuck: Option<usize>,
 }
 
 /// The run, with every per-scenario default resolved.
@@ -131,6 +139,8 @@ pub struct Plan {
     pub ramp: u64,
     pub threads: usize,
     pub drain: Duration,
+    /// Subscribers that never read.
+    pub stuck: usize,
 }
 
 /// Stamp bytes: publisher id (4), sequence (8), send time in ns (8).
@@ -151,6 +161,7 @@ impl Args {
         });
         let subscribers = self.subscribers.unwrap_or(match s {
             FanOut => 16,
+            SlowConsumer => 8,
             Pairs => publishers,
             Connections => 1000,
             _ => 1,
@@ -181,7 +192,7 @@ impl Args {
         if s == Pairs && publishers != subscribers {
             return Err("pairs needs as many --subscribers as --publishers".into());
         }
-        if matches!(s, FanOut | Latency | Backlog) && publishers != 1 {
+        if matches!(s, FanOut | SlowConsumer | Latency | Backlog) && publishers != 1 {
             return Err(format!("{s:?} uses exactly one publisher"));
         }
         if s == Backlog && qos == QoS::AtMostOnce {
@@ -230,6 +241,7 @@ impl Args {
             ramp: self.ramp,
             threads,
             drain: self.drain,
+            stuck: self.stuck.unwrap_or(if s == SlowConsumer { 1 } else { 0 }),
         })
     }
 }
@@ -243,5 +255,6 @@ pub fn name(s: Scenario) -> &'static str {
         Scenario::Latency => "latency",
         Scenario::Connections => "connections",
         Scenario::Backlog => "backlog",
+        Scenario::SlowConsumer => "slow-consumer",
     }
 }

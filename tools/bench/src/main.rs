@@ -8,6 +8,7 @@ mod args;
 mod client;
 mod report;
 mod run;
+mod stuck;
 mod track;
 
 use std::io::Write;
@@ -84,6 +85,10 @@ fn main() {
         fail("a subscriber failed to connect");
     }
     let connect_time = started.elapsed();
+    let stuck = match stuck::subscribe(&plan) {
+        Ok(s) => s,
+        Err(e) => fail(&format!("a stuck subscriber failed to subscribe: {e}")),
+    };
     ctl.phase
         .store(phase::CONNECT_PUBLISHERS, Ordering::Release);
     wait_for("publishers connecting", &|| {
@@ -115,7 +120,7 @@ fn main() {
     }
     let publish_time = t0.elapsed();
     // Drain: wait for what subscribers should still receive.
-    let factor = if plan.scenario == Scenario::FanOut {
+    let factor = if matches!(plan.scenario, Scenario::FanOut | Scenario::SlowConsumer) {
         plan.subscribers as u64
     } else {
         1
@@ -151,6 +156,7 @@ fn main() {
     }
     let total_time = t0.elapsed();
     ctl.phase.store(phase::STOP, Ordering::Release);
+    drop(stuck);
     progress(label, t0);
     if !quiet {
         eprintln!();

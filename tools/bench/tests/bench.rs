@@ -212,6 +212,7 @@ fn nonsense_flags_are_refused() {
         vec!["pairs", "--publishers", "2", "--subscribers", "3"],
         vec!["backlog", "--qos", "0"],
         vec!["fan-out", "--publishers", "4"],
+        vec!["slow-consumer", "--publishers", "2"],
         vec!["nonsense"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
@@ -265,6 +266,12 @@ fn every_scenario_runs_against_ringmq() {
             vec!["--subscribers", "200", "--ramp", "2000"],
         ),
         ("backlog", vec!["--count", "2000"]),
+        // Beside a subscriber that never reads, the healthy ones lose nothing
+        // (and the stuck one is not counted).
+        (
+            "slow-consumer",
+            vec!["--subscribers", "4", "--rate", "2000", "--payload", "1000"],
+        ),
     ] {
         let mut args = vec![
             scenario,

@@ -1,0 +1,96 @@
+//! Subscribers that never read: they connect, subscribe, take their SUBACK
+//! and then leave every byte the broker sends them unread, so the broker's
+//! buffers for them fill and stay full (a crashed or wedged consumer).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ringmq::protocol::{
+    Codec, Connect, ConnectProperties, MqttStr, Packet, PacketId, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
+};
+
+use crate::args::Plan;
+
+/// Connects `plan.stuck` such subscribers to subscriber 0's filter; they stay
+/// connected (and unread) until the returned sockets are dropped.
+pub fn subscribe(plan: &Plan) -> Result<Vec<TcpStream>, String> {
+    let filter = crate::run::filter_of(plan, 0);
+    (0..plan.stuck)
+        .map(|n| one(plan, &format!("{}-stuck{n}", plan.client_prefix), &filter))
+        .collect()
+}
+
+fn one(plan: &Plan, id: &str, filter: &str) -> Result<TcpStream, String> {
+    let s = |v: &str| MqttStr::try_from(v).map_err(|e| format!("{v}: {e:?}"));
+    let mut stream = TcpStream::connect(plan.broker).map_err(|e| e.to_string())?;
+    // A small receive buffer: the broker's writes back up at once.
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt on our own socket with a valid int.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let connect = Packet::Connect(Box::new(Connect {
+        protocol: plan.version,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: s(id)?,
+        will: None,
+        username: plan.username.as_deref().map(s).transpose()?,
+        password: plan
+            .password
+            .as_ref()
+            .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
+        properties: ConnectProperties::default(),
+    }));
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("non-zero"),
+        properties: Default::default(),
+        filters: vec![SubscribeFilter {
+            filter: s(filter)?,
+            options: SubscriptionOptions {
+                qos: plan.qos,
+                ..Default::default()
+            },
+        }],
+    });
+    let mut out = BytesMut::new();
+    for p in [&connect, &subscribe] {
+        p.encode(plan.version, &mut out)
+            .map_err(|e| e.to_string())?;
+    }
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let mut codec = Codec::new(plan.version, usize::MAX);
+    let mut buf = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tmp = [0u8; 4096];
+    while Instant::now() < deadline {
+        while let Some(p) = codec.decode(&mut buf).map_err(|e| e.to_string())? {
+            match p {
+                Packet::SubAck(_) => return Ok(stream),
+                Packet::ConnAck(a) if a.reason.is_error() => {
+                    return Err(format!("refused: {}", a.reason))
+                }
+                _ => {}
+            }
+        }
+        let n = stream.read(&mut tmp).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before SUBACK".into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    Err("no SUBACK".into())
+}
