@@ -376,3 +376,24 @@ fn v5_server_sends_no_topic_alias_beyond_the_clients_maximum() {
         );
     }
 }
+
+// A broker can take over a port right after another server stopped, while
+// that server's closed connections linger in TIME_WAIT (SO_REUSEADDR).
+#[test]
+fn binds_a_port_with_connections_in_time_wait() {
+    use std::net::{TcpListener, TcpStream};
+    let old = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = old.local_addr().expect("addr");
+    let client = TcpStream::connect(addr).expect("connect");
+    let (served, _) = old.accept().expect("accept");
+    drop(served); // the server closes first: its side enters TIME_WAIT
+    let mut buf = [0u8; 1];
+    let _ = std::io::Read::read(&mut &client, &mut buf);
+    drop(client);
+    drop(old);
+    let mut cfg = config(2);
+    cfg.listen = vec![addr];
+    let b = start_with(cfg);
+    let (_c, ack) = Raw::connect(b.addr, V311, "time-wait", true);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+}

@@ -67,7 +67,7 @@ pub async fn run(start: ShardStart) {
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for addr in &config.listen {
-        match TcpListener::bind(addr) {
+        match bind_listener(*addr) {
             Ok(l) => {
                 addrs.push(l.local_addr().unwrap_or(*addr));
                 listeners.push(l);
@@ -151,6 +151,24 @@ pub const OVER_LIMIT_ANSWERED: usize = 64;
 
 /// Longest pause after a failed accept (out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Pending connections the kernel queues per shard listener before accept.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listener every shard binds (SO_REUSEPORT spreads connections), which
+/// also binds while connections of a previous server on the port linger in
+/// TIME_WAIT (SO_REUSEADDR): without it, ringmq could not take over port
+/// 1883 from a broker stopped a minute before.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_address(true)?;
+    sk.set_reuse_port(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(LISTEN_BACKLOG)?;
+    // SAFETY: a bound, listening socket whose ownership moves to the listener.
+    Ok(unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sk)) })
+}
 
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
     let (shared, max) = {
