@@ -7,6 +7,10 @@
 #   ROUNDS=5 DURATION=20s perf/compare.sh
 #   SCENARIOS="fan-in pairs" BROKERS="ringmq mosquitto" perf/compare.sh
 #   TAG=after perf/compare.sh    # perf/results/<date>-<host>-after.md
+#   BASE_BIN=/path/to/old/ringmq BROKERS="ringmq ringmq-base" perf/compare.sh
+#                                 # before/after of two ringmq builds, same run
+#   SCENARIOS="fan-out-8 slow-consumer" perf/compare.sh
+#                                 # what one subscriber that never reads costs
 #
 # Installs what is missing: Debian's mosquitto, rumqttd (cargo install).
 set -euo pipefail
@@ -38,15 +42,17 @@ fi
 cargo build --release --workspace >/dev/null 2>&1 || cargo build --release --workspace
 bench=target/release/ringmq-bench
 
-port_of() { case $1 in ringmq) echo 18830;; mosquitto) echo 18831;; rumqttd) echo 18832;; esac; }
+port_of() { case $1 in ringmq) echo 18830;; mosquitto) echo 18831;; rumqttd) echo 18832;; ringmq-base) echo 18833;; esac; }
 
 start_broker() {
   local b=$1 port; port=$(port_of "$b")
   case $b in
-    ringmq)
-      rm -rf "$work/ringmq-data"
-      target/release/ringmq --listen 127.0.0.1:$port --cores "$CORES" \
-        --data-dir "$work/ringmq-data" --log-level warn --max-inflight 256 >"$work/ringmq.log" 2>&1 &
+    ringmq|ringmq-base)
+      local bin=target/release/ringmq
+      [ "$b" = ringmq-base ] && bin=${BASE_BIN:?BASE_BIN names the ringmq binary to compare with}
+      rm -rf "$work/$b-data"
+      "$bin" --listen 127.0.0.1:$port --cores "$CORES" \
+        --data-dir "$work/$b-data" --log-level warn --max-inflight 256 >"$work/$b.log" 2>&1 &
       ;;
     mosquitto)
       cat >"$work/mosquitto.conf" <<CONF
@@ -102,6 +108,9 @@ args_of() {
     pairs-qos1) echo "pairs --publishers 16 --qos 1 --payload 64 --inflight 64 --duration $DURATION";;
     latency) echo "latency --rate 5000 --qos 1 --payload 64 --duration $DURATION";;
     fan-out) echo "fan-out --subscribers 16 --qos 0 --payload 64 --duration $DURATION";;
+    # The same load with and without one subscriber that never reads.
+    fan-out-8) echo "fan-out --subscribers 8 --qos 0 --payload 64 --rate 20000 --duration $DURATION";;
+    slow-consumer) echo "slow-consumer --subscribers 8 --qos 0 --payload 64 --rate 20000 --duration $DURATION";;
     connections) echo "connections --subscribers 5000 --ramp 0 --duration 3s";;
     backlog) echo "backlog --count 100000 --qos 1 --payload 64";;
   esac
@@ -145,6 +154,8 @@ for round in $(seq "$ROUNDS"); do
       esac
       lost=$(num "$json" lost); dups=$(num "$json" duplicates)
       results[$s,$b]+="${v:-0} "
+      p99=$(grep -o '"latency_us":{[^}]*}' <<<"$json" | grep -o '"p99":[0-9]*' | cut -d: -f2)
+      results[$s,$b,p99]+="${p99:-0} "
       results[$s,$b,loss]+="${lost:-?}/${dups:-?} "
       results[$s,$b,runs]+="${v:-0} (${stolen}) "
       echo "round $round $s $b: ${v:-failed} (lost/dups ${lost:-?}/${dups:-?}, steal $stolen)" >&2
@@ -175,6 +186,16 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR==0
       [ "$b" = ringmq ] && continue
       printf " %s |" "$(awk -v a="${med[ringmq]:-0}" -v b="${med[$b]:-0}" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')"
     done
+    echo
+  done
+  echo
+  echo "Latency p99 (µs) of the same runs, medians:"
+  echo
+  printf "| scenario |"; for b in $BROKERS; do printf " %s |" "$b"; done; echo
+  printf "|---|"; for b in $BROKERS; do printf -- "---|"; done; echo
+  for s in $SCENARIOS; do
+    printf "| %s |" "$s"
+    for b in $BROKERS; do printf " %s |" "$(echo "${results[$s,$b,p99]}" | median)"; done
     echo
   done
   echo

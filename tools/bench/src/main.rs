@@ -215,6 +215,7 @@ fn main() {
         failures,
         first_error: ctl.first_error.lock().ok().and_then(|e| e.clone()),
         drain_time,
+        sent_by_publisher: published.iter().map(|&(sent, _)| sent).collect(),
         plan,
     };
     if let Some(path) = hdr_out {

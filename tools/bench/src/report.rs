@@ -25,6 +25,8 @@ pub struct Report {
     pub failures: usize,
     pub first_error: Option<String>,
     pub drain_time: Option<Duration>,
+    /// Messages each publisher sent, by publisher index.
+    pub sent_by_publisher: Vec<u64>,
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -113,6 +115,13 @@ impl Report {
             self.publish_time.as_secs_f64()
         );
         let _ = writeln!(s, "latency (µs): {}", self.pcts(&self.latency));
+        if self.sent_by_publisher.len() > 1 {
+            let (min, max) = self.sent_range();
+            let _ = writeln!(
+                s,
+                "per publisher sent: min {min}  max {max}   (fairness: how evenly the broker reads its publishers)"
+            );
+        }
         if let Some(d) = self.drain_time {
             let _ = writeln!(
                 s,
@@ -130,6 +139,13 @@ impl Report {
             );
         }
         s
+    }
+
+    /// Fewest and most messages any one publisher sent.
+    fn sent_range(&self) -> (u64, u64) {
+        let min = self.sent_by_publisher.iter().copied().min().unwrap_or(0);
+        let max = self.sent_by_publisher.iter().copied().max().unwrap_or(0);
+        (min, max)
     }
 
     /// Every percentile of `h`, each formatted by `item`, joined by `sep`.
@@ -163,7 +179,8 @@ impl Report {
                 "\"duplicates\":{},\"reordered\":{},\"sent_per_sec\":{:.1},",
                 "\"acked_per_sec\":{:.1},\"received_per_sec\":{:.1},\"latency_us\":{{{}}},",
                 "\"connected\":{},\"connect_us\":{{{}}},\"drain_seconds\":{},",
-                "\"failures\":{},\"error\":{}}}"
+                "\"failures\":{},\"error\":{},\"sent_min_per_publisher\":{},",
+                "\"sent_max_per_publisher\":{}}}"
             ),
             name(p.scenario),
             p.broker,
@@ -189,7 +206,9 @@ impl Report {
             self.drain_time
                 .map_or("null".to_string(), |d| format!("{:.3}", d.as_secs_f64())),
             self.failures,
-            err
+            err,
+            self.sent_range().0,
+            self.sent_range().1
         )
     }
 }
