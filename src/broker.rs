@@ -104,7 +104,7 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             receivers: rx,
             bound: bound_tx,
         };
-        let placement = if n <= cpus {
+        let placement = if config.pin && n <= cpus {
             Placement::Fixed(id)
         } else {
             Placement::Unbound

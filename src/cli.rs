@@ -107,6 +107,12 @@ pub struct Cli {
     #[arg(long)]
     pub queue_qos0: bool,
 
+    /// Pin each shard to its own core. Off by default: beside any other busy
+    /// process (a load generator, a neighbour) a pinned shard cannot leave a
+    /// busy core, and its p99 suffers; pin on a machine the broker has alone.
+    #[arg(long)]
+    pub pin: bool,
+
     /// Log filter: off, error, warn, info, debug, trace, or tracing
     /// directives such as `ringmq=debug,info`.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_level)]
@@ -136,6 +142,7 @@ impl Cli {
             max_connect_bytes: self.max_connect_size,
             shutdown_timeout: self.shutdown_timeout,
             queue_qos0: self.queue_qos0,
+            pin: self.pin,
         };
         config.validate()?;
         Ok(config)

@@ -49,6 +49,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0: bool,
+    /// Pin each shard to a core (when there are no more shards than cores).
+    /// Off by default: on a machine shared with a load generator or any busy
+    /// process, a pinned shard cannot leave a busy core (perf/README.md).
+    pub pin: bool,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             max_connect_bytes: DEFAULT_MAX_CONNECT_BYTES,
             shutdown_timeout: Duration::from_secs(5),
             queue_qos0: false,
+            pin: false,
         }
     }
 }

@@ -594,6 +594,14 @@ mod tests {
         }
     }
 
+    /// perf/owner.py mirrors `owner_of` to pick bench client ids on the same
+    /// or on different shards; these are the prefixes it prints for 2 shards.
+    #[test]
+    fn perf_owner_script_agrees() {
+        assert_eq!(owner_of("lat0-p0", 2), owner_of("lat0-s0", 2));
+        assert_ne!(owner_of("lat1-p0", 2), owner_of("lat1-s0", 2));
+    }
+
     #[test]
     fn ids_differing_in_one_character_spread() {
         // Plain FNV-1a put all of these on one of two shards: their last
