@@ -22,6 +22,10 @@ pub const MAX_OUTBOX_BYTES: usize = 16 << 20;
 /// QoS 0 messages read and then dropped.
 pub const CONGESTED_OUTBOX_BYTES: usize = 1 << 20;
 
+/// A congested connection stops holding its shard back once its unsent bytes
+/// fall to this.
+pub const UNCONGESTED_OUTBOX_BYTES: usize = CONGESTED_OUTBOX_BYTES / 4;
+
 /// A congested connection whose writer made no progress for this long is
 /// *stuck*: it stops holding the shard back at once and loses its QoS 0
 /// messages instead. Others are paused for at most about this long (plus a
@@ -254,7 +258,10 @@ impl Conn {
     pub fn wrote(&self, n: usize, now: Instant) {
         self.writing.set(self.writing.get().saturating_sub(n));
         self.last_progress.set(now);
-        if self.backlog() <= CONGESTED_OUTBOX_BYTES {
+        // Released well below the mark, so that the paused readers and the
+        // mesh all get a turn before it is reached again, not one wake-up
+        // of every reader per 64 KiB written.
+        if self.backlog() <= UNCONGESTED_OUTBOX_BYTES {
             self.uncongest();
         }
         self.maybe_unstick(now);

@@ -479,6 +479,13 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
+        // Let the other readers (and the mesh) of this shard have their turn
+        // before reading again: a read that finds data completes without
+        // yielding, so a busy reader kept the shard to itself until the
+        // subscriber congested, and the reader woken first after congestion
+        // took all the room (fan-in: one local publisher got 30 times
+        // another's messages through).
+        futures_lite::future::yield_now().await;
         // Backpressure: while the mesh is full or a local subscriber cannot
         // keep up, stop reading (a congested connection still reads its own
         // acknowledgements, or it could never drain).
