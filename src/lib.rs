@@ -6,7 +6,7 @@
 //!          SO_REUSEPORT listener on every shard
 //!               |            |            |
 //!           shard 0       shard 1  ...  shard N-1    one glommio executor each
-//!           conns         conns         conns        (pinned when N <= cores)
+//!           conns         conns         conns        (pinned with --pin)
 //!           sessions      sessions      sessions
 //!           trie          trie          trie
 //!             \___________ mesh: a bounded pipe per ordered pair __________/

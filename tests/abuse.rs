@@ -551,3 +551,49 @@ fn stuck_subscriber_costs_the_others_little() {
         "CONNACK and SUBACK took {connect_and_subscribe:?}"
     );
 }
+
+/// A client that sends and never reads what the broker answers (PUBACKs of
+/// its QoS 1 publishes, PINGRESPs) grew its outbox without bound. Once it is
+/// a stuck consumer its own reader waits, so its writes stall after a bounded
+/// amount (what the broker read before, plus the kernel's socket buffers).
+#[test]
+fn client_that_never_reads_its_answers_is_stopped() {
+    use std::io::Write;
+    let b = start(1);
+    let (mut p, _) = Raw::connect(b.addr, V311, "ack-hoarder", true);
+    // SAFETY: setsockopt on our own socket with a valid int.
+    unsafe {
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&p.stream),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    // PINGREQ: 2 bytes in, 2 bytes (PINGRESP) out.
+    let chunk = [0xc0u8, 0x00].repeat(32 * 1024);
+    p.stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut written = 0usize;
+    let mut stalled = false;
+    while written < 40 << 20 {
+        if p.stream.write_all(&chunk).is_err() {
+            stalled = true;
+            break;
+        }
+        written += chunk.len();
+    }
+    eprintln!("stalled after {written} bytes");
+    assert!(
+        stalled,
+        "the broker read all {written} bytes from a client that reads nothing"
+    );
+    // The broker itself still serves others.
+    let (mut other, ack) = Raw::connect(b.addr, V311, "ack-other", true);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    other.send(&Packet::PingReq);
+    assert_eq!(other.recv(), Packet::PingResp);
+}

@@ -133,6 +133,8 @@ pub struct Conn {
     stuck_until: Cell<Option<Instant>>,
     /// Bytes handed to the writer and not yet written.
     writing: Cell<usize>,
+    /// Set while [`Conn::holds_own_reader`] holds this connection's reader.
+    reader_held: Cell<bool>,
     congestion: Congestion,
 }
 
@@ -179,6 +181,7 @@ impl Conn {
             last_progress: Cell::new(now),
             stuck_until: Cell::new(None),
             writing: Cell::new(0),
+            reader_held: Cell::new(false),
             congestion,
         }
     }
@@ -213,6 +216,17 @@ impl Conn {
         self.stuck_until.set(Some(now + STUCK_COOLDOWN));
         self.uncongest();
         true
+    }
+
+    /// True while this connection's own reader must wait: a stuck client
+    /// that goes on sending (QoS 1/2 publishes whose acknowledgements it never
+    /// reads, PINGREQs) would otherwise grow its outbox without bound.
+    pub fn holds_own_reader(&self) -> bool {
+        let hold = self.stuck_until.get().is_some() && self.backlog() > UNCONGESTED_OUTBOX_BYTES;
+        if hold {
+            self.reader_held.set(true);
+        }
+        hold
     }
 
     /// Ends the stuck state once the cooldown passed and the backlog drained.
@@ -263,6 +277,9 @@ impl Conn {
         // of every reader per 64 KiB written.
         if self.backlog() <= UNCONGESTED_OUTBOX_BYTES {
             self.uncongest();
+            if self.reader_held.take() {
+                self.congestion.wake_all();
+            }
         }
         self.maybe_unstick(now);
     }

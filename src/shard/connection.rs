@@ -493,7 +493,8 @@ async fn read_loop(
         poll_fn(|cx| {
             let paused = !conn.is_closing()
                 && (shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS
-                    || (congestion.get() > 0 && !conn.is_congested()));
+                    || (congestion.get() > 0 && !conn.is_congested())
+                    || conn.holds_own_reader());
             if paused {
                 congestion.register(cx.waker());
                 Poll::Pending

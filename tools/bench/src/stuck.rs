@@ -45,7 +45,8 @@ fn one(plan: &Plan, id: &str, filter: &str) -> Result<TcpStream, String> {
     let connect = Packet::Connect(Box::new(Connect {
         protocol: plan.version,
         clean_start: true,
-        keep_alive: 0,
+        // Long enough for any run; some brokers refuse 0.
+        keep_alive: 3600,
         client_id: s(id)?,
         will: None,
         username: plan.username.as_deref().map(s).transpose()?,
@@ -67,10 +68,9 @@ fn one(plan: &Plan, id: &str, filter: &str) -> Result<TcpStream, String> {
         }],
     });
     let mut out = BytesMut::new();
-    for p in [&connect, &subscribe] {
-        p.encode(plan.version, &mut out)
-            .map_err(|e| e.to_string())?;
-    }
+    connect
+        .encode(plan.version, &mut out)
+        .map_err(|e| e.to_string())?;
     stream.write_all(&out).map_err(|e| e.to_string())?;
     let mut codec = Codec::new(plan.version, usize::MAX);
     let mut buf = BytesMut::new();
@@ -82,6 +82,14 @@ fn one(plan: &Plan, id: &str, filter: &str) -> Result<TcpStream, String> {
                 Packet::SubAck(_) => return Ok(stream),
                 Packet::ConnAck(a) if a.reason.is_error() => {
                     return Err(format!("refused: {}", a.reason))
+                }
+                // SUBSCRIBE only after CONNACK: not every broker takes both at once.
+                Packet::ConnAck(_) => {
+                    let mut out = BytesMut::new();
+                    subscribe
+                        .encode(plan.version, &mut out)
+                        .map_err(|e| e.to_string())?;
+                    stream.write_all(&out).map_err(|e| e.to_string())?;
                 }
                 _ => {}
             }
