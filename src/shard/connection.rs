@@ -93,6 +93,7 @@ pub async fn run(start: ShardStart) {
             glommio::spawn_local(receiver_loop(shard.clone(), peer, rx)).detach();
         }
     }
+    glommio::spawn_local(stuck_watchdog(shard.clone())).detach();
     let mut accepting = Vec::new();
     for l in listeners {
         accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l)));
@@ -141,6 +142,26 @@ pub async fn run(start: ShardStart) {
     let mut s = shard.borrow_mut();
     for w in s.mesh_wakers.iter_mut().filter_map(Option::take) {
         w.wake();
+    }
+}
+
+/// While any connection is congested, checks every [`super::STUCK_CHECK`]
+/// whether it is stuck; parked otherwise. The 100 ms tick alone let a stuck
+/// consumer hold its shard for up to 300 ms.
+async fn stuck_watchdog(shard: Rc<RefCell<Shard>>) {
+    let congestion = shard.borrow().congestion.clone();
+    loop {
+        poll_fn(|cx| {
+            if congestion.get() > 0 {
+                Poll::Ready(())
+            } else {
+                congestion.park_watchdog(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        glommio::timer::sleep(super::STUCK_CHECK).await;
+        shard.borrow_mut().check_congested(Instant::now());
     }
 }
 

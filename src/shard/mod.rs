@@ -24,6 +24,7 @@ mod subscribe;
 
 pub use conn::{
     Congestion, CongestionState, Conn, CONGESTED_OUTBOX_BYTES, MAX_OUTBOX_BYTES, STUCK_AFTER,
+    STUCK_CHECK,
 };
 pub use connection::{run, ShardStart, OVER_LIMIT_ANSWERED};
 pub use log_limit::{LogLimit, LogLimits};
@@ -426,30 +427,15 @@ impl Shard {
         if self.shared.stopping() && !self.stopping {
             self.begin_shutdown();
         }
+        self.check_congested(now);
         let mut expired = Vec::new();
-        let mut stuck = Vec::new();
         for c in self.conns.values() {
-            if c.check_stuck(now) {
-                stuck.push(c.clone());
-            }
             // [MQTT-3.1.2-22] (v5) / [MQTT-3.1.2-24] (v3): 1.5 × keep alive.
             if !c.keep_alive.is_zero()
                 && !c.is_closing()
                 && now.saturating_duration_since(c.last_seen.get()) > c.keep_alive * 3 / 2
             {
                 expired.push(c.clone());
-            }
-        }
-        for c in stuck {
-            self.metrics.slow_consumers += 1;
-            if let Some(held) = self.log_limits.slow_consumer.allow(now) {
-                tracing::warn!(
-                    client_id = c.client_id.borrow().as_deref().unwrap_or(""),
-                    peer = %c.peer_str(),
-                    backlog_bytes = c.backlog(),
-                    held_back = held,
-                    "slow consumer: not reading; its QoS 0 messages are dropped until it catches up"
-                );
             }
         }
         for c in expired {
@@ -477,6 +463,32 @@ impl Shard {
             if now >= at {
                 self.next_sys = Some(now + every);
                 self.publish_sys(now);
+            }
+        }
+    }
+
+    /// Marks the congested connections whose writers made no progress for
+    /// [`STUCK_AFTER`] as stuck, so that they stop holding the shard (run
+    /// every [`conn::STUCK_CHECK`] while any connection is congested).
+    pub fn check_congested(&mut self, now: Instant) {
+        let mut stuck = Vec::new();
+        for id in self.congestion.congested_ids() {
+            if let Some(c) = self.conns.get(&id) {
+                if c.check_stuck(now) {
+                    stuck.push(c.clone());
+                }
+            }
+        }
+        for c in stuck {
+            self.metrics.slow_consumers += 1;
+            if let Some(held) = self.log_limits.slow_consumer.allow(now) {
+                tracing::warn!(
+                    client_id = c.client_id.borrow().as_deref().unwrap_or(""),
+                    peer = %c.peer_str(),
+                    backlog_bytes = c.backlog(),
+                    held_back = held,
+                    "slow consumer: not reading; its QoS 0 messages are dropped until it catches up"
+                );
             }
         }
     }
