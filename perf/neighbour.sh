@@ -8,6 +8,8 @@
 #
 #   perf/neighbour.sh                  # 3 rounds of 5 s
 #   ROUNDS=5 DURATION=10s NEIGHBOURS=0 perf/neighbour.sh   # quiet host
+#   ALT_BIN=/tmp/old/ringmq CONFIGS="nopin-cross alt-cross mosquitto" perf/neighbour.sh
+#                                      # another ringmq build as alt-*, same rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -25,6 +27,7 @@ start() {
   case $1 in
     pin-*) target/release/ringmq --listen 127.0.0.1:$port --cores 2 --pin --data-dir "$work/nb-data" --log-level warn >"$work/nb.log" 2>&1 & ;;
     nopin-*) target/release/ringmq --listen 127.0.0.1:$port --cores 2 --data-dir "$work/nb-data" --log-level warn >"$work/nb.log" 2>&1 & ;;
+    alt-*) "${ALT_BIN:?ALT_BIN names the other ringmq build}" --listen 127.0.0.1:$port --cores 2 --data-dir "$work/nb-data" --log-level warn >"$work/nb.log" 2>&1 & ;;
     mosquitto)
       printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' $port >"$work/nb-mosquitto.conf"
       mosquitto -c "$work/nb-mosquitto.conf" >"$work/nb.log" 2>&1 & ;;
