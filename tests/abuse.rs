@@ -77,7 +77,7 @@ fn earlier_sessions_will_timer_never_fires_a_later_will() {
 
 /// `$SYS/` belongs to the broker: neither a PUBLISH nor a will may put a
 /// message there (retained or not); `$SYSTEM/x` is an ordinary topic.
-// [MQTT-4.7.2-1] topics beginning with $ are not matched by # or +.
+// ($SYS protection is the broker's policy, not a spec rule.)
 #[test]
 fn sys_topics_are_the_brokers_alone() {
     let b = start(2);
@@ -113,9 +113,9 @@ fn sys_topics_are_the_brokers_alone() {
 
 /// A v5 CONNECT that is malformed in a field the broker can read past gets
 /// CONNACK 0x81 (malformed) or 0x82 (protocol error) before the close.
-// [v5:MQTT-3.1.4-1] the server validates CONNECT and closes on a failure.
-// [v5:MQTT-3.2.2-8] a server sending a CONNACK with a reason code >= 0x80
-// closes the connection.
+// [v5:MQTT-3.1.4-1] the server validates CONNECT and closes on a failure;
+// [v5:MQTT-3.2.2-8] the CONNACK carries a Connect Reason Code;
+// [v5:MQTT-3.2.2-7] after a reason code of 0x80 or more it closes.
 #[test]
 fn malformed_v5_connect_gets_a_connack_reason() {
     let b = start(2);

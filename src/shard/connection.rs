@@ -350,7 +350,7 @@ async fn refuse_malformed(
         }
     }
     let (version, reason) = if level == Some(5) {
-        // [v5:MQTT-3.1.4-1], [v5:MQTT-3.2.2-8]: a CONNACK with the reason
+        // MQTT 5 (3.1.4, 3.2.2): a CONNACK with the reason
         // (0x81 malformed, 0x82 protocol error, 0x95 too large), then close.
         (ProtocolVersion::V5, e.reason_code())
     } else if let Some(code) = e.v3_connack_code() {
@@ -360,7 +360,7 @@ async fn refuse_malformed(
             ReasonCode::from_v3_connack(code).unwrap_or(ReasonCode::UNSPECIFIED_ERROR),
         )
     } else {
-        return; // 3.1.1 closes without a CONNACK ([MQTT-3.1.4-1]).
+        return; // 3.1.1 closes without a CONNACK (3.1.4).
     };
     let ack = Packet::ConnAck(Box::new(ConnAck {
         session_present: false,
@@ -464,6 +464,7 @@ async fn read_loop(
     let mut codec = Codec::new(version, max_packet);
     let mut buf = BytesMut::from(&leftover[..]);
     let mut tmp = ReadBuf::default();
+    let mut filled = false;
     loop {
         {
             let mut s = shard.borrow_mut();
@@ -505,8 +506,11 @@ async fn read_loop(
         // yielding, so a busy reader kept the shard to itself until the
         // subscriber congested, and the reader woken first after congestion
         // took all the room (fan-in: one local publisher got 30 times
-        // another's messages through).
-        futures_lite::future::yield_now().await;
+        // another's messages through). A read that did not fill the buffer
+        // drained the socket, so the next one waits in the ring anyway.
+        if filled {
+            futures_lite::future::yield_now().await;
+        }
         // Backpressure: while the mesh is full or a local subscriber cannot
         // keep up, stop reading (a congested connection still reads its own
         // acknowledgements, or it could never drain).
@@ -530,6 +534,7 @@ async fn read_loop(
         match stream.read(tmp.space()).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                filled = n == tmp.space().len();
                 tmp.append_to(n, &mut buf);
                 shard.borrow_mut().metrics.bytes_received += n as u64;
             }
