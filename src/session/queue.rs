@@ -178,11 +178,7 @@ impl Session {
             self.send_new(d, now, out);
             return None;
         }
-        let dropped = self.enqueue(d);
-        if online {
-            self.drain(now, out);
-        }
-        dropped
+        self.enqueue_and_drain(d, online, now, out)
     }
 
     /// Hands a message to the session through its queue, never straight to
@@ -199,6 +195,16 @@ impl Session {
             self.dropped += 1;
             return Some(DropReason::Expired);
         }
+        self.enqueue_and_drain(d, online, now, out)
+    }
+
+    fn enqueue_and_drain(
+        &mut self,
+        d: Delivery,
+        online: bool,
+        now: Instant,
+        out: &mut Vec<Packet>,
+    ) -> Option<DropReason> {
         let dropped = self.enqueue(d);
         if online {
             self.drain(now, out);
