@@ -236,11 +236,14 @@ impl Conn {
     /// Marks a congested connection whose writer made no progress for
     /// [`STUCK_AFTER`] as stuck; returns true when it just became so.
     pub fn check_stuck(&self, now: Instant) -> bool {
-        let Some(since) = self.congested_since.get() else {
+        if self.congested_since.get().is_none() {
             return false;
-        };
-        let quiet_since = since.max(self.last_progress.get());
-        if now.saturating_duration_since(quiet_since) <= STUCK_AFTER {
+        }
+        // Silent since its last chunk or since it last took bytes while idle:
+        // a consumer that stopped reading long before its backlog reached the
+        // mark is stuck the moment it is congested, so it holds the shard for
+        // one check, not for another STUCK_AFTER.
+        if now.saturating_duration_since(self.last_progress.get()) <= STUCK_AFTER {
             return false;
         }
         self.stuck_until.set(Some(now + STUCK_COOLDOWN));
@@ -356,6 +359,10 @@ impl Conn {
         let mut out = self.outbox.borrow_mut();
         if !out.is_empty() {
             std::mem::swap(&mut *out, spare);
+            if self.writing.get() == 0 {
+                // The writer was idle: its silence counts from now.
+                self.last_progress.set(Instant::now());
+            }
             self.writing.set(self.writing.get() + spare.len());
             return Some(true);
         }
