@@ -159,8 +159,7 @@ impl Session {
         now: Instant,
         out: &mut Vec<Packet>,
     ) -> Option<DropReason> {
-        if d.msg.is_expired(now) {
-            self.dropped += 1;
+        if self.drops_expired(&d, now) {
             return Some(DropReason::Expired);
         }
         if d.qos == QoS::AtMostOnce {
@@ -191,11 +190,19 @@ impl Session {
         now: Instant,
         out: &mut Vec<Packet>,
     ) -> Option<DropReason> {
-        if d.msg.is_expired(now) {
-            self.dropped += 1;
+        if self.drops_expired(&d, now) {
             return Some(DropReason::Expired);
         }
         self.enqueue_and_drain(d, online, now, out)
+    }
+
+    /// Counts `d` as dropped if it expired before it could be handed over.
+    fn drops_expired(&mut self, d: &Delivery, now: Instant) -> bool {
+        let expired = d.msg.is_expired(now);
+        if expired {
+            self.dropped += 1;
+        }
+        expired
     }
 
     fn enqueue_and_drain(
