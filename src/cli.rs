@@ -46,7 +46,7 @@ pub struct Cli {
     pub listen: Vec<SocketAddr>,
 
     /// Shards (executor threads). Default: every core this process may use.
-    /// More shards than cores is allowed; they are then not pinned.
+    /// More shards than cores is allowed (`--pin` then does not apply).
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
 
