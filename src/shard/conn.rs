@@ -116,6 +116,11 @@ impl CongestionState {
     }
 }
 
+/// A peer address as log lines give it.
+pub(crate) fn peer_name(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
 /// A shard's [`CongestionState`].
 pub type Congestion = std::rc::Rc<CongestionState>;
 
@@ -337,9 +342,7 @@ impl Conn {
 
     /// The peer address for log lines.
     pub fn peer_str(&self) -> String {
-        self.peer
-            .get()
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+        peer_name(self.peer.get())
     }
 
     /// True once [`Conn::close`] was called.

@@ -249,9 +249,7 @@ impl Drop for Pending {
 
 /// The peer address of `stream`, for log lines.
 fn peer_of(stream: &TcpStream) -> String {
-    stream
-        .peer_addr()
-        .map_or_else(|_| "unknown".to_string(), |a| a.to_string())
+    super::conn::peer_name(stream.peer_addr().ok())
 }
 
 /// Reads until CONNECT, then serves the connection here or hands it to the

@@ -82,7 +82,7 @@ pub struct Client {
     pub out: Rc<Outbox>,
 }
 
-fn connect_packet(plan: &Plan, id: &str, clean: bool) -> Result<Connect, String> {
+pub(crate) fn connect_packet(plan: &Plan, id: &str, clean: bool) -> Result<Connect, String> {
     let s = |v: &str| MqttStr::try_from(v).map_err(|e| format!("{v:?}: {e}"));
     let mut properties = ConnectProperties::default();
     if plan.version.is_v5() && !clean {

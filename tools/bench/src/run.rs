@@ -433,7 +433,7 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
     }
 }
 
-fn subscribe_packet(plan: &Plan, j: usize) -> Packet {
+pub(crate) fn subscribe_packet(plan: &Plan, j: usize) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
         properties: Default::default(),

@@ -8,24 +8,19 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ringmq::protocol::{
-    Codec, Connect, ConnectProperties, MqttStr, Packet, PacketId, Subscribe, SubscribeFilter,
-    SubscriptionOptions,
-};
+use ringmq::protocol::{Codec, Packet};
 
 use crate::args::Plan;
 
 /// Connects `plan.stuck` such subscribers to subscriber 0's filter; they stay
 /// connected (and unread) until the returned sockets are dropped.
 pub fn subscribe(plan: &Plan) -> Result<Vec<TcpStream>, String> {
-    let filter = crate::run::filter_of(plan, 0);
     (0..plan.stuck)
-        .map(|n| one(plan, &format!("{}-stuck{n}", plan.client_prefix), &filter))
+        .map(|n| one(plan, &format!("{}-stuck{n}", plan.client_prefix)))
         .collect()
 }
 
-fn one(plan: &Plan, id: &str, filter: &str) -> Result<TcpStream, String> {
-    let s = |v: &str| MqttStr::try_from(v).map_err(|e| format!("{v}: {e:?}"));
+fn one(plan: &Plan, id: &str) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(plan.broker).map_err(|e| e.to_string())?;
     // A small receive buffer: the broker's writes back up at once.
     let size: libc::c_int = 4096;
@@ -42,31 +37,11 @@ fn one(plan: &Plan, id: &str, filter: &str) -> Result<TcpStream, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let connect = Packet::Connect(Box::new(Connect {
-        protocol: plan.version,
-        clean_start: true,
-        // Long enough for any run; some brokers refuse 0.
-        keep_alive: 3600,
-        client_id: s(id)?,
-        will: None,
-        username: plan.username.as_deref().map(s).transpose()?,
-        password: plan
-            .password
-            .as_ref()
-            .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
-        properties: ConnectProperties::default(),
-    }));
-    let subscribe = Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).expect("non-zero"),
-        properties: Default::default(),
-        filters: vec![SubscribeFilter {
-            filter: s(filter)?,
-            options: SubscriptionOptions {
-                qos: plan.qos,
-                ..Default::default()
-            },
-        }],
-    });
+    let mut connect = crate::client::connect_packet(plan, id, true)?;
+    // Long enough for any run: it never pings.
+    connect.keep_alive = 3600;
+    let connect = Packet::Connect(Box::new(connect));
+    let subscribe = crate::run::subscribe_packet(plan, 0);
     let mut out = BytesMut::new();
     connect
         .encode(plan.version, &mut out)
