@@ -54,5 +54,6 @@ pub mod metrics;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod storage;
 pub mod timer;
 pub mod topic;
