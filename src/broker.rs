@@ -19,6 +19,8 @@ pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The locked data directory, released when the broker is gone.
+    _data: Option<crate::storage::DataDir>,
 }
 
 impl BrokerHandle {
@@ -55,7 +57,16 @@ impl BrokerHandle {
 /// A listener that cannot bind, or an executor that cannot start.
 pub fn start(config: Config) -> io::Result<BrokerHandle> {
     let n = config.cores;
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new(n));
+    let opened = crate::shard::persist::open(&config)?;
+    let (mut data, mut storages, rehoming) = match opened {
+        Some(o) => (
+            Some(o.dir),
+            o.shards.into_iter().map(Some).collect(),
+            o.rehoming,
+        ),
+        None => (None, (0..n).map(|_| None).collect::<Vec<_>>(), false),
+    };
     let mut senders: Vec<Vec<Option<PipeSender<_>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     let mut receivers: Vec<Vec<Option<PipeReceiver<_>>>> =
@@ -103,6 +114,7 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             senders: tx,
             receivers: rx,
             bound: bound_tx,
+            storage: storages[id].take(),
         };
         let placement = if config.pin && n <= cpus {
             Placement::Fixed(id)
@@ -123,11 +135,24 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             addrs = got;
         }
     }
-    tracing::info!(shards = n, listen = ?addrs, "ringmq started");
+    if let Some(d) = data.as_mut() {
+        crate::shard::persist::Opened::finish(d, n, rehoming)?;
+    }
+    match &data {
+        Some(d) => tracing::info!(
+            shards = n,
+            listen = ?addrs,
+            data_dir = %d.path().display(),
+            sync = ?config.sync,
+            "ringmq started"
+        ),
+        None => tracing::info!(shards = n, listen = ?addrs, "ringmq started (in memory)"),
+    }
     Ok(BrokerHandle {
         addrs,
         shared,
         threads,
+        _data: data,
     })
 }
 

@@ -37,6 +37,14 @@ fn log_level(s: &str) -> Result<String, String> {
     }
 }
 
+fn recovery_mode(s: &str) -> Result<crate::storage::RecoveryMode, String> {
+    match s {
+        "strict" => Ok(crate::storage::RecoveryMode::Strict),
+        "truncate" => Ok(crate::storage::RecoveryMode::Truncate),
+        _ => Err(format!("'{s}' is not a recovery mode: strict or truncate")),
+    }
+}
+
 /// ringmq: a thread-per-core MQTT 3.1/3.1.1/5.0 broker on io_uring.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -50,9 +58,33 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
 
-    /// Directory for the per-shard logs.
+    /// Directory for the per-shard logs: sessions, subscriptions, queued
+    /// QoS 1/2 messages and retained messages survive a restart there.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// Keep everything in memory, write nothing (a restart loses every
+    /// session, queue and retained message).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub in_memory: bool,
+
+    /// When logged messages reach the disk. Every mode logs a message before
+    /// its PUBACK/PUBREC, so all survive `kill -9`. none: never msync (power
+    /// loss may lose ~30 s); always: acks wait for a group msync (power loss
+    /// loses nothing acknowledged); interval=D: msync every D, acks do not
+    /// wait (power loss loses at most D).
+    #[arg(long, value_name = "MODE", default_value = "interval=1s")]
+    pub sync: crate::config::SyncMode,
+
+    /// Bytes per log segment file (preallocated).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_SEGMENT_BYTES)]
+    pub segment_size: usize,
+
+    /// A corrupt record before the log's tail: strict refuses to start
+    /// (naming segment and offset); truncate drops the rest of that segment
+    /// and starts. A torn tail is always cut off.
+    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = recovery_mode)]
+    pub recovery: crate::storage::RecoveryMode,
 
     /// Connections accepted at once, whole broker.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
@@ -129,7 +161,10 @@ impl Cli {
         let config = Config {
             listen: self.listen,
             cores: self.cores.unwrap_or(defaults.cores),
-            data_dir: self.data_dir,
+            data_dir: (!self.in_memory).then_some(self.data_dir),
+            sync: self.sync,
+            segment_size: self.segment_size,
+            recovery: self.recovery,
             max_connections: self.max_connections,
             max_packet_bytes: self.max_packet_size,
             max_inflight: self.max_inflight,
@@ -159,6 +194,33 @@ mod tests {
         let c = cli.into_config().expect("valid");
         assert_eq!(c.listen[0].to_string(), "127.0.0.1:1883");
         assert_eq!(c.v3_session_expiry, None);
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("./ringmq-data")));
+        assert_eq!(
+            c.sync,
+            crate::config::SyncMode::Interval(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn storage_flags() {
+        use crate::config::SyncMode;
+        let c = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.into_config().map_err(|e| e.to_string()))
+        };
+        assert_eq!(c(&["--sync", "always"]).unwrap().sync, SyncMode::Always);
+        assert_eq!(c(&["--sync", "none"]).unwrap().sync, SyncMode::None);
+        assert_eq!(
+            c(&["--sync", "interval=250ms"]).unwrap().sync,
+            SyncMode::Interval(Duration::from_millis(250))
+        );
+        assert!(c(&["--sync", "sometimes"]).unwrap_err().contains("not a sync mode"));
+        assert!(c(&["--sync", "interval=0s"]).is_err());
+        assert!(c(&["--in-memory"]).unwrap().data_dir.is_none());
+        assert!(c(&["--in-memory", "--data-dir", "x"]).is_err());
+        assert!(c(&["--recovery", "maybe"]).is_err());
+        assert!(c(&["--segment-size", "1000"]).unwrap_err().contains("segment-size"));
     }
 
     #[test]

@@ -15,6 +15,53 @@ pub const DEFAULT_MAX_CONNECT_BYTES: usize = 64 * 1024;
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./ringmq-data";
 
+/// Default `--segment-size`.
+pub const DEFAULT_SEGMENT_BYTES: usize = 64 << 20;
+
+/// When the log's writes reach the disk. Every mode writes a message to the
+/// log (the page cache, through the map) before its PUBACK/PUBREC, so every
+/// mode survives a crash of the broker process (`kill -9`); they differ on
+/// power loss or a kernel crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Never msync (the kernel writes back on its own, within ~30 s):
+    /// power loss may lose what the kernel had not written yet.
+    None,
+    /// Group commit: one msync per shard covers every message logged since
+    /// the last, and their acknowledgements wait for it. Nothing
+    /// acknowledged is lost on power loss.
+    Always,
+    /// msync every interval, acknowledgements not waiting: power loss
+    /// loses at most the last interval.
+    Interval(Duration),
+}
+
+impl Default for SyncMode {
+    fn default() -> Self {
+        SyncMode::Interval(Duration::from_secs(1))
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SyncMode, String> {
+        match s {
+            "none" => Ok(SyncMode::None),
+            "always" => Ok(SyncMode::Always),
+            _ => match s.strip_prefix("interval=") {
+                Some(d) => match parse_duration(d)? {
+                    d if d.is_zero() => Err("a sync interval must be greater than 0".into()),
+                    d => Ok(SyncMode::Interval(d)),
+                },
+                None => Err(format!(
+                    "'{s}' is not a sync mode: none, always or interval=DURATION (e.g. interval=1s)"
+                )),
+            },
+        }
+    }
+}
+
 /// Everything the broker needs to start. Immutable once the shards run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -22,8 +69,16 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Number of shards (one executor thread each).
     pub cores: usize,
-    /// Where the per-shard logs live.
-    pub data_dir: PathBuf,
+    /// Where the per-shard logs live; `None` keeps everything in memory
+    /// (nothing survives a restart). The binary defaults to
+    /// [`DEFAULT_DATA_DIR`]; an embedded broker to memory.
+    pub data_dir: Option<PathBuf>,
+    /// When a logged write is made durable (see [`SyncMode`]).
+    pub sync: SyncMode,
+    /// Bytes per log segment file.
+    pub segment_size: usize,
+    /// What recovery does with a corrupt record before the log's tail.
+    pub recovery: crate::storage::RecoveryMode,
     /// Connections accepted at once, whole broker; more are refused.
     pub max_connections: usize,
     /// Largest packet accepted from a client, fixed header included.
@@ -62,7 +117,10 @@ impl Default for Config {
                 .parse()
                 .expect("invariant: valid default address")],
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            data_dir: None,
+            sync: SyncMode::default(),
+            segment_size: DEFAULT_SEGMENT_BYTES,
+            recovery: crate::storage::RecoveryMode::Strict,
             max_connections: 100_000,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight: 64,
@@ -103,7 +161,15 @@ pub enum ConfigError {
     /// Max packet size outside what MQTT can express or too small for CONNECT.
     #[error("--max-packet-size must be between 64 and 268435460 bytes, not {0}")]
     PacketSize(usize),
+    /// A segment size out of range.
+    #[error("--segment-size must be between 1 MiB and 1 GiB, not {0}")]
+    SegmentSize(usize),
 }
+
+/// Smallest `--segment-size`.
+pub const MIN_SEGMENT_BYTES: usize = 1 << 20;
+/// Largest `--segment-size`.
+pub const MAX_SEGMENT_BYTES: usize = 1 << 30;
 
 /// Most shards the broker runs (the mesh is a full graph of channels).
 pub const MAX_CORES: usize = 256;
@@ -144,6 +210,9 @@ impl Config {
             return Err(ConfigError::Zero {
                 flag: "shutdown-timeout",
             });
+        }
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_size) {
+            return Err(ConfigError::SegmentSize(self.segment_size));
         }
         if !(64..=268_435_460).contains(&self.max_packet_bytes) {
             return Err(ConfigError::PacketSize(self.max_packet_bytes));

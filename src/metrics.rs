@@ -27,6 +27,8 @@ pub struct Metrics {
     pub accept_errors: u64,
     pub slow_consumers: u64,
     pub slow_consumer_drops: u64,
+    pub log_append_errors: u64,
+    pub log_refused: u64,
 }
 
 impl Metrics {
@@ -56,10 +58,12 @@ impl Metrics {
         self.accept_errors += o.accept_errors;
         self.slow_consumers += o.slow_consumers;
         self.slow_consumer_drops += o.slow_consumer_drops;
+        self.log_append_errors += o.log_append_errors;
+        self.log_refused += o.log_refused;
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 16] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 22] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -77,6 +81,12 @@ impl Metrics {
             ("errors/malformed", self.malformed_packets),
             ("errors/protocol", self.protocol_errors),
             ("errors/keepalive", self.keepalive_timeouts),
+            ("errors/accept", self.accept_errors),
+            ("errors/sys_publish_refused", self.sys_publishes_refused),
+            ("clients/slow_consumers", self.slow_consumers),
+            ("publish/messages/dropped_slow_consumer", self.slow_consumer_drops),
+            ("log/append_errors", self.log_append_errors),
+            ("log/publishes_refused", self.log_refused),
         ]
     }
 }

@@ -55,6 +55,10 @@ impl Pending {
         self.slots.push_back(Some(d));
     }
 
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Delivery)) {
+        self.slots.iter().flatten().for_each(&mut f);
+    }
+
     pub(crate) fn front(&self) -> Option<&Delivery> {
         self.slots.front().and_then(Option::as_ref)
     }

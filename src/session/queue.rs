@@ -31,6 +31,10 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions (MQTT 5).
     pub subscription_ids: Vec<u32>,
+    /// The id of the message's record in this shard's log, when it was
+    /// logged for this (persistent) session: what happens to it is then
+    /// reported in [`Session::journal`].
+    pub stored: Option<u64>,
 }
 
 impl Delivery {
@@ -42,6 +46,29 @@ impl Delivery {
             + self.subscription_ids.len() * std::mem::size_of::<u32>()
             + self.msg.held_bytes()
     }
+}
+
+/// What happened to a logged delivery, for the shard to log in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    /// A QoS 2 delivery went out with this packet id: after a restart it
+    /// must be resent with the same id, or the client could receive it twice.
+    Sent {
+        /// The message's log id.
+        stored: u64,
+        /// The packet id it went out with.
+        packet_id: u16,
+    },
+    /// PUBREC arrived: after a restart only the PUBREL is resent.
+    Received {
+        /// The message's log id.
+        stored: u64,
+    },
+    /// The delivery ended: acknowledged, refused, dropped or expired.
+    Done {
+        /// The message's log id.
+        stored: u64,
+    },
 }
 
 /// Why a message was not delivered.
@@ -96,6 +123,8 @@ pub struct Session {
     pub awaiting_rel: HashSet<u16>,
     /// Messages dropped since the session began.
     pub dropped: u64,
+    /// What happened to logged deliveries since the shard last took it.
+    pub journal: Vec<Journal>,
 }
 
 impl Session {
@@ -112,6 +141,7 @@ impl Session {
             next_id: 0,
             awaiting_rel: HashSet::new(),
             dropped: 0,
+            journal: Vec::new(),
         }
     }
 
@@ -201,6 +231,7 @@ impl Session {
         let expired = d.msg.is_expired(now);
         if expired {
             self.dropped += 1;
+            self.done(d);
         }
         expired
     }
@@ -224,6 +255,7 @@ impl Session {
         let len = d.held_bytes();
         if len > self.limits.max_queued_bytes {
             self.dropped += 1;
+            self.done(&d);
             return Some(DropReason::QueueFull);
         }
         while !self.pending.is_empty()
@@ -231,7 +263,9 @@ impl Session {
                 || self.pending.bytes() + len > self.limits.max_queued_bytes)
         {
             // QoS 0 goes first, then the oldest message: O(1) either way.
-            self.pending.drop_one();
+            if let Some(gone) = self.pending.drop_one() {
+                self.done(&gone);
+            }
             self.dropped += 1;
             dropped = Some(DropReason::QueueFull);
         }
@@ -262,6 +296,12 @@ impl Session {
         let stage = if d.qos == QoS::AtLeastOnce {
             Awaiting::PubAck
         } else {
+            if let Some(stored) = d.stored {
+                self.journal.push(Journal::Sent {
+                    stored,
+                    packet_id: id.get(),
+                });
+            }
             Awaiting::PubRec
         };
         self.inflight.push_back(Inflight {
@@ -316,6 +356,7 @@ impl Session {
             if d.msg.is_expired(now) {
                 expired += 1;
                 self.dropped += 1;
+                self.done(&d);
                 continue;
             }
             self.send_new(d, now, out);
@@ -328,7 +369,15 @@ impl Session {
             .inflight
             .iter()
             .position(|f| f.id == id && f.stage == stage)?;
-        self.inflight.remove(at)
+        let f = self.inflight.remove(at)?;
+        self.done(&f.delivery);
+        Some(f)
+    }
+
+    fn done(&mut self, d: &Delivery) {
+        if let Some(stored) = d.stored {
+            self.journal.push(Journal::Done { stored });
+        }
     }
 
     /// PUBACK received: the QoS 1 delivery is done. Returns false for an
@@ -363,11 +412,18 @@ impl Session {
             return false;
         };
         if reason.is_error() {
-            self.inflight.remove(at);
+            if let Some(f) = self.inflight.remove(at) {
+                self.done(&f.delivery);
+            }
             self.drain(now, out);
             return true;
         }
         if let Some(f) = self.inflight.get_mut(at) {
+            if f.stage == Awaiting::PubRec {
+                if let Some(stored) = f.delivery.stored {
+                    self.journal.push(Journal::Received { stored });
+                }
+            }
             f.stage = Awaiting::PubComp;
         }
         out.push(Packet::PubRel(Ack::new(id)));
@@ -387,10 +443,43 @@ impl Session {
     /// client's Maximum Packet Size cannot take, [MQTT-3.1.2-25]).
     pub fn complete(&mut self, id: PacketId, now: Instant, out: &mut Vec<Packet>) {
         if let Some(at) = self.inflight.iter().position(|f| f.id == id) {
-            self.inflight.remove(at);
+            if let Some(f) = self.inflight.remove(at) {
+                self.done(&f.delivery);
+            }
             self.dropped += 1;
             self.drain(now, out);
         }
+    }
+
+    /// Puts back a delivery recovered from the log: into the inflight window
+    /// with its packet id if it had been sent (QoS 2; `received` once
+    /// PUBREC had come), else at the back of the pending queue. Recovery
+    /// restores in log order, which is the order they were queued in.
+    pub fn restore(&mut self, d: Delivery, sent: Option<(u16, bool)>) {
+        match sent.and_then(|(id, received)| Some((PacketId::new(id)?, received))) {
+            Some((id, received)) => self.inflight.push_back(Inflight {
+                id,
+                stage: if received {
+                    Awaiting::PubComp
+                } else {
+                    Awaiting::PubRec
+                },
+                delivery: d,
+            }),
+            None => self.pending.push_back(d),
+        }
+    }
+
+    /// Every delivery the session holds, oldest first, with its packet id
+    /// and whether PUBREC came for those sent at QoS 2 (what a checkpoint
+    /// writes).
+    pub fn for_each_delivery(&self, mut f: impl FnMut(&Delivery, Option<(u16, bool)>)) {
+        for i in &self.inflight {
+            let sent = (i.delivery.qos == QoS::ExactlyOnce)
+                .then_some((i.id.get(), i.stage == Awaiting::PubComp));
+            f(&i.delivery, sent);
+        }
+        self.pending.for_each(|d| f(d, None));
     }
 
     /// A client reconnected to this session: resend every unacknowledged

@@ -35,7 +35,7 @@ impl Shard {
         Flow::Close
     }
 
-    fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_queued_messages: self.config.max_queued_messages,
             max_queued_bytes: self.config.max_queued_bytes,
@@ -152,6 +152,7 @@ impl Shard {
                     expiry,
                     will: None,
                     drop_logged: false,
+                    sid: 0,
                 })
             }
         };
@@ -167,6 +168,7 @@ impl Shard {
         e.version = c.protocol;
         e.session.set_window(window);
         conn.session.set(Some(key));
+        self.log_session(key);
         if v5 {
             if c.keep_alive > max_keepalive {
                 props.server_keep_alive = Some(max_keepalive);

@@ -51,6 +51,8 @@ pub struct ShardStart {
     pub receivers: Vec<Option<PipeReceiver<Batch>>>,
     /// Where to report the bound addresses (or the bind error).
     pub bound: mpsc::Sender<io::Result<Vec<SocketAddr>>>,
+    /// The shard's log and what it recovered, when the broker persists.
+    pub storage: Option<super::persist::ShardStorage>,
 }
 
 /// Runs one shard until shutdown.
@@ -63,7 +65,22 @@ pub async fn run(start: ShardStart) {
         senders,
         receivers,
         bound,
+        storage,
     } = start;
+    let shard = Rc::new(RefCell::new(Shard::new(id, nr_shards, config.clone(), shared)));
+    if let Some(st) = storage {
+        let mut s = shard.borrow_mut();
+        s.store = Some(super::persist::Store::new(st.log, config.sync, &st.recovered));
+        s.restore(st.recovered, &st.retained, Instant::now());
+        if st.checkpoint_first {
+            if let Err(e) = s.checkpoint() {
+                let _ = bound.send(Err(io::Error::other(format!(
+                    "shard {id}: cannot write the re-homed sessions: {e}"
+                ))));
+                return;
+            }
+        }
+    }
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for addr in &config.listen {
@@ -81,7 +98,6 @@ pub async fn run(start: ShardStart) {
         }
     }
     let _ = bound.send(Ok(addrs));
-    let shard = Rc::new(RefCell::new(Shard::new(id, nr_shards, config, shared)));
 
     for (peer, tx) in senders.into_iter().enumerate() {
         if let Some(tx) = tx {
@@ -94,6 +110,32 @@ pub async fn run(start: ShardStart) {
         }
     }
     glommio::spawn_local(stuck_watchdog(shard.clone())).detach();
+    let mut commit = None;
+    if shard.borrow().store.is_some() && config.sync != crate::config::SyncMode::None {
+        match super::persist::SyncThread::start(id) {
+            Ok(t) => {
+                commit = Some(glommio::spawn_local(super::persist::commit_loop(
+                    shard.clone(),
+                    t,
+                )))
+            }
+            Err(e) => tracing::error!(shard = id, error = %e, "cannot start the sync thread"),
+        }
+    }
+    // Recovered subscriptions are routed to from every shard before the
+    // first client is served.
+    let barrier = shard.borrow().broadcasts;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while barrier > 0 && Instant::now() < deadline {
+        let applied = {
+            let s = shard.borrow();
+            (0..nr_shards).all(|p| p == id || s.acked[p] >= barrier)
+        };
+        if applied {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
     let mut accepting = Vec::new();
     for l in listeners {
         accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l)));
@@ -139,9 +181,24 @@ pub async fn run(start: ShardStart) {
         t.cancel().await;
     }
     // Let the sender loops see "stopping and no connections" and end.
+    {
+        let mut s = shard.borrow_mut();
+        for w in s.mesh_wakers.iter_mut().filter_map(Option::take) {
+            w.wake();
+        }
+        if let Some(st) = s.store.as_mut() {
+            st.want_sync();
+        }
+    }
+    if let Some(c) = commit {
+        c.await;
+    }
+    // Whatever the mode, a clean stop leaves the log on disk.
     let mut s = shard.borrow_mut();
-    for w in s.mesh_wakers.iter_mut().filter_map(Option::take) {
-        w.wake();
+    if let Some(st) = s.store.as_mut() {
+        if let Err(e) = st.log.take_sync_batch().run() {
+            tracing::error!(shard = id, error = %e, "log msync at shutdown failed");
+        }
     }
 }
 

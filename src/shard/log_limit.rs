@@ -67,6 +67,8 @@ pub struct LogLimits {
     pub connects: LogLimit,
     /// Slow consumers starting to lose QoS 0 messages.
     pub slow_consumer: LogLimit,
+    /// The log failing to append (full disk).
+    pub log_errors: LogLimit,
 }
 
 impl Default for LogLimits {
@@ -75,6 +77,7 @@ impl Default for LogLimits {
             accept_failed: LogLimit::default(),
             over_limit: LogLimit::default(),
             refused: LogLimit::new(5),
+            log_errors: LogLimit::default(),
             bad_connect: LogLimit::new(5),
             keepalive: LogLimit::new(5),
             takeover: LogLimit::new(5),

@@ -58,6 +58,10 @@ pub enum ShardMsg {
         /// The message, or `None` to delete.
         msg: Option<Arc<Message>>,
     },
+    /// The receiver has logged the first `n` `Deliver` messages the sender
+    /// sent it (counted over the pair's life): QoS 1/2 acknowledgements wait
+    /// for it.
+    Stored(u64),
     /// Counters for `$SYS`, sent to shard 0.
     Stats(Metrics),
     /// A connection whose session this shard owns: the socket (a dup'ed fd
@@ -136,6 +140,7 @@ pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: Pi
                     other => s.on_mesh(from, other, now),
                 }
             }
+            s.report_stored();
         }
         for m in adopts {
             if let ShardMsg::Adopt {

@@ -17,6 +17,7 @@ mod connect;
 mod connection;
 mod log_limit;
 mod mesh;
+pub mod persist;
 pub mod pipe;
 mod publish;
 mod read_buf;
@@ -62,6 +63,20 @@ pub struct Shared {
     /// Accepted sockets that have not finished CONNECT yet; they count
     /// against `--max-connections` too.
     pub pending: AtomicUsize,
+    /// Per shard: its log could not allocate a segment (disk full).
+    pub log_full: Vec<AtomicBool>,
+    /// How many of `log_full` are set: one load on the publish path.
+    pub logs_full: AtomicUsize,
+}
+
+impl Shared {
+    /// State for `shards` shards.
+    pub fn new(shards: usize) -> Shared {
+        Shared {
+            log_full: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            ..Shared::default()
+        }
+    }
 }
 
 impl Shared {
@@ -136,6 +151,9 @@ pub(crate) struct SessionEntry {
     /// Set after a drop was logged, cleared when the queue drains: one log
     /// line per burst of drops.
     pub drop_logged: bool,
+    /// The session's id in this shard's log; 0 when it is not logged
+    /// (in memory, or a session that ends with its connection).
+    pub sid: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,13 +162,24 @@ pub(crate) enum TimerKey {
     Expire { session: u32, generation: u64 },
 }
 
-/// A SUBACK (or the PUBACK/PUBREC of a retained publish) held until every
-/// shard has applied the broadcast it caused.
+/// What an acknowledgement waits for: every shard applied broadcast
+/// `barrier` (a SUBACK, a retained PUBACK); this shard's log is durable up
+/// to `ticket` (`--sync always`); each `(shard, n)` in `remote` has logged
+/// the first `n` deliveries this shard sent it. Zero and empty wait for nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    pub barrier: u64,
+    pub ticket: u64,
+    pub remote: Vec<(usize, u64)>,
+}
+
+/// An acknowledgement (SUBACK, PUBACK, PUBREC) held at its [`Gate`].
+/// Released in order, so one connection's acknowledgements keep theirs.
 #[derive(Debug)]
 pub(crate) struct Deferred {
     pub conn: Rc<Conn>,
     pub session: u32,
-    pub barrier: u64,
+    pub gate: Gate,
     pub ack: Packet,
     pub retained: Vec<Delivery>,
 }
@@ -199,6 +228,18 @@ pub struct Shard {
     pub congestion: Congestion,
     /// Rate limits of the log lines a flood would repeat.
     pub log_limits: LogLimits,
+    /// The log, when the broker persists.
+    pub store: Option<persist::Store>,
+    /// Per peer: `Deliver` messages sent to it, and how many of those it
+    /// reported logged (what a QoS 1/2 acknowledgement waits for).
+    pub(crate) delivers_sent: Vec<u64>,
+    pub(crate) delivers_stored: Vec<u64>,
+    /// Per peer: `Deliver` messages received, and whether a report is due.
+    pub(crate) delivers_received: Vec<u64>,
+    pub(crate) report_due: Vec<bool>,
+    /// Peers the publish being handled went to, with their delivery counts.
+    pub(crate) routed_remote: Vec<(usize, u64)>,
+    pub(crate) scratch_deliveries: Vec<(u32, Delivery)>,
 }
 
 impl Shard {
@@ -235,6 +276,13 @@ impl Shard {
             stopping: false,
             congestion: Congestion::default(),
             log_limits: LogLimits::default(),
+            store: None,
+            delivers_sent: vec![0; nr_shards],
+            delivers_stored: vec![0; nr_shards],
+            delivers_received: vec![0; nr_shards],
+            report_due: vec![false; nr_shards],
+            routed_remote: Vec::new(),
+            scratch_deliveries: Vec::new(),
         }
     }
 
@@ -275,6 +323,7 @@ impl Shard {
             return;
         };
         self.metrics.sessions -= 1;
+        self.log_session_end(e.sid);
         self.by_client.remove(&e.client_id);
         for filter in e.subscriptions.keys() {
             self.subs.remove(filter, |s| s.session == key);
@@ -387,6 +436,9 @@ impl Shard {
             ),
             None => {}
         }
+        if expiry != Some(Duration::ZERO) {
+            self.log_session(key);
+        }
     }
 
     fn on_timer(&mut self, key: TimerKey, now: Instant) {
@@ -402,6 +454,7 @@ impl Shard {
                 let client = e.client_id.clone();
                 if let Some(will) = e.will.take() {
                     self.publish_will(&client, will, now);
+                    self.log_session(session);
                 }
             }
             TimerKey::Expire {
@@ -459,6 +512,7 @@ impl Shard {
         for key in self.timers.pop_expired(now) {
             self.on_timer(key, now);
         }
+        self.maybe_checkpoint();
         if let (Some(at), Some(every)) = (self.next_sys, self.config.sys_interval) {
             if now >= at {
                 self.next_sys = Some(now + every);

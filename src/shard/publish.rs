@@ -11,7 +11,7 @@ use crate::protocol::{Ack, LastWill, MqttStr, Packet, PublishProperties, QoS, Re
 use crate::session::{Delivery, Message};
 use crate::topic::TopicName;
 
-use super::{Conn, Flow, Shard, ShardMsg, TOPIC_ALIAS_MAX};
+use super::{Conn, Flow, Gate, Shard, ShardMsg, TOPIC_ALIAS_MAX};
 
 /// A set of shard indexes (up to [`crate::config::MAX_CORES`]).
 #[derive(Default)]
@@ -57,9 +57,12 @@ impl Shard {
                 Flow::Continue
             }
             Packet::PubRel(a) => {
-                let known = self
-                    .entry(key)
-                    .is_some_and(|e| e.session.awaiting_rel.remove(&a.packet_id.get()));
+                let (known, sid) = self.entry(key).map_or((false, 0), |e| {
+                    (e.session.awaiting_rel.remove(&a.packet_id.get()), e.sid)
+                });
+                if known {
+                    self.log_rel(sid, a.packet_id.get(), false);
+                }
                 let mut comp = Ack::new(a.packet_id);
                 if !known {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -147,13 +150,51 @@ impl Shard {
             return Flow::Close;
         };
         let publisher = e.client_id.clone();
+        let sid = e.sid;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             // [MQTT-4.3.3-10] (v5): until PUBREL, a resent QoS 2 PUBLISH is
             // acknowledged, not delivered again.
-            if !e.session.awaiting_rel.insert(id.get()) {
-                self.send(conn, &Packet::PubRec(Ack::new(id)));
+            if e.session.awaiting_rel.contains(&id.get()) {
+                let ack = Packet::PubRec(Ack::new(id));
+                self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
                 return Flow::Continue;
             }
+        }
+        if p.qos != QoS::AtMostOnce && self.log_refuses(&topic) {
+            // A log this message needs is out of space: refused, not
+            // acknowledged and then lost.
+            self.metrics.log_refused += 1;
+            if let Some(held) = self.log_limits.log_errors.allow(now) {
+                tracing::warn!(
+                    client_id = &*publisher,
+                    topic = topic.as_str(),
+                    held_back = held,
+                    "publish refused: the log is out of space"
+                );
+            }
+            let Some(id) = p.packet_id else {
+                return Flow::Close;
+            };
+            if !conn.version.is_v5() {
+                // 3.1.1 has no negative acknowledgement: close, the client resends.
+                conn.close_reason.set(Some(ReasonCode::QUOTA_EXCEEDED));
+                return Flow::Close;
+            }
+            let mut a = Ack::new(id);
+            a.reason = ReasonCode::QUOTA_EXCEEDED;
+            let ack = if p.qos == QoS::AtLeastOnce {
+                Packet::PubAck(a)
+            } else {
+                Packet::PubRec(a)
+            };
+            self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
+            return Flow::Continue;
+        }
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+            if let Some(e) = self.entry(key) {
+                e.session.awaiting_rel.insert(id.get());
+            }
+            self.log_rel(sid, id.get(), true);
         }
         let expires_at = p
             .properties
@@ -174,6 +215,7 @@ impl Shard {
             expires_at,
         });
         // $SYS belongs to the broker: client publishes there are acknowledged and dropped.
+        self.routed_remote.clear();
         let barrier = if msg.topic.is_broker_sys() {
             self.refuse_sys(&msg.publisher, msg.topic.as_str());
             None
@@ -186,8 +228,14 @@ impl Shard {
             _ => return Flow::Continue,
         };
         // A retained message is acknowledged once every shard stores it, so
-        // a subscriber anywhere that subscribes after the PUBACK gets it.
-        self.answer_after(conn, key, barrier, ack, Vec::new(), now);
+        // a subscriber anywhere that subscribes after the PUBACK gets it;
+        // a logged one once every log it went to has it.
+        let gate = Gate {
+            barrier: barrier.unwrap_or(0),
+            ticket: self.ack_ticket(),
+            remote: std::mem::take(&mut self.routed_remote),
+        };
+        self.answer_after(conn, key, gate, ack, Vec::new(), now);
         Flow::Continue
     }
 
@@ -217,6 +265,7 @@ impl Shard {
     }
 
     fn set_retained(&mut self, topic: TopicName, msg: Option<Arc<Message>>) {
+        self.log_retained(&topic, msg.as_ref());
         match msg {
             Some(m) => {
                 self.retained.insert(&topic, m);
@@ -232,10 +281,15 @@ impl Shard {
         let mut shards = ShardSet::default();
         self.interest
             .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
+        let logged = self.store.is_some() && msg.qos != QoS::AtMostOnce;
         for s in shards.iter() {
             if s == self.id {
                 self.deliver_local(&msg, now);
             } else {
+                self.delivers_sent[s] += 1;
+                if logged {
+                    self.routed_remote.push((s, self.delivers_sent[s]));
+                }
                 self.mesh_send(s, ShardMsg::Deliver(msg.clone()));
             }
         }
@@ -246,7 +300,9 @@ impl Shard {
     /// identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]).
     pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>, now: Instant) {
         let mut matches = std::mem::take(&mut self.scratch_matches);
+        let mut ds = std::mem::take(&mut self.scratch_deliveries);
         matches.clear();
+        ds.clear();
         self.subs.match_topic(&msg.topic, |e| matches.push(*e));
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|m| m.session);
@@ -286,11 +342,17 @@ impl Shard {
                     qos: msg.qos.min(q),
                     retain,
                     subscription_ids: ids,
+                    stored: None,
                 };
-                self.deliver_to(key, d, false, now);
+                ds.push((key, d));
             }
         }
         self.scratch_matches = matches;
+        self.log_message(msg, &mut ds);
+        for (key, d) in ds.drain(..) {
+            self.deliver_to(key, d, false, now);
+        }
+        self.scratch_deliveries = ds;
     }
 
     /// Delivers `d` to session `key`; `queued` sends it through the session's
@@ -334,6 +396,9 @@ impl Shard {
     /// client's Maximum Packet Size cannot take is discarded as if delivered
     /// ([MQTT-3.1.2-25]).
     pub(crate) fn flush_packets(&mut self, key: u32, out: &mut Vec<Packet>, now: Instant) {
+        if self.store.is_some() {
+            self.log_journal(key);
+        }
         if let Some(e) = self.entry(key) {
             if e.session.take_blocked() {
                 if let Some(c) = &e.conn {
@@ -460,10 +525,32 @@ impl Shard {
         self.publish_message(msg, now);
     }
 
+    /// After a mesh batch: tells each peer whose QoS 1/2 deliveries were
+    /// handled how many of its deliveries are now logged here.
+    pub fn report_stored(&mut self) {
+        for peer in 0..self.nr_shards {
+            if std::mem::take(&mut self.report_due[peer]) {
+                let n = self.delivers_received[peer];
+                self.send_when_durable(peer, ShardMsg::Stored(n));
+            }
+        }
+    }
+
     /// A mesh message from shard `from` (everything but connection handoffs).
     pub fn on_mesh(&mut self, from: usize, msg: ShardMsg, now: Instant) {
         match msg {
-            ShardMsg::Deliver(m) => self.deliver_local(&m, now),
+            ShardMsg::Deliver(m) => {
+                self.delivers_received[from] += 1;
+                if self.store.is_some() && m.qos != QoS::AtMostOnce {
+                    self.report_due[from] = true;
+                }
+                self.deliver_local(&m, now)
+            }
+            ShardMsg::Stored(n) => {
+                let s = &mut self.delivers_stored[from];
+                *s = (*s).max(n);
+                self.release_deferred(now);
+            }
             ShardMsg::Interest { filter, add } => {
                 let shard = from as u16;
                 if add {
@@ -483,7 +570,7 @@ impl Shard {
             }
             ShardMsg::Retain { topic, msg } => {
                 self.set_retained(topic, msg);
-                self.mesh_send(from, ShardMsg::Applied);
+                self.send_when_durable(from, ShardMsg::Applied);
             }
             ShardMsg::Stats(m) => {
                 if let Some(slot) = self.peer_metrics.get_mut(from) {

@@ -10,7 +10,7 @@ use crate::protocol::{
 use crate::session::Delivery;
 use crate::topic::{SubscriptionFilter, TopicFilter};
 
-use super::{Conn, Deferred, Flow, Shard, ShardMsg, SubEntry, SubOpts};
+use super::{Conn, Deferred, Flow, Gate, Shard, ShardMsg, SubEntry, SubOpts};
 
 impl Shard {
     pub(crate) fn on_subscribe(
@@ -56,6 +56,7 @@ impl Shard {
             let Some(e) = self.entry(key) else {
                 return Flow::Close;
             };
+            let sid = e.sid;
             // [MQTT-3.8.4-3] an identical filter replaces the subscription.
             let existed = e.subscriptions.insert(filter.clone(), opts).is_some();
             if existed {
@@ -84,6 +85,7 @@ impl Shard {
                     barrier = Some(b);
                 }
             }
+            self.log_sub(sid, &filter, Some(&opts));
             reasons.push(ReasonCode(f.options.qos as u8));
             let send_retained = match f.options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -102,7 +104,12 @@ impl Shard {
             properties: AckProperties::default(),
             reasons,
         });
-        self.answer_after(conn, key, barrier, suback, retained, now);
+        let gate = Gate {
+            barrier: barrier.unwrap_or(0),
+            ticket: self.ack_ticket(),
+            remote: Vec::new(),
+        };
+        self.answer_after(conn, key, gate, suback, retained, now);
         Flow::Continue
     }
 
@@ -112,21 +119,43 @@ impl Shard {
         &mut self,
         conn: &Rc<Conn>,
         key: u32,
-        barrier: Option<u64>,
+        gate: Gate,
         ack: Packet,
         retained: Vec<Delivery>,
         now: Instant,
     ) {
-        match barrier {
-            Some(barrier) if self.nr_shards > 1 => self.deferred.push_back(Deferred {
-                conn: conn.clone(),
-                session: key,
-                barrier,
-                ack,
-                retained,
-            }),
-            _ => self.answer_subscribe(conn, key, &ack, retained, now),
+        if self.deferred.is_empty() && self.gate_open(&gate) {
+            return self.answer_subscribe(conn, key, &ack, retained, now);
         }
+        let wants_sync = gate.ticket > 0;
+        self.deferred.push_back(Deferred {
+            conn: conn.clone(),
+            session: key,
+            gate,
+            ack,
+            retained,
+        });
+        if wants_sync {
+            if let Some(st) = self.store.as_mut() {
+                st.want_sync();
+            }
+        }
+    }
+
+    fn gate_open(&self, g: &Gate) -> bool {
+        if g.barrier > 0
+            && (0..self.nr_shards)
+                .filter(|&s| s != self.id)
+                .any(|s| self.acked[s] < g.barrier)
+        {
+            return false;
+        }
+        if g.ticket > self.store.as_ref().map_or(0, |s| s.synced) {
+            return false;
+        }
+        g.remote
+            .iter()
+            .all(|&(peer, n)| self.delivers_stored[peer] >= n)
     }
 
     fn answer_subscribe(
@@ -139,6 +168,9 @@ impl Shard {
     ) {
         self.send(conn, ack);
         for d in retained {
+            let mut one = [(key, d)];
+            self.log_message(&one[0].1.msg.clone(), &mut one);
+            let [(_, d)] = one;
             self.deliver_to(key, d, true, now);
         }
     }
@@ -161,6 +193,7 @@ impl Shard {
                 qos: m.qos.min(opts.qos),
                 retain: true,
                 subscription_ids: opts.id.into_iter().collect(),
+                stored: None,
             });
             true
         });
@@ -177,7 +210,7 @@ impl Shard {
     /// Counts one more local subscription to `filter`; the first one adds
     /// this shard to every shard's interest table and returns the barrier
     /// (broadcast count) a SUBACK must wait for.
-    fn hold_filter(&mut self, filter: &TopicFilter) -> Option<u64> {
+    pub(crate) fn hold_filter(&mut self, filter: &TopicFilter) -> Option<u64> {
         let n = self.filter_refs.entry(filter.clone()).or_insert(0);
         *n += 1;
         if *n > 1 {
@@ -219,12 +252,7 @@ impl Shard {
 
     /// Sends the acknowledgements whose broadcast every peer has applied.
     pub(crate) fn release_deferred(&mut self, now: Instant) {
-        let done = (0..self.nr_shards)
-            .filter(|&s| s != self.id)
-            .map(|s| self.acked[s])
-            .min()
-            .unwrap_or(u64::MAX);
-        while self.deferred.front().is_some_and(|d| d.barrier <= done) {
+        while self.deferred.front().is_some_and(|d| self.gate_open(&d.gate)) {
             let Some(d) = self.deferred.pop_front() else {
                 break;
             };
@@ -246,6 +274,8 @@ impl Shard {
                 .entry(key)
                 .is_some_and(|e| e.subscriptions.remove(&filter).is_some());
             if removed {
+                let sid = self.entry(key).map_or(0, |e| e.sid);
+                self.log_sub(sid, &filter, None);
                 self.subs.remove(&filter, |s| s.session == key);
                 self.release_filter(&filter);
                 reasons.push(ReasonCode::SUCCESS);

@@ -29,6 +29,14 @@ mod tests;
 
 pub use dir::DataDir;
 
+/// fsyncs a directory, so a created, renamed or removed name in it is durable.
+///
+/// # Errors
+/// The directory cannot be opened or synced.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    segment::sync_dir(dir)
+}
+
 /// Record kinds below this belong to the log itself.
 pub const FIRST_USER_KIND: u8 = 16;
 const CHECKPOINT_BEGIN: u8 = 1;

@@ -57,6 +57,11 @@ impl<V> RetainedIndex<V> {
         self.len == 0
     }
 
+    /// Every stored value, in no particular order (freed nodes hold none).
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.nodes.iter().filter_map(|n| n.value.as_ref())
+    }
+
     fn node(&self, i: u32) -> &Node<V> {
         &self.nodes[i as usize]
     }

@@ -34,6 +34,7 @@ fn d(payload: &'static str, qos: QoS) -> Delivery {
         qos,
         retain: false,
         subscription_ids: vec![],
+        stored: None,
     }
 }
 
@@ -242,6 +243,7 @@ fn message_expiry() {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![],
+            stored: None,
         }
     };
     s.deliver(mk(10), false, t0, &mut out);

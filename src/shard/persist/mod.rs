@@ -1,0 +1,536 @@
+//! What a shard writes to its log and how it comes back: sessions,
+//! subscriptions, QoS 1/2 messages queued for persistent sessions and what
+//! became of each, inbound QoS 2 awaiting PUBREL, retained messages.
+//!
+//! A message is logged once per shard, with a reference for each
+//! persistent session of that shard it is queued for; a session's
+//! [`Journal`] then says when each reference is settled. Retained messages
+//! are logged by one shard each, `owner_of(topic)`, and every shard gets
+//! all of them back at start. A checkpoint rewrites the live state, so
+//! recovery and disk grow with what is live, not with history.
+
+mod boot;
+mod records;
+mod recover;
+mod sync;
+
+pub use boot::{open, Opened, ShardStorage};
+
+pub use recover::Recovered;
+pub(crate) use sync::{commit_loop, SyncThread};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::SyncMode;
+use crate::session::{Delivery, Journal, Message, Session};
+use crate::storage::{AppendError, Log};
+use crate::topic::{TopicFilter, TopicName};
+
+use super::{owner_of, SessionEntry, Shard, ShardMsg, SubOpts, TimerKey};
+use records::{wall_ms, wall_of, W};
+
+/// A shard's log and the counters that name its records.
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) log: Log,
+    w: W,
+    last_sid: u64,
+    last_msg: u64,
+    pub(crate) sync: SyncMode,
+    /// Every append up to this ticket is durable.
+    pub(crate) synced: u64,
+    /// Bytes the last checkpoint wrote: the live state's size.
+    live_bytes: u64,
+    /// Mesh messages that may leave only once the log is durable up to
+    /// their ticket (`--sync always`).
+    pub(crate) after_sync: Vec<(u64, usize, ShardMsg)>,
+    /// Set when something waits for a sync: wakes the commit task.
+    pub(crate) sync_waker: Option<std::task::Waker>,
+}
+
+impl Store {
+    /// A store over `log`, numbering on from what recovery found.
+    pub fn new(log: Log, sync: SyncMode, rec: &Recovered) -> Store {
+        let written = log.written();
+        Store {
+            live_bytes: log.since_checkpoint(),
+            log,
+            w: W::default(),
+            last_sid: rec.last_sid,
+            last_msg: rec.last_msg,
+            sync,
+            synced: written,
+            after_sync: Vec::new(),
+            sync_waker: None,
+        }
+    }
+
+    /// Asks the commit task for a sync.
+    pub(crate) fn want_sync(&mut self) {
+        if let Some(w) = self.sync_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Shard {
+    /// True if session entries of this expiry are logged.
+    pub(crate) fn is_durable(&self, expiry: Option<Duration>) -> bool {
+        self.store.is_some() && expiry != Some(Duration::ZERO)
+    }
+
+    /// Appends a record built by `f`; on a full log, says so to every shard
+    /// (QoS 1/2 publishes that need this log are refused until it has room).
+    fn append(&mut self, kind: u8, f: impl FnOnce(&mut W)) -> Option<u64> {
+        let store = self.store.as_mut()?;
+        store.w.0.clear();
+        f(&mut store.w);
+        match store.log.append(kind, &store.w.0) {
+            Ok(t) => {
+                if self.shared.log_full[self.id].swap(false, Ordering::Relaxed) {
+                    self.shared.logs_full.fetch_sub(1, Ordering::Relaxed);
+                }
+                Some(t)
+            }
+            Err(e) => {
+                self.metrics.log_append_errors += 1;
+                if matches!(e, AppendError::Full(_))
+                    && !self.shared.log_full[self.id].swap(true, Ordering::Relaxed)
+                {
+                    self.shared.logs_full.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(held) = self.log_limits.log_errors.allow(Instant::now()) {
+                    tracing::error!(shard = self.id, error = %e, held_back = held, "log append failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// The log's ticket now (what an acknowledgement must wait for under
+    /// `--sync always`), 0 when acknowledgements need not wait.
+    pub(crate) fn ack_ticket(&self) -> u64 {
+        match &self.store {
+            Some(s) if s.sync == SyncMode::Always && s.log.written() > s.synced => s.log.written(),
+            _ => 0,
+        }
+    }
+
+    /// Gives session `key` a log id if it is durable and has none yet, and
+    /// writes its state (created, reconnected, disconnected, will).
+    pub(crate) fn log_session(&mut self, key: u32) {
+        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if !self.is_durable(e.expiry) {
+            if e.sid != 0 {
+                let sid = e.sid;
+                self.log_session_end(sid);
+                if let Some(e) = self.entry(key) {
+                    e.sid = 0;
+                }
+            }
+            return;
+        }
+        let mut sid = e.sid;
+        if sid == 0 {
+            let store = self.store.as_mut().expect("invariant: durable means a store");
+            store.last_sid += 1;
+            sid = store.last_sid;
+            if let Some(e) = self.entry(key) {
+                e.sid = sid;
+            }
+        }
+        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let offline = if e.conn.is_some() { 0 } else { wall_ms() };
+        let (client, version, expiry, will) = (
+            e.client_id.clone(),
+            e.version.level(),
+            records::expiry_ms(e.expiry),
+            e.will.clone(),
+        );
+        self.append(records::SESSION, |w| {
+            w.u64(sid).str(&client).u8(version).u64(expiry).u64(offline);
+            match &will {
+                Some(will) => w.u8(1).will(will),
+                None => w.u8(0),
+            };
+        });
+    }
+
+    pub(crate) fn log_session_end(&mut self, sid: u64) {
+        if sid != 0 {
+            self.append(records::SESSION_END, |w| {
+                w.u64(sid);
+            });
+        }
+    }
+
+    pub(crate) fn log_sub(&mut self, sid: u64, filter: &TopicFilter, opts: Option<&SubOpts>) {
+        if sid == 0 {
+            return;
+        }
+        match opts {
+            Some(o) => self.append(records::SUB, |w| {
+                w.u64(sid).str(filter.as_str()).opts(o);
+            }),
+            None => self.append(records::UNSUB, |w| {
+                w.u64(sid).str(filter.as_str());
+            }),
+        };
+    }
+
+    pub(crate) fn log_rel(&mut self, sid: u64, packet_id: u16, add: bool) {
+        if sid != 0 {
+            self.append(records::REL, |w| {
+                w.u64(sid).u16(packet_id).u8(u8::from(add));
+            });
+        }
+    }
+
+    /// Logs what happened to session `key`'s logged deliveries.
+    pub(crate) fn log_journal(&mut self, key: u32) {
+        let Some(e) = self.entry(key) else { return };
+        if e.session.journal.is_empty() {
+            return;
+        }
+        let sid = e.sid;
+        let journal = std::mem::take(&mut e.session.journal);
+        for j in &journal {
+            match *j {
+                Journal::Sent { stored, packet_id } => self.append(records::SENT, |w| {
+                    w.u64(sid).u64(stored).u16(packet_id);
+                }),
+                Journal::Received { stored } => self.append(records::RECEIVED, |w| {
+                    w.u64(sid).u64(stored);
+                }),
+                Journal::Done { stored } => self.append(records::DONE, |w| {
+                    w.u64(sid).u64(stored);
+                }),
+            };
+        }
+        if let Some(e) = self.entry(key) {
+            let mut j = journal;
+            j.clear();
+            e.session.journal = j;
+        }
+    }
+
+    /// Logs `msg` once for the QoS 1/2 deliveries of `ds` that go to
+    /// durable sessions and marks them stored. False if the log refused it.
+    pub(crate) fn log_message(&mut self, msg: &Arc<Message>, ds: &mut [(u32, Delivery)]) -> bool {
+        if self.store.is_none() || msg.qos == crate::protocol::QoS::AtMostOnce {
+            return true;
+        }
+        let mut refs: Vec<(u64, usize)> = Vec::new();
+        for (i, (key, d)) in ds.iter().enumerate() {
+            if d.qos == crate::protocol::QoS::AtMostOnce {
+                continue;
+            }
+            if let Some(e) = self.sessions.get(*key as usize).and_then(Option::as_ref) {
+                if e.sid != 0 {
+                    refs.push((e.sid, i));
+                }
+            }
+        }
+        if refs.is_empty() {
+            return true;
+        }
+        let store = self.store.as_mut().expect("checked");
+        store.last_msg += 1;
+        let id = store.last_msg;
+        let now = Instant::now();
+        let expires = wall_of(msg.expires_at, now, wall_ms());
+        let ok = self
+            .append(records::MSG, |w| {
+                w.u64(id).str(&msg.publisher).u64(expires).publish(msg);
+                w.u32(refs.len() as u32);
+                for &(sid, i) in &refs {
+                    let d = &ds[i].1;
+                    w.u64(sid)
+                        .u8(d.qos as u8)
+                        .u8(u8::from(d.retain))
+                        .u16(d.subscription_ids.len() as u16);
+                    for &s in &d.subscription_ids {
+                        w.u32(s);
+                    }
+                }
+            })
+            .is_some();
+        if ok {
+            for &(_, i) in &refs {
+                ds[i].1.stored = Some(id);
+            }
+        } else {
+            self.metrics.log_refused += 1;
+        }
+        ok
+    }
+
+    /// Logs a retained message (or its removal) if this shard owns its topic.
+    pub(crate) fn log_retained(&mut self, topic: &TopicName, msg: Option<&Arc<Message>>) {
+        // `$SYS` is the broker's own, published again every interval.
+        if self.store.is_none()
+            || topic.is_broker_sys()
+            || owner_of(topic.as_str(), self.nr_shards) != self.id
+        {
+            return;
+        }
+        let now = Instant::now();
+        let wall = wall_ms();
+        self.append(records::RETAIN, |w| {
+            w.str(topic.as_str());
+            match msg {
+                None => {
+                    w.u8(0);
+                }
+                Some(m) => {
+                    w.u8(1)
+                        .str(&m.publisher)
+                        .u64(wall_of(m.expires_at, now, wall))
+                        .publish(m);
+                }
+            }
+        });
+    }
+
+    /// True if a QoS 1/2 message to `topic` would need a log that is full.
+    pub(crate) fn log_refuses(&self, topic: &TopicName) -> bool {
+        if self.shared.logs_full.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let mut full = false;
+        self.interest.match_topic(topic, |&s| {
+            full |= self.shared.log_full[usize::from(s)].load(Ordering::Relaxed);
+        });
+        full
+    }
+
+    /// Writes a checkpoint when the log has grown to four times the live
+    /// state (and past four segments): recovery then reads at most about
+    /// five times what is live.
+    pub(crate) fn maybe_checkpoint(&mut self) {
+        let Some(store) = &self.store else { return };
+        let seg = self.config.segment_size as u64;
+        if store.log.since_checkpoint() < (4 * store.live_bytes).max(4 * seg) {
+            return;
+        }
+        let started = Instant::now();
+        match self.checkpoint() {
+            Ok(removed) => {
+                let store = self.store.as_mut().expect("checked");
+                tracing::info!(
+                    shard = self.id,
+                    live_bytes = store.live_bytes,
+                    segments_removed = removed,
+                    ms = started.elapsed().as_millis() as u64,
+                    "log checkpoint written"
+                );
+            }
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "log checkpoint failed; will retry");
+            }
+        }
+    }
+
+    /// Rewrites every live record into a fresh checkpoint and deletes the
+    /// segments before it.
+    pub(crate) fn checkpoint(&mut self) -> std::io::Result<usize> {
+        let Some(store) = self.store.as_mut() else {
+            return Ok(0);
+        };
+        store
+            .log
+            .begin_checkpoint()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let keys: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&k| {
+                self.sessions[k as usize]
+                    .as_ref()
+                    .is_some_and(|e| e.sid != 0)
+            })
+            .collect();
+        // Messages by stored id, in queue order, with every reference.
+        type Refs = (Arc<Message>, Vec<(u64, Delivery)>);
+        let mut msgs: BTreeMap<u64, Refs> = BTreeMap::new();
+        let mut sent = Vec::new();
+        for &key in &keys {
+            // Session records are built from the entry, as at connect.
+            let sid = self.sessions[key as usize].as_ref().expect("filtered").sid;
+            self.log_session(key);
+            let e = self.sessions[key as usize].as_ref().expect("filtered");
+            let subs: Vec<(TopicFilter, SubOpts)> = e
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect();
+            let rel: Vec<u16> = e.session.awaiting_rel.iter().copied().collect();
+            e.session.for_each_delivery(|d, s| {
+                if let Some(id) = d.stored {
+                    msgs.entry(id)
+                        .or_insert_with(|| (d.msg.clone(), Vec::new()))
+                        .1
+                        .push((sid, d.clone()));
+                    if let Some((pid, received)) = s {
+                        sent.push((sid, id, pid, received));
+                    }
+                }
+            });
+            for (f, o) in subs {
+                self.log_sub(sid, &f, Some(&o));
+            }
+            for pid in rel {
+                self.log_rel(sid, pid, true);
+            }
+        }
+        let now = Instant::now();
+        let wall = wall_ms();
+        for (id, (msg, refs)) in &msgs {
+            let expires = wall_of(msg.expires_at, now, wall);
+            self.append(records::MSG, |w| {
+                w.u64(*id).str(&msg.publisher).u64(expires).publish(msg);
+                w.u32(refs.len() as u32);
+                for (sid, d) in refs {
+                    w.u64(*sid)
+                        .u8(d.qos as u8)
+                        .u8(u8::from(d.retain))
+                        .u16(d.subscription_ids.len() as u16);
+                    for &s in &d.subscription_ids {
+                        w.u32(s);
+                    }
+                }
+            });
+        }
+        for (sid, id, pid, received) in sent {
+            self.append(records::SENT, |w| {
+                w.u64(sid).u64(id).u16(pid);
+            });
+            if received {
+                self.append(records::RECEIVED, |w| {
+                    w.u64(sid).u64(id);
+                });
+            }
+        }
+        let retained: Vec<Arc<Message>> = self.retained.values().cloned().collect();
+        for m in retained {
+            self.log_retained(&m.topic, Some(&m));
+        }
+        let store = self.store.as_mut().expect("checked");
+        store.live_bytes = store.log.since_checkpoint();
+        let removed = store.log.end_checkpoint()?;
+        store.synced = store.log.written();
+        Ok(removed)
+    }
+
+    /// Rebuilds this shard's sessions, subscriptions and queues from `rec`,
+    /// and every shard's retained messages from `retained`. Sessions that
+    /// were online when the broker stopped count as disconnected now.
+    pub(crate) fn restore(
+        &mut self,
+        rec: Recovered,
+        retained: &HashMap<String, Arc<Message>>,
+        now: Instant,
+    ) {
+        let wall = wall_ms();
+        for (topic, m) in retained {
+            let _ = topic;
+            self.retained.insert(&m.topic, m.clone());
+        }
+        self.metrics.retained = self.retained.len() as u64;
+        let limits = self.limits();
+        for (sid, s) in rec.sessions {
+            let mut session = Session::new(limits, self.config.max_inflight);
+            for (id, d) in s.queue {
+                session.restore(
+                    Delivery {
+                        msg: d.msg,
+                        qos: d.qos,
+                        retain: d.retain,
+                        subscription_ids: d.ids,
+                        stored: Some(id),
+                    },
+                    d.sent,
+                );
+            }
+            session.awaiting_rel = s.awaiting_rel;
+            let generation = self.next_generation();
+            let was_online = s.offline_since == 0;
+            let key = self.alloc_session(SessionEntry {
+                client_id: s.client_id,
+                version: s.version,
+                session,
+                subscriptions: HashMap::new(),
+                conn: None,
+                generation,
+                expiry: s.expiry,
+                will: s.will,
+                drop_logged: false,
+                sid,
+            });
+            for (filter, opts) in s.subs {
+                if self
+                    .subs
+                    .insert(
+                        &filter,
+                        super::SubEntry {
+                            session: key,
+                            opts,
+                        },
+                    )
+                    .is_ok()
+                {
+                    self.metrics.subscriptions += 1;
+                    self.hold_filter(&filter);
+                    if let Some(e) = self.entry(key) {
+                        e.subscriptions.insert(filter, opts);
+                    }
+                }
+            }
+            // Time spent down counts against the expiry and the will delay.
+            let down = if was_online {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(wall.saturating_sub(s.offline_since))
+            };
+            self.arm_offline_timers(key, down, now);
+            if was_online {
+                self.log_session(key);
+            }
+        }
+    }
+
+    /// Arms the will and expiry timers of offline session `key`, which went
+    /// offline `down` ago.
+    fn arm_offline_timers(&mut self, key: u32, down: Duration, now: Instant) {
+        let Some(e) = self.entry(key) else { return };
+        let generation = e.generation;
+        let expiry = e.expiry;
+        if let Some(w) = &e.will {
+            let delay = Duration::from_secs(u64::from(
+                w.properties.will_delay_interval.unwrap_or(0),
+            ));
+            let at = now + delay.min(expiry.unwrap_or(Duration::MAX)).saturating_sub(down);
+            self.timers.insert(
+                at,
+                TimerKey::Will {
+                    session: key,
+                    generation,
+                },
+            );
+        }
+        if let Some(d) = expiry {
+            self.timers.insert(
+                now + d.saturating_sub(down),
+                TimerKey::Expire {
+                    session: key,
+                    generation,
+                },
+            );
+        }
+    }
+}

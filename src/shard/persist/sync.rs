@@ -1,0 +1,168 @@
+//! Group commit: msync runs on a thread of its own, so the shard goes on
+//! serving while the disk works, and one msync covers every record logged
+//! since the last.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+
+use crate::config::SyncMode;
+use crate::storage::SyncBatch;
+
+use super::super::Shard;
+
+#[derive(Debug, Default)]
+struct Done {
+    ticket: AtomicU64,
+    waker: AtomicWaker,
+}
+
+/// A thread that msyncs the batches it is given, in order.
+#[derive(Debug)]
+pub(crate) struct SyncThread {
+    tx: crossbeam_channel::Sender<SyncBatch>,
+    done: Arc<Done>,
+}
+
+impl SyncThread {
+    pub fn start(shard: usize) -> std::io::Result<SyncThread> {
+        let (tx, rx) = crossbeam_channel::unbounded::<SyncBatch>();
+        let done = Arc::new(Done::default());
+        let d = done.clone();
+        std::thread::Builder::new()
+            .name(format!("ringmq-sync-{shard}"))
+            .spawn(move || {
+                for batch in rx {
+                    if let Err(e) = batch.run() {
+                        // The pages stay dirty and the kernel retries; what
+                        // waits is released, as for a write-back error
+                        // there is nothing better to wait for.
+                        tracing::error!(shard, error = %e, "log msync failed");
+                    }
+                    d.ticket.fetch_max(batch.ticket, Ordering::Release);
+                    d.waker.wake();
+                }
+            })?;
+        Ok(SyncThread { tx, done })
+    }
+
+    async fn sync(&self, batch: SyncBatch) {
+        let ticket = batch.ticket;
+        if self.tx.send(batch).is_err() {
+            return;
+        }
+        poll_fn(|cx| {
+            self.done.waker.register(cx.waker());
+            if self.done.ticket.load(Ordering::Acquire) >= ticket {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs the shard's syncs: under `--sync always` whenever an
+/// acknowledgement waits for one, under `interval=D` every D. Ends at
+/// shutdown with a last sync.
+pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: SyncThread) {
+    let mode = match shard.borrow().store.as_ref() {
+        Some(s) => s.sync,
+        None => return,
+    };
+    loop {
+        match mode {
+            SyncMode::Always => {
+                poll_fn(|cx| {
+                    let mut s = shard.borrow_mut();
+                    let stop = s.stopping && s.conns.is_empty();
+                    let wanted = s.sync_wanted();
+                    match s.store.as_mut() {
+                        Some(_) if wanted || stop => Poll::Ready(()),
+                        Some(st) => {
+                            st.sync_waker = Some(cx.waker().clone());
+                            Poll::Pending
+                        }
+                        None => Poll::Ready(()),
+                    }
+                })
+                .await;
+                // Let the loop turn's other tasks log theirs: one msync for all.
+                futures_lite::future::yield_now().await;
+            }
+            SyncMode::Interval(d) => glommio::timer::sleep(d).await,
+            SyncMode::None => return,
+        }
+        let (batch, stop) = {
+            let mut s = shard.borrow_mut();
+            let stop = s.stopping && s.conns.is_empty();
+            let Some(st) = s.store.as_mut() else { return };
+            (st.log.take_sync_batch(), stop)
+        };
+        let ticket = batch.ticket;
+        if !batch.is_empty() {
+            thread.sync(batch).await;
+        }
+        {
+            let mut s = shard.borrow_mut();
+            s.synced_to(ticket, Instant::now());
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+impl Shard {
+    /// True if an acknowledgement or a mesh message waits for a sync.
+    pub(crate) fn sync_wanted(&self) -> bool {
+        let Some(st) = &self.store else { return false };
+        if st.log.written() <= st.synced {
+            return false;
+        }
+        !st.after_sync.is_empty() || self.deferred.iter().any(|d| d.gate.ticket > st.synced)
+    }
+
+    /// The log is durable up to `ticket`: release what waited for it.
+    pub(crate) fn synced_to(&mut self, ticket: u64, now: Instant) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        st.synced = st.synced.max(ticket);
+        let synced = st.synced;
+        let mut ready = Vec::new();
+        st.after_sync.retain_mut(|(t, to, msg)| {
+            if *t <= synced {
+                ready.push((*to, std::mem::replace(msg, super::super::ShardMsg::Applied)));
+                false
+            } else {
+                true
+            }
+        });
+        for (to, msg) in ready {
+            self.mesh_send(to, msg);
+        }
+        self.release_deferred(now);
+    }
+
+    /// Sends `msg` to shard `to` once what this shard logged so far is
+    /// durable (at once unless `--sync always`).
+    pub(crate) fn send_when_durable(&mut self, to: usize, msg: super::super::ShardMsg) {
+        let ticket = self.ack_ticket();
+        if ticket == 0 {
+            self.mesh_send(to, msg);
+            return;
+        }
+        if let Some(st) = self.store.as_mut() {
+            st.after_sync.push((ticket, to, msg));
+            st.want_sync();
+        }
+    }
+}
