@@ -194,7 +194,10 @@ mod tests {
         let c = cli.into_config().expect("valid");
         assert_eq!(c.listen[0].to_string(), "127.0.0.1:1883");
         assert_eq!(c.v3_session_expiry, None);
-        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("./ringmq-data")));
+        assert_eq!(
+            c.data_dir.as_deref(),
+            Some(std::path::Path::new("./ringmq-data"))
+        );
         assert_eq!(
             c.sync,
             crate::config::SyncMode::Interval(Duration::from_secs(1))
@@ -215,12 +218,16 @@ mod tests {
             c(&["--sync", "interval=250ms"]).unwrap().sync,
             SyncMode::Interval(Duration::from_millis(250))
         );
-        assert!(c(&["--sync", "sometimes"]).unwrap_err().contains("not a sync mode"));
+        assert!(c(&["--sync", "sometimes"])
+            .unwrap_err()
+            .contains("not a sync mode"));
         assert!(c(&["--sync", "interval=0s"]).is_err());
         assert!(c(&["--in-memory"]).unwrap().data_dir.is_none());
         assert!(c(&["--in-memory", "--data-dir", "x"]).is_err());
         assert!(c(&["--recovery", "maybe"]).is_err());
-        assert!(c(&["--segment-size", "1000"]).unwrap_err().contains("segment-size"));
+        assert!(c(&["--segment-size", "1000"])
+            .unwrap_err()
+            .contains("segment-size"));
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl Metrics {
             ("errors/accept", self.accept_errors),
             ("errors/sys_publish_refused", self.sys_publishes_refused),
             ("clients/slow_consumers", self.slow_consumers),
-            ("publish/messages/dropped_slow_consumer", self.slow_consumer_drops),
+            (
+                "publish/messages/dropped_slow_consumer",
+                self.slow_consumer_drops,
+            ),
             ("log/append_errors", self.log_append_errors),
             ("log/publishes_refused", self.log_refused),
         ]

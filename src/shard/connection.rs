@@ -67,10 +67,19 @@ pub async fn run(start: ShardStart) {
         bound,
         storage,
     } = start;
-    let shard = Rc::new(RefCell::new(Shard::new(id, nr_shards, config.clone(), shared)));
+    let shard = Rc::new(RefCell::new(Shard::new(
+        id,
+        nr_shards,
+        config.clone(),
+        shared,
+    )));
     if let Some(st) = storage {
         let mut s = shard.borrow_mut();
-        s.store = Some(super::persist::Store::new(st.log, config.sync, &st.recovered));
+        s.store = Some(super::persist::Store::new(
+            st.log,
+            config.sync,
+            &st.recovered,
+        ));
         s.restore(st.recovered, &st.retained, Instant::now());
         if st.checkpoint_first {
             if let Err(e) = s.checkpoint() {

@@ -252,7 +252,11 @@ impl Shard {
 
     /// Sends the acknowledgements whose broadcast every peer has applied.
     pub(crate) fn release_deferred(&mut self, now: Instant) {
-        while self.deferred.front().is_some_and(|d| self.gate_open(&d.gate)) {
+        while self
+            .deferred
+            .front()
+            .is_some_and(|d| self.gate_open(&d.gate))
+        {
             let Some(d) = self.deferred.pop_front() else {
                 break;
             };

@@ -293,7 +293,7 @@ pub struct BinBroker {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 /// A directory removed on drop.
@@ -325,15 +325,34 @@ impl BinBroker {
     }
 
     /// Starts `cmd` (the binary, maybe behind a wrapper) with `args`.
-    pub fn spawn_with(mut cmd: std::process::Command, args: &[&str]) -> BinBroker {
+    pub fn spawn_with(cmd: std::process::Command, args: &[&str]) -> BinBroker {
+        let dir = TempDir::new("bin");
+        let mut b = Self::spawn_cmd(cmd, args, &dir.0);
+        b._dir = Some(dir);
+        b
+    }
+
+    /// Starts the binary on data directory `dir` (kept: for restarts).
+    pub fn spawn_in(dir: &std::path::Path, args: &[&str]) -> BinBroker {
+        Self::spawn_cmd(
+            std::process::Command::new(env!("CARGO_BIN_EXE_ringmq")),
+            args,
+            dir,
+        )
+    }
+
+    fn spawn_cmd(
+        mut cmd: std::process::Command,
+        args: &[&str],
+        dir: &std::path::Path,
+    ) -> BinBroker {
         use std::io::BufRead;
         use std::process::Stdio;
-        let dir = TempDir::new("bin");
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
             .args(args)
             .arg("--data-dir")
-            .arg(&dir.0)
+            .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -365,8 +384,14 @@ impl BinBroker {
             child,
             addr,
             log,
-            _dir: dir,
+            _dir: None,
         }
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// A field of /proc/PID/status in KiB (`VmRSS`, `RssAnon`).

@@ -131,8 +131,7 @@ pub fn open(config: &Config) -> io::Result<Option<Opened>> {
             .map(|d| {
                 sc.spawn(move || {
                     let mut rec = Recovered::default();
-                    let (log, report) =
-                        Log::open(d, opts, |k, b| rec.apply(k, b, now, wall))?;
+                    let (log, report) = Log::open(d, opts, |k, b| rec.apply(k, b, now, wall))?;
                     rec.dedupe_clients();
                     Ok((log, rec, report))
                 })
@@ -225,7 +224,10 @@ fn rehome_sessions(recs: Vec<Recovered>, n: usize) -> Vec<Recovered> {
             let t = &mut out[k];
             t.last_sid += 1;
             let queue = std::mem::take(&mut s.queue);
-            s.queue = queue.into_iter().map(|(old, d)| (ids[k][&old], d)).collect();
+            s.queue = queue
+                .into_iter()
+                .map(|(old, d)| (ids[k][&old], d))
+                .collect();
             t.sessions.insert(t.last_sid, s);
         }
     }

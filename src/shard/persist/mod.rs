@@ -137,7 +137,10 @@ impl Shard {
         }
         let mut sid = e.sid;
         if sid == 0 {
-            let store = self.store.as_mut().expect("invariant: durable means a store");
+            let store = self
+                .store
+                .as_mut()
+                .expect("invariant: durable means a store");
             store.last_sid += 1;
             sid = store.last_sid;
             if let Some(e) = self.entry(key) {
@@ -475,13 +478,7 @@ impl Shard {
             for (filter, opts) in s.subs {
                 if self
                     .subs
-                    .insert(
-                        &filter,
-                        super::SubEntry {
-                            session: key,
-                            opts,
-                        },
-                    )
+                    .insert(&filter, super::SubEntry { session: key, opts })
                     .is_ok()
                 {
                     self.metrics.subscriptions += 1;
@@ -511,10 +508,12 @@ impl Shard {
         let generation = e.generation;
         let expiry = e.expiry;
         if let Some(w) = &e.will {
-            let delay = Duration::from_secs(u64::from(
-                w.properties.will_delay_interval.unwrap_or(0),
-            ));
-            let at = now + delay.min(expiry.unwrap_or(Duration::MAX)).saturating_sub(down);
+            let delay =
+                Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)));
+            let at = now
+                + delay
+                    .min(expiry.unwrap_or(Duration::MAX))
+                    .saturating_sub(down);
             self.timers.insert(
                 at,
                 TimerKey::Will {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{
-    decode_packet, encode_packet, LastWill, MqttStr, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
-    WillProperties,
+    decode_packet, encode_packet, LastWill, MqttStr, Packet, PacketId, ProtocolVersion, Publish,
+    PublishProperties, QoS, WillProperties,
 };
 use crate::session::Message;
 use crate::storage::FIRST_USER_KIND;
@@ -260,7 +260,9 @@ pub(crate) fn version_of(level: u8) -> Option<ProtocolVersion> {
 
 /// A session expiry on disk: milliseconds, `u64::MAX` for never.
 pub(crate) fn expiry_ms(e: Option<Duration>) -> u64 {
-    e.map_or(u64::MAX, |d| d.as_millis().min(u128::from(u64::MAX - 1)) as u64)
+    e.map_or(u64::MAX, |d| {
+        d.as_millis().min(u128::from(u64::MAX - 1)) as u64
+    })
 }
 
 pub(crate) fn expiry_of(ms: u64) -> Option<Duration> {
