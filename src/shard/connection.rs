@@ -82,12 +82,17 @@ pub async fn run(start: ShardStart) {
         ));
         s.restore(st.recovered, &st.retained, Instant::now());
         if st.checkpoint_first {
-            if let Err(e) = s.checkpoint() {
+            // The re-homed sessions must be on disk before the old logs go.
+            if let Err(e) = s.checkpoint().and_then(|job| job.run()) {
                 let _ = bound.send(Err(io::Error::other(format!(
                     "shard {id}: cannot write the re-homed sessions: {e}"
                 ))));
                 return;
             }
+        }
+        match super::persist::LogThread::start(id) {
+            Ok(t) => s.store.as_mut().expect("just set").thread = Some(t),
+            Err(e) => tracing::error!(shard = id, error = %e, "cannot start the log thread"),
         }
     }
     let mut listeners = Vec::new();
@@ -120,15 +125,13 @@ pub async fn run(start: ShardStart) {
     }
     glommio::spawn_local(stuck_watchdog(shard.clone())).detach();
     let mut commit = None;
-    if shard.borrow().store.is_some() && config.sync != crate::config::SyncMode::None {
-        match super::persist::SyncThread::start(id) {
-            Ok(t) => {
-                commit = Some(glommio::spawn_local(super::persist::commit_loop(
-                    shard.clone(),
-                    t,
-                )))
-            }
-            Err(e) => tracing::error!(shard = id, error = %e, "cannot start the sync thread"),
+    let thread = shard.borrow().store.as_ref().and_then(|s| s.thread.clone());
+    if let Some(t) = thread {
+        if config.sync != crate::config::SyncMode::None {
+            commit = Some(glommio::spawn_local(super::persist::commit_loop(
+                shard.clone(),
+                t,
+            )));
         }
     }
     // Recovered subscriptions are routed to from every shard before the

@@ -174,7 +174,7 @@ pub(crate) struct Gate {
 }
 
 /// An acknowledgement (SUBACK, PUBACK, PUBREC) held at its [`Gate`].
-/// Released in order, so one connection's acknowledgements keep theirs.
+/// Released in order per connection, so its acknowledgements keep theirs.
 #[derive(Debug)]
 pub(crate) struct Deferred {
     pub conn: Rc<Conn>,
@@ -219,7 +219,9 @@ pub struct Shard {
     /// Interest and retain broadcasts sent, and how many each peer applied.
     pub(crate) broadcasts: u64,
     pub(crate) acked: Vec<u64>,
-    pub(crate) deferred: VecDeque<Deferred>,
+    /// Held acknowledgements, per connection id: each connection's stay in
+    /// order ([MQTT-4.6.0-2]) without waiting behind another's.
+    pub(crate) deferred: HashMap<u64, VecDeque<Deferred>>,
     pub(crate) scratch_packets: Vec<Packet>,
     pub(crate) scratch_matches: Vec<SubEntry>,
     /// True once shutdown began on this shard.
@@ -270,7 +272,7 @@ impl Shard {
             mesh_wakers: vec![None; nr_shards],
             broadcasts: 0,
             acked: vec![0; nr_shards],
-            deferred: VecDeque::new(),
+            deferred: HashMap::new(),
             scratch_packets: Vec::new(),
             scratch_matches: Vec::new(),
             stopping: false,

@@ -124,17 +124,20 @@ impl Shard {
         retained: Vec<Delivery>,
         now: Instant,
     ) {
-        if self.deferred.is_empty() && self.gate_open(&gate) {
+        if !self.deferred.contains_key(&conn.id) && self.gate_open(&gate) {
             return self.answer_subscribe(conn, key, &ack, retained, now);
         }
         let wants_sync = gate.ticket > 0;
-        self.deferred.push_back(Deferred {
-            conn: conn.clone(),
-            session: key,
-            gate,
-            ack,
-            retained,
-        });
+        self.deferred
+            .entry(conn.id)
+            .or_default()
+            .push_back(Deferred {
+                conn: conn.clone(),
+                session: key,
+                gate,
+                ack,
+                retained,
+            });
         if wants_sync {
             if let Some(st) = self.store.as_mut() {
                 st.want_sync();
@@ -250,16 +253,21 @@ impl Shard {
         });
     }
 
-    /// Sends the acknowledgements whose broadcast every peer has applied.
+    /// Sends the acknowledgements whose gates opened, in order per connection.
     pub(crate) fn release_deferred(&mut self, now: Instant) {
-        while self
-            .deferred
-            .front()
-            .is_some_and(|d| self.gate_open(&d.gate))
-        {
-            let Some(d) = self.deferred.pop_front() else {
-                break;
-            };
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut ready = Vec::new();
+        let mut queues = std::mem::take(&mut self.deferred);
+        queues.retain(|_, q| {
+            while q.front().is_some_and(|d| self.gate_open(&d.gate)) {
+                ready.extend(q.pop_front());
+            }
+            !q.is_empty()
+        });
+        self.deferred = queues;
+        for d in ready {
             if d.conn.session.get() == Some(d.session) {
                 self.answer_subscribe(&d.conn, d.session, &d.ack, d.retained, now);
             }

@@ -5,12 +5,13 @@
 //! It knows records (a kind byte and a body) and nothing of MQTT; the
 //! shard's `persist` module gives the kinds their meaning.
 //!
-//! A checkpoint is written in one go: a segment that starts with
-//! [`CHECKPOINT_BEGIN`], every live record, then [`CHECKPOINT_END`], after
-//! which every older segment is deleted. Recovery replays from the newest
-//! complete checkpoint; an incomplete one (the broker died while writing
-//! it) is the tail of the log, and is deleted, the older segments still
-//! holding everything.
+//! A checkpoint appends every live record after a mark, wherever the log
+//! is; a [`CheckpointJob`], run on any thread, then makes it durable, points
+//! the `CHECKPOINT` file at the mark and deletes the segments before it.
+//! Recovery replays from the mark the file names (from the start without
+//! one). A checkpoint the broker died in, or whose file was not written yet,
+//! is replayed over the state before it: its records are upserts of live
+//! state, so replaying them twice changes nothing.
 
 mod segment;
 
@@ -40,7 +41,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Record kinds below this belong to the log itself.
 pub const FIRST_USER_KIND: u8 = 16;
 const CHECKPOINT_BEGIN: u8 = 1;
-const CHECKPOINT_END: u8 = 2;
 
 /// What recovery does with a corrupt record that is not at the tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,8 +74,8 @@ pub struct RecoveryReport {
     pub truncated: Option<(u64, usize, usize)>,
     /// Corrupt records skipped under [`RecoveryMode::Truncate`]: segment and offset.
     pub corrupt: Vec<(u64, usize)>,
-    /// Segments of an unfinished checkpoint that were deleted.
-    pub dropped_checkpoint_segments: usize,
+    /// Where replay started (segment, offset), from the `CHECKPOINT` file.
+    pub checkpoint: Option<(u64, usize)>,
     /// Time the replay took.
     pub elapsed: Duration,
 }
@@ -138,6 +138,7 @@ pub struct Log {
     dirty: Vec<Dirty>,
     dirty_from: usize,
     since_checkpoint: u64,
+    checkpoint_at: Option<(u64, usize)>,
     /// Appends that waited for a segment that was not ready.
     pub stalls: u64,
 }
@@ -177,33 +178,37 @@ impl Log {
                 seq,
             )?));
         }
-        // Where to replay from: the newest checkpoint that was finished.
-        let mut start = 0;
-        for i in (0..segments.len()).rev() {
-            if matches!(read_slot(&segments[i], HEADER_BYTES), Slot::Record { kind, .. } if kind == CHECKPOINT_BEGIN)
-            {
-                if checkpoint_ends(&segments[i..]) {
-                    start = i;
-                    break;
-                }
-                // Unfinished: it is the log's tail (nothing is written
-                // while a checkpoint is), and what it copied is still in
-                // the segments before it.
-                for s in segments.drain(i..) {
-                    std::fs::remove_file(&s.path)?;
-                    report.dropped_checkpoint_segments += 1;
-                }
+        // Where to replay from: the last finished checkpoint.
+        let pointer = read_pointer(dir)?;
+        if let Some((seq, at)) = pointer {
+            let ok = segments.iter().any(|s| s.seq == seq)
+                && matches!(segments.iter().find(|s| s.seq == seq).map(|s| read_slot(s, at)),
+                    Some(Slot::Record { kind, .. }) if kind == CHECKPOINT_BEGIN);
+            if !ok {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "log {}: the CHECKPOINT file names segment {seq} offset {at}, which holds no checkpoint",
+                        dir.display()
+                    ),
+                ));
             }
-        }
-        for s in segments.drain(..start) {
-            std::fs::remove_file(&s.path)?;
+            for s in segments.iter().filter(|s| s.seq < seq) {
+                // Left by a checkpoint job that did not finish its deletes.
+                std::fs::remove_file(&s.path)?;
+            }
+            segments.retain(|s| s.seq >= seq);
+            report.checkpoint = pointer;
         }
         let mut pos = HEADER_BYTES;
         let last = segments.len().saturating_sub(1);
         let mut next_progress = started + Duration::from_secs(1);
         for (i, seg) in segments.iter().enumerate() {
             report.segments += 1;
-            let mut at = HEADER_BYTES;
+            let mut at = match pointer {
+                Some((_, at)) if i == 0 => at,
+                _ => HEADER_BYTES,
+            };
             loop {
                 match read_slot(seg, at) {
                     Slot::Record { kind, body, next } => {
@@ -275,6 +280,7 @@ impl Log {
             dirty: Vec::new(),
             dirty_from: pos,
             since_checkpoint: report.bytes,
+            checkpoint_at: None,
             stalls: 0,
         };
         if log.segments.is_empty() {
@@ -423,61 +429,104 @@ impl Log {
         }
     }
 
-    /// Starts a checkpoint: a fresh segment that begins with the checkpoint
-    /// mark. Append every live record, then call [`Log::end_checkpoint`].
+    /// Starts a checkpoint: a mark where the log is. Append every live
+    /// record, then call [`Log::end_checkpoint`].
     ///
     /// # Errors
     /// As [`Log::append`].
     pub fn begin_checkpoint(&mut self) -> Result<(), AppendError> {
-        if self.pos > HEADER_BYTES {
-            self.roll()?;
-        }
+        self.append_raw(CHECKPOINT_BEGIN, &[])?;
+        let seg = self.active();
+        // The mark is the last record written.
+        let at = self.pos - RECORD_HEADER_BYTES;
+        self.checkpoint_at = Some((seg.seq, at));
         self.since_checkpoint = 0;
-        self.append_raw(CHECKPOINT_BEGIN, &[]).map(|_| ())
+        Ok(())
     }
 
-    /// Ends a checkpoint: marks it complete, makes it durable, and deletes
-    /// every segment before it. Returns how many were deleted.
+    /// Ends a checkpoint: the job that makes it durable, points recovery at
+    /// it and deletes the segments before it. The log stops holding those
+    /// segments now; run the job on any thread, jobs in order.
     ///
     /// # Errors
-    /// As [`Log::append`], or the msync or unlink that failed (the older
-    /// segments then stay, and recovery still finds everything).
-    pub fn end_checkpoint(&mut self) -> io::Result<usize> {
-        self.append_raw(CHECKPOINT_END, &[])
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let first = self
-            .segments
-            .iter()
-            .rposition(|s| {
-                matches!(read_slot(s, HEADER_BYTES), Slot::Record { kind, .. } if kind == CHECKPOINT_BEGIN)
-            })
-            .unwrap_or(0);
-        // Durable before anything older goes: the checkpoint replaces it.
-        self.take_sync_batch().run()?;
-        let mut removed = 0;
-        for _ in 0..first {
-            if let Some(s) = self.segments.pop_front() {
-                std::fs::remove_file(&s.path)?;
-                removed += 1;
-            }
+    /// No checkpoint was begun.
+    pub fn end_checkpoint(&mut self) -> io::Result<CheckpointJob> {
+        let (seq, at) = self
+            .checkpoint_at
+            .take()
+            .ok_or_else(|| io::Error::other("no checkpoint begun"))?;
+        let mut old = Vec::new();
+        while self.segments.front().is_some_and(|s| s.seq < seq) {
+            old.extend(self.segments.pop_front());
         }
-        segment::sync_dir(&self.dir)?;
-        Ok(removed)
+        Ok(CheckpointJob {
+            sync: self.take_sync_batch(),
+            dir: self.dir.clone(),
+            pointer: (seq, at),
+            old,
+        })
     }
 }
 
-/// True if the checkpoint that starts `segs[0]` has its end mark.
-fn checkpoint_ends(segs: &[Arc<Segment>]) -> bool {
-    for seg in segs {
-        let mut at = HEADER_BYTES;
-        while let Slot::Record { kind, next, .. } = read_slot(seg, at) {
-            if kind == CHECKPOINT_END {
-                return true;
-            }
-            at = next;
+/// Makes a checkpoint durable, records where it starts, and deletes what it
+/// replaces (see [`Log::end_checkpoint`]).
+#[derive(Debug)]
+pub struct CheckpointJob {
+    sync: SyncBatch,
+    dir: PathBuf,
+    pointer: (u64, usize),
+    old: Vec<Arc<Segment>>,
+}
+
+impl CheckpointJob {
+    /// Runs the job; returns how many segments it deleted.
+    ///
+    /// # Errors
+    /// The msync, write or unlink that failed: the older segments then stay
+    /// and recovery replays them with the checkpoint (harmless, only slower).
+    pub fn run(self) -> io::Result<usize> {
+        // Durable before anything older goes: the checkpoint replaces it.
+        self.sync.run()?;
+        let tmp = self.dir.join("CHECKPOINT.tmp");
+        let (seq, at) = self.pointer;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{seq} {at}")?;
+            f.sync_all()?;
         }
+        std::fs::rename(&tmp, self.dir.join("CHECKPOINT"))?;
+        segment::sync_dir(&self.dir)?;
+        let n = self.old.len();
+        for s in self.old {
+            std::fs::remove_file(&s.path)?;
+        }
+        Ok(n)
     }
-    false
+
+    /// The sync ticket the job's msync covers.
+    pub fn ticket(&self) -> u64 {
+        self.sync.ticket
+    }
+}
+
+fn read_pointer(dir: &Path) -> io::Result<Option<(u64, usize)>> {
+    let text = match std::fs::read_to_string(dir.join("CHECKPOINT")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(seq)), Some(Ok(at))) => Ok(Some((seq, at as usize))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: not a checkpoint pointer",
+                dir.join("CHECKPOINT").display()
+            ),
+        )),
+    }
 }
 
 /// How many bytes from `at` may hold data (up to the last non-zero byte).

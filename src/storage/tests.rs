@@ -172,18 +172,24 @@ fn a_checkpoint_replaces_everything_before_it() {
     let before = log.segment_count();
     log.begin_checkpoint().unwrap();
     log.append(FIRST_USER_KIND + 1, b"live state").unwrap();
-    let removed = log.end_checkpoint().unwrap();
-    assert_eq!(removed, before);
+    let job = log.end_checkpoint().unwrap();
+    // Appends go on while the job runs elsewhere.
     log.append(FIRST_USER_KIND, b"after").unwrap();
+    let removed = std::thread::spawn(move || job.run())
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed, before - 1);
     drop(log);
     assert_eq!(segment_files(dir.path()).len(), 1);
-    let (_, got, _) = replay(dir.path(), RecoveryMode::Strict).unwrap();
+    let (_, got, report) = replay(dir.path(), RecoveryMode::Strict).unwrap();
     let bodies: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_slice()).collect();
     assert_eq!(bodies, vec![&b"live state"[..], b"after"]);
+    assert!(report.checkpoint.is_some());
 }
 
 #[test]
-fn an_unfinished_checkpoint_is_dropped_and_the_old_log_replayed() {
+fn a_checkpoint_whose_job_never_ran_is_replayed_after_the_old_log() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _, _) = replay(dir.path(), RecoveryMode::Strict).unwrap();
     for i in 0..100 {
@@ -194,12 +200,23 @@ fn an_unfinished_checkpoint_is_dropped_and_the_old_log_replayed() {
         log.append(FIRST_USER_KIND + 1, b"half a checkpoint")
             .unwrap();
     }
-    // The broker dies here: no end mark.
+    // The broker dies here: no job, no CHECKPOINT file.
     drop(log);
     let (_, got, report) = replay(dir.path(), RecoveryMode::Strict).unwrap();
-    assert_eq!(got.len(), 100);
-    assert!(got.iter().all(|(k, _)| *k == FIRST_USER_KIND));
-    assert!(report.dropped_checkpoint_segments >= 1);
+    assert_eq!(got.len(), 300);
+    assert!(got[..100].iter().all(|(k, _)| *k == FIRST_USER_KIND));
+    assert!(report.checkpoint.is_none());
+}
+
+#[test]
+fn a_pointer_to_nowhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = replay(dir.path(), RecoveryMode::Strict).unwrap();
+    log.append(FIRST_USER_KIND, b"x").unwrap();
+    drop(log);
+    std::fs::write(dir.path().join("CHECKPOINT"), "0 33\n").unwrap();
+    let err = replay(dir.path(), RecoveryMode::Strict).unwrap_err();
+    assert!(err.to_string().contains("holds no checkpoint"), "{err}");
 }
 
 #[test]

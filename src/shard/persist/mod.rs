@@ -17,7 +17,7 @@ mod sync;
 pub use boot::{open, Opened, ShardStorage};
 
 pub use recover::Recovered;
-pub(crate) use sync::{commit_loop, SyncThread};
+pub(crate) use sync::{commit_loop, LogThread};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -49,6 +49,9 @@ pub struct Store {
     pub(crate) after_sync: Vec<(u64, usize, ShardMsg)>,
     /// Set when something waits for a sync: wakes the commit task.
     pub(crate) sync_waker: Option<std::task::Waker>,
+    /// Where msyncs and checkpoint jobs run (inline without one).
+    pub(crate) thread: Option<LogThread>,
+    refs: Vec<(u64, usize)>,
 }
 
 impl Store {
@@ -65,6 +68,8 @@ impl Store {
             synced: written,
             after_sync: Vec::new(),
             sync_waker: None,
+            thread: None,
+            refs: Vec::new(),
         }
     }
 
@@ -230,7 +235,9 @@ impl Shard {
         if self.store.is_none() || msg.qos == crate::protocol::QoS::AtMostOnce {
             return true;
         }
-        let mut refs: Vec<(u64, usize)> = Vec::new();
+        // (sid, index in ds) of the logged deliveries; a kept buffer.
+        let mut refs = std::mem::take(&mut self.store.as_mut().expect("checked").refs);
+        refs.clear();
         for (i, (key, d)) in ds.iter().enumerate() {
             if d.qos == crate::protocol::QoS::AtMostOnce {
                 continue;
@@ -241,36 +248,41 @@ impl Shard {
                 }
             }
         }
-        if refs.is_empty() {
-            return true;
-        }
-        let store = self.store.as_mut().expect("checked");
-        store.last_msg += 1;
-        let id = store.last_msg;
-        let now = Instant::now();
-        let expires = wall_of(msg.expires_at, now, wall_ms());
-        let ok = self
-            .append(records::MSG, |w| {
-                w.u64(id).str(&msg.publisher).u64(expires).publish(msg);
-                w.u32(refs.len() as u32);
-                for &(sid, i) in &refs {
-                    let d = &ds[i].1;
-                    w.u64(sid)
-                        .u8(d.qos as u8)
-                        .u8(u8::from(d.retain))
-                        .u16(d.subscription_ids.len() as u16);
-                    for &s in &d.subscription_ids {
-                        w.u32(s);
+        let mut ok = true;
+        if !refs.is_empty() {
+            let store = self.store.as_mut().expect("checked");
+            store.last_msg += 1;
+            let id = store.last_msg;
+            let expires = match msg.expires_at {
+                None => 0,
+                at => wall_of(at, Instant::now(), wall_ms()),
+            };
+            ok = self
+                .append(records::MSG, |w| {
+                    w.u64(id).str(&msg.publisher).u64(expires).publish(msg);
+                    w.u32(refs.len() as u32);
+                    for &(sid, i) in &refs {
+                        let d = &ds[i].1;
+                        w.u64(sid)
+                            .u8(d.qos as u8)
+                            .u8(u8::from(d.retain))
+                            .u16(d.subscription_ids.len() as u16);
+                        for &s in &d.subscription_ids {
+                            w.u32(s);
+                        }
                     }
+                })
+                .is_some();
+            if ok {
+                for &(_, i) in &refs {
+                    ds[i].1.stored = Some(id);
                 }
-            })
-            .is_some();
-        if ok {
-            for &(_, i) in &refs {
-                ds[i].1.stored = Some(id);
+            } else {
+                self.metrics.log_refused += 1;
             }
-        } else {
-            self.metrics.log_refused += 1;
+        }
+        if let Some(st) = self.store.as_mut() {
+            st.refs = refs;
         }
         ok
     }
@@ -325,15 +337,22 @@ impl Shard {
         }
         let started = Instant::now();
         match self.checkpoint() {
-            Ok(removed) => {
+            Ok(job) => {
                 let store = self.store.as_mut().expect("checked");
                 tracing::info!(
                     shard = self.id,
                     live_bytes = store.live_bytes,
-                    segments_removed = removed,
                     ms = started.elapsed().as_millis() as u64,
                     "log checkpoint written"
                 );
+                match &store.thread {
+                    Some(t) => t.checkpoint(job),
+                    None => {
+                        if let Err(e) = job.run() {
+                            tracing::error!(shard = self.id, error = %e, "log checkpoint job failed");
+                        }
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "log checkpoint failed; will retry");
@@ -341,11 +360,11 @@ impl Shard {
         }
     }
 
-    /// Rewrites every live record into a fresh checkpoint and deletes the
-    /// segments before it.
-    pub(crate) fn checkpoint(&mut self) -> std::io::Result<usize> {
+    /// Appends every live record after a checkpoint mark; the job it
+    /// returns makes that durable and deletes what it replaces.
+    pub(crate) fn checkpoint(&mut self) -> std::io::Result<crate::storage::CheckpointJob> {
         let Some(store) = self.store.as_mut() else {
-            return Ok(0);
+            return Err(std::io::Error::other("no log"));
         };
         store
             .log
@@ -425,9 +444,7 @@ impl Shard {
         }
         let store = self.store.as_mut().expect("checked");
         store.live_bytes = store.log.since_checkpoint();
-        let removed = store.log.end_checkpoint()?;
-        store.synced = store.log.written();
-        Ok(removed)
+        store.log.end_checkpoint()
     }
 
     /// Rebuilds this shard's sessions, subscriptions and queues from `rec`,

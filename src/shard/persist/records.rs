@@ -63,7 +63,7 @@ pub(crate) fn instant_of(ms: u64, now: Instant, wall_now: u64) -> Option<Instant
 
 /// Appends fields to a record body.
 #[derive(Debug, Default)]
-pub(crate) struct W(pub Vec<u8>);
+pub(crate) struct W(pub Vec<u8>, BytesMut);
 
 impl W {
     pub fn u8(&mut self, v: u8) -> &mut Self {
@@ -106,12 +106,16 @@ impl W {
     }
 
     fn frame(&mut self, p: &Packet) -> &mut Self {
-        let mut buf = BytesMut::new();
+        // A scratch buffer kept between records: no allocation per message.
+        let mut buf = std::mem::take(&mut self.1);
+        buf.clear();
         // Messages were accepted under --max-packet-size: they re-encode.
         if encode_packet(p, ProtocolVersion::V5, usize::MAX, &mut buf).is_err() {
             buf.clear();
         }
-        self.bytes(&buf)
+        self.bytes(&buf);
+        self.1 = buf;
+        self
     }
 
     /// A will: its delay, then the rest as a PUBLISH frame.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 
 use crate::config::SyncMode;
-use crate::storage::SyncBatch;
+use crate::storage::{CheckpointJob, SyncBatch};
 
 use super::super::Shard;
 
@@ -23,38 +23,69 @@ struct Done {
     waker: AtomicWaker,
 }
 
-/// A thread that msyncs the batches it is given, in order.
 #[derive(Debug)]
-pub(crate) struct SyncThread {
-    tx: crossbeam_channel::Sender<SyncBatch>,
+enum Job {
+    Sync(SyncBatch),
+    Checkpoint(CheckpointJob, Instant),
+}
+
+/// A thread that runs a shard's msyncs and checkpoint jobs, in order (so a
+/// sync that completes covers every range an earlier job took).
+#[derive(Debug, Clone)]
+pub(crate) struct LogThread {
+    tx: crossbeam_channel::Sender<Job>,
     done: Arc<Done>,
 }
 
-impl SyncThread {
-    pub fn start(shard: usize) -> std::io::Result<SyncThread> {
-        let (tx, rx) = crossbeam_channel::unbounded::<SyncBatch>();
+impl LogThread {
+    pub fn start(shard: usize) -> std::io::Result<LogThread> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let done = Arc::new(Done::default());
         let d = done.clone();
         std::thread::Builder::new()
-            .name(format!("ringmq-sync-{shard}"))
+            .name(format!("ringmq-log-{shard}"))
             .spawn(move || {
-                for batch in rx {
-                    if let Err(e) = batch.run() {
-                        // The pages stay dirty and the kernel retries; what
-                        // waits is released, as for a write-back error
-                        // there is nothing better to wait for.
-                        tracing::error!(shard, error = %e, "log msync failed");
+                for job in rx {
+                    match job {
+                        Job::Sync(batch) => {
+                            if let Err(e) = batch.run() {
+                                // The pages stay dirty and the kernel
+                                // retries; there is nothing better to wait for.
+                                tracing::error!(shard, error = %e, "log msync failed");
+                            }
+                            d.ticket.fetch_max(batch.ticket, Ordering::Release);
+                            d.waker.wake();
+                        }
+                        Job::Checkpoint(job, started) => {
+                            let ticket = job.ticket();
+                            match job.run() {
+                                Ok(removed) => tracing::info!(
+                                    shard,
+                                    segments_removed = removed,
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "log checkpoint durable"
+                                ),
+                                Err(e) => {
+                                    tracing::error!(shard, error = %e, "log checkpoint job failed")
+                                }
+                            }
+                            d.ticket.fetch_max(ticket, Ordering::Release);
+                            d.waker.wake();
+                        }
                     }
-                    d.ticket.fetch_max(batch.ticket, Ordering::Release);
-                    d.waker.wake();
                 }
             })?;
-        Ok(SyncThread { tx, done })
+        Ok(LogThread { tx, done })
+    }
+
+    /// Queues a checkpoint job.
+    pub fn checkpoint(&self, job: CheckpointJob) {
+        let _ = self.tx.send(Job::Checkpoint(job, Instant::now()));
     }
 
     async fn sync(&self, batch: SyncBatch) {
         let ticket = batch.ticket;
-        if self.tx.send(batch).is_err() {
+        if self.tx.send(Job::Sync(batch)).is_err() {
             return;
         }
         poll_fn(|cx| {
@@ -72,7 +103,7 @@ impl SyncThread {
 /// Runs the shard's syncs: under `--sync always` whenever an
 /// acknowledgement waits for one, under `interval=D` every D. Ends at
 /// shutdown with a last sync.
-pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: SyncThread) {
+pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: LogThread) {
     let mode = match shard.borrow().store.as_ref() {
         Some(s) => s.sync,
         None => return,
@@ -107,9 +138,9 @@ pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: SyncThread) {
             (st.log.take_sync_batch(), stop)
         };
         let ticket = batch.ticket;
-        if !batch.is_empty() {
-            thread.sync(batch).await;
-        }
+        // Even an empty batch goes through the thread: a checkpoint job
+        // queued before it may hold ranges this ticket covers.
+        thread.sync(batch).await;
         {
             let mut s = shard.borrow_mut();
             s.synced_to(ticket, Instant::now());
@@ -127,7 +158,12 @@ impl Shard {
         if st.log.written() <= st.synced {
             return false;
         }
-        !st.after_sync.is_empty() || self.deferred.iter().any(|d| d.gate.ticket > st.synced)
+        !st.after_sync.is_empty()
+            || self
+                .deferred
+                .values()
+                .flatten()
+                .any(|d| d.gate.ticket > st.synced)
     }
 
     /// The log is durable up to `ticket`: release what waited for it.
