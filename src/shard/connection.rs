@@ -148,6 +148,13 @@ pub async fn run(start: ShardStart) {
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    // Sessions that expired and wills that fell due while the broker was
+    // down go now, before any client can resume them, and route everywhere.
+    {
+        let mut s = shard.borrow_mut();
+        s.publish_overdue_wills(Instant::now());
+        s.tick(Instant::now());
+    }
     let mut accepting = Vec::new();
     for l in listeners {
         accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l)));

@@ -242,6 +242,12 @@ pub struct Shard {
     /// Peers the publish being handled went to, with their delivery counts.
     pub(crate) routed_remote: Vec<(usize, u64)>,
     pub(crate) scratch_deliveries: Vec<(u32, Delivery)>,
+    /// Set when this shard's log refused a message of the publish being
+    /// handled: its acknowledgement must not say it is safe.
+    pub(crate) log_failed: bool,
+    /// Wills of sessions that expired while the broker was down, published
+    /// once every shard has its recovered interest.
+    pub(crate) overdue_wills: Vec<(Arc<str>, LastWill)>,
 }
 
 impl Shard {
@@ -285,6 +291,8 @@ impl Shard {
             report_due: vec![false; nr_shards],
             routed_remote: Vec::new(),
             scratch_deliveries: Vec::new(),
+            log_failed: false,
+            overdue_wills: Vec::new(),
         }
     }
 
@@ -515,6 +523,7 @@ impl Shard {
             self.on_timer(key, now);
         }
         self.maybe_checkpoint();
+        self.retry_log_space();
         if let (Some(at), Some(every)) = (self.next_sys, self.config.sys_interval) {
             if now >= at {
                 self.next_sys = Some(now + every);

@@ -163,32 +163,7 @@ impl Shard {
         if p.qos != QoS::AtMostOnce && self.log_refuses(&topic) {
             // A log this message needs is out of space: refused, not
             // acknowledged and then lost.
-            self.metrics.log_refused += 1;
-            if let Some(held) = self.log_limits.log_errors.allow(now) {
-                tracing::warn!(
-                    client_id = &*publisher,
-                    topic = topic.as_str(),
-                    held_back = held,
-                    "publish refused: the log is out of space"
-                );
-            }
-            let Some(id) = p.packet_id else {
-                return Flow::Close;
-            };
-            if !conn.version.is_v5() {
-                // 3.1.1 has no negative acknowledgement: close, the client resends.
-                conn.close_reason.set(Some(ReasonCode::QUOTA_EXCEEDED));
-                return Flow::Close;
-            }
-            let mut a = Ack::new(id);
-            a.reason = ReasonCode::QUOTA_EXCEEDED;
-            let ack = if p.qos == QoS::AtLeastOnce {
-                Packet::PubAck(a)
-            } else {
-                Packet::PubRec(a)
-            };
-            self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
-            return Flow::Continue;
+            return self.refuse_for_log(conn, key, &publisher, &topic, p.qos, p.packet_id, now);
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             if let Some(e) = self.entry(key) {
@@ -205,6 +180,7 @@ impl Shard {
             subscription_identifiers: Vec::new(),
             ..p.properties.into_inner()
         };
+        let publisher_id = publisher.clone();
         let msg = Arc::new(Message {
             topic,
             payload: p.payload,
@@ -222,6 +198,17 @@ impl Shard {
         } else {
             self.publish_message(msg, now)
         };
+        if std::mem::take(&mut self.log_failed) {
+            if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+                // After a PUBREC of 0x80 or more the id is new again ([v5:MQTT-4.3.3-9]).
+                if let Some(e) = self.entry(key) {
+                    e.session.awaiting_rel.remove(&id.get());
+                }
+            }
+            if let Ok(t) = TopicName::new(p.topic) {
+                return self.refuse_for_log(conn, key, &publisher_id, &t, p.qos, p.packet_id, now);
+            }
+        }
         let ack = match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(id)) => Packet::PubAck(Ack::new(id)),
             (QoS::ExactlyOnce, Some(id)) => Packet::PubRec(Ack::new(id)),
@@ -236,6 +223,47 @@ impl Shard {
             remote: std::mem::take(&mut self.routed_remote),
         };
         self.answer_after(conn, key, gate, ack, Vec::new(), now);
+        Flow::Continue
+    }
+
+    /// Answers a QoS 1/2 publish the log cannot take: v5 PUBACK/PUBREC
+    /// 0x97 (quota exceeded); 3.1.1 has no negative acknowledgement, so the
+    /// connection is closed and the client resends later.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one refusal")]
+    fn refuse_for_log(
+        &mut self,
+        conn: &Rc<Conn>,
+        key: u32,
+        publisher: &str,
+        topic: &TopicName,
+        qos: QoS,
+        packet_id: Option<crate::protocol::PacketId>,
+        now: Instant,
+    ) -> Flow {
+        self.metrics.log_refused += 1;
+        if let Some(held) = self.log_limits.log_errors.allow(now) {
+            tracing::warn!(
+                client_id = publisher,
+                topic = topic.as_str(),
+                held_back = held,
+                "publish refused: the log is out of space"
+            );
+        }
+        let Some(id) = packet_id else {
+            return Flow::Close;
+        };
+        if !conn.version.is_v5() {
+            conn.close_reason.set(Some(ReasonCode::QUOTA_EXCEEDED));
+            return Flow::Close;
+        }
+        let mut a = Ack::new(id);
+        a.reason = ReasonCode::QUOTA_EXCEEDED;
+        let ack = if qos == QoS::AtLeastOnce {
+            Packet::PubAck(a)
+        } else {
+            Packet::PubRec(a)
+        };
+        self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
         Flow::Continue
     }
 

@@ -408,6 +408,32 @@ impl Log {
         }
     }
 
+    /// While the log is full, tries (at most every second) to allocate the
+    /// next segment, so that the log knows when space was freed even if
+    /// nothing is appended meanwhile. Returns true once it has room again.
+    pub fn retry_space(&mut self) -> bool {
+        match &self.full_since {
+            None => return true,
+            Some((since, _)) if since.elapsed() < Duration::from_secs(1) => return false,
+            Some(_) => {}
+        }
+        let seq = self.active().seq + 1;
+        match Segment::create(&self.dir, seq, self.opts.segment_size) {
+            Ok(seg) => {
+                let (tx, rx) = mpsc::channel();
+                let _ = tx.send(Ok(seg));
+                self.next = Some(rx);
+                self.full_since = None;
+                tracing::info!(log = %self.dir.display(), "log has space again");
+                true
+            }
+            Err(e) => {
+                self.full_since = Some((Instant::now(), e.to_string()));
+                false
+            }
+        }
+    }
+
     /// Records the active segment's unflushed range.
     fn close_dirty(&mut self) {
         if self.pos > self.dirty_from {

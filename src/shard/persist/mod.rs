@@ -279,6 +279,7 @@ impl Shard {
                 }
             } else {
                 self.metrics.log_refused += 1;
+                self.log_failed = true;
             }
         }
         if let Some(st) = self.store.as_mut() {
@@ -312,6 +313,19 @@ impl Shard {
                 }
             }
         });
+    }
+
+    /// Once a second while this shard's log is full: has space come back?
+    pub(crate) fn retry_log_space(&mut self) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        if st.log.is_full()
+            && st.log.retry_space()
+            && self.shared.log_full[self.id].swap(false, Ordering::Relaxed)
+        {
+            self.shared.logs_full.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// True if a QoS 1/2 message to `topic` would need a log that is full.
@@ -464,6 +478,22 @@ impl Shard {
         self.metrics.retained = self.retained.len() as u64;
         let limits = self.limits();
         for (sid, s) in rec.sessions {
+            let was_online = s.offline_since == 0;
+            // Time spent down counts against the expiry and the will delay.
+            let down = if was_online {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(wall.saturating_sub(s.offline_since))
+            };
+            if s.expiry.is_some_and(|e| down >= e) {
+                // Expired while the broker was down: gone before any client
+                // can resume it; its will goes once every shard routes.
+                self.log_session_end(sid);
+                if let Some(w) = s.will {
+                    self.overdue_wills.push((s.client_id, w));
+                }
+                continue;
+            }
             let mut session = Session::new(limits, self.config.max_inflight);
             for (id, d) in s.queue {
                 session.restore(
@@ -479,7 +509,6 @@ impl Shard {
             }
             session.awaiting_rel = s.awaiting_rel;
             let generation = self.next_generation();
-            let was_online = s.offline_since == 0;
             let key = self.alloc_session(SessionEntry {
                 client_id: s.client_id,
                 version: s.version,
@@ -505,16 +534,17 @@ impl Shard {
                     }
                 }
             }
-            // Time spent down counts against the expiry and the will delay.
-            let down = if was_online {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(wall.saturating_sub(s.offline_since))
-            };
             self.arm_offline_timers(key, down, now);
             if was_online {
                 self.log_session(key);
             }
+        }
+    }
+
+    /// Publishes the wills of sessions that expired while the broker was down.
+    pub(crate) fn publish_overdue_wills(&mut self, now: Instant) {
+        for (client, will) in std::mem::take(&mut self.overdue_wills) {
+            self.publish_will(&client, will, now);
         }
     }
 
