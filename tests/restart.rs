@@ -165,12 +165,14 @@ fn retained_messages_survive_with_their_properties_and_deletions() {
             m.qos = QoS::AtLeastOnce;
             m.retain = true;
             m.packet_id = Some(pid(1));
-            let mut props = ringmq::protocol::PublishProperties::default();
-            props.content_type = Some(s("text/plain"));
-            props.user_properties.push(UserProperty {
-                name: s("k"),
-                value: s(t),
-            });
+            let props = ringmq::protocol::PublishProperties {
+                content_type: Some(s("text/plain")),
+                user_properties: vec![UserProperty {
+                    name: s("k"),
+                    value: s(t),
+                }],
+                ..Default::default()
+            };
             m.properties = props.into();
             p.send(&Packet::Publish(m));
             ack_of(p.recv());
