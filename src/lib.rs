@@ -41,6 +41,14 @@
 //!   grows only while reads fill it and empty write buffers (about 7 KB of
 //!   broker memory per idle client); rings are deep enough (4096) that the
 //!   polls of many idle connections do not slow every park.
+//! * **Durable before acknowledged.** With a data directory, each shard
+//!   appends to its own log ([`storage`]: CRC-framed records in
+//!   preallocated memory-mapped segments) every QoS 1/2 message it queues
+//!   for a persistent session, and the session's state changes. A PUBACK or
+//!   PUBREC waits at a gate until every shard the message went to reported
+//!   it logged (and, under `--sync always`, msynced by the shard's log
+//!   thread: one msync per batch). On start the logs are replayed in
+//!   parallel (`shard::persist`).
 //! * **Sans-IO cores.** [`protocol`] (the codec), [`topic`], [`session`] and
 //!   [`timer`] never touch a socket, a file or a clock; [`shard`] drives them.
 //!

@@ -559,3 +559,26 @@ fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
         b.log()
     );
 }
+
+#[test]
+fn a_session_made_persistent_by_a_takeover_keeps_its_subscriptions() {
+    let dir = TempDir::new("restart-upgrade");
+    let mut b = BinBroker::spawn_in(&dir.0, &["--cores", "2"]);
+    // Expiry 0: nothing of it is logged yet.
+    let (mut first, _) = Raw::connect_with(b.addr, v5("upgrader", true, 0));
+    first.subscribe(1, &[("up/#", QoS::AtLeastOnce)]);
+    // Taken over by a connection that asks for the session to outlive it.
+    let (second, ack) = Raw::connect_with(b.addr, v5("upgrader", false, 600));
+    assert!(ack.session_present);
+    drop(second);
+    drop(first);
+    let (mut p, _) = Raw::connect(b.addr, ProtocolVersion::V311, "up-pub", true);
+    publish_all(&mut p, "up/x", QoS::AtLeastOnce, 3);
+    drop(p);
+    std::thread::sleep(Duration::from_millis(100));
+    b.kill9();
+    let b = BinBroker::spawn_in(&dir.0, &["--cores", "2"]);
+    let (mut r, ack) = Raw::connect_with(b.addr, v5("upgrader", false, 600));
+    assert!(ack.session_present);
+    assert_eq!(take(&mut r, 3), numbers(3));
+}

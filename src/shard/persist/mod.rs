@@ -141,7 +141,8 @@ impl Shard {
             return;
         }
         let mut sid = e.sid;
-        if sid == 0 {
+        let fresh = sid == 0;
+        if fresh {
             let store = self
                 .store
                 .as_mut()
@@ -154,6 +155,16 @@ impl Shard {
         }
         let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
             return;
+        };
+        // A session that becomes persistent on a takeover (v5: expiry 0,
+        // then a CONNECT with an expiry) brings its subscriptions along.
+        let subs: Vec<(TopicFilter, SubOpts)> = if fresh {
+            e.subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect()
+        } else {
+            Vec::new()
         };
         let offline = if e.conn.is_some() { 0 } else { wall_ms() };
         let (client, version, expiry, will) = (
@@ -169,6 +180,9 @@ impl Shard {
                 None => w.u8(0),
             };
         });
+        for (f, o) in subs {
+            self.log_sub(sid, &f, Some(&o));
+        }
     }
 
     pub(crate) fn log_session_end(&mut self, sid: u64) {

@@ -78,6 +78,10 @@ pub struct Args {
     /// Persistent sessions (clean session/start 0) instead of clean ones.
     #[arg(long)]
     pub persistent: bool,
+    /// backlog: leave the messages queued (the subscriber does not come
+    /// back), e.g. to measure the broker's memory and recovery with them.
+    #[arg(long)]
+    pub leave_backlog: bool,
     /// Client id prefix.
     #[arg(long, default_value = "rb")]
     pub client_prefix: String,
@@ -141,6 +145,8 @@ pub struct Plan {
     pub drain: Duration,
     /// Subscribers that never read.
     pub stuck: usize,
+    /// backlog: do not reconnect the subscriber.
+    pub leave_backlog: bool,
 }
 
 /// Stamp bytes: publisher id (4), sequence (8), send time in ns (8).
@@ -242,6 +248,7 @@ impl Args {
             threads,
             drain: self.drain,
             stuck: self.stuck.unwrap_or(if s == SlowConsumer { 1 } else { 0 }),
+            leave_backlog: self.leave_backlog,
         })
     }
 }

@@ -126,7 +126,9 @@ fn main() {
         1
     };
     let mut drain_time = None;
-    if plan.scenario == Scenario::Backlog {
+    if plan.scenario == Scenario::Backlog && plan.leave_backlog {
+        // Nothing to drain: the messages stay queued in the broker.
+    } else if plan.scenario == Scenario::Backlog {
         ctl.phase.store(phase::RECONNECT, Ordering::Release);
         let deadline = Instant::now() + plan.drain.max(SETUP_TIMEOUT);
         while ctl.drained_at.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
