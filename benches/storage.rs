@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("log_append");
     for size in [140usize, 1024] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = Log::open(dir.path(), opts(), |_, _| {}).expect("opens");
+        let (mut log, _) = Log::open(dir.path(), opts(), |_, _, _| {}).expect("opens");
         let body = vec![0x5au8; size];
         const BATCH: u64 = 10_000;
         g.throughput(Throughput::Bytes(BATCH * (size as u64 + 9)));
@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("log_replay");
     g.sample_size(10);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut log, _) = Log::open(dir.path(), opts(), |_, _| {}).expect("opens");
+    let (mut log, _) = Log::open(dir.path(), opts(), |_, _, _| {}).expect("opens");
     let body = vec![0xa5u8; 140];
     let mut bytes = 0u64;
     while bytes < 256 << 20 {
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
             || (),
             |_| {
                 let mut n = 0u64;
-                let (log, _) = Log::open(dir.path(), opts(), |_, body| {
+                let (log, _) = Log::open(dir.path(), opts(), |_, body, _| {
                     n += body.len() as u64;
                 })
                 .expect("replays");

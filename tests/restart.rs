@@ -402,11 +402,7 @@ fn sessions_are_rehomed_when_the_shard_count_changes() {
     b.kill9();
     // 2 -> 3 shards: every session moves to its owner among three.
     let mut b = BinBroker::spawn_in(&dir.0, &["--cores", "3"]);
-    assert!(
-        b.log().iter().any(|l| l.contains("re-homing")),
-        "{:?}",
-        b.log()
-    );
+    b.wait_log("re-homing");
     for id in &ids[..6] {
         let (mut r, ack) = Raw::connect(b.addr, ProtocolVersion::V311, id, false);
         assert!(ack.session_present, "{id} on 3 shards");
@@ -516,11 +512,7 @@ fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
     assert!(accepted > 20, "refused early: {accepted}");
     // [v5:MQTT-3.4.2-1] a PUBACK reason code: quota exceeded, not silence.
     assert_eq!(refused, ReasonCode::QUOTA_EXCEEDED);
-    assert!(
-        b.log().iter().any(|l| l.contains("out of space")),
-        "{:?}",
-        b.log()
-    );
+    b.wait_log("out of space");
     // A 3.1.1 publisher has no refusal code: its connection is closed.
     let (mut p3, _) = Raw::connect(b.addr, ProtocolVersion::V311, "full-pub3", true);
     p3.publish("d/y", b"x", QoS::AtLeastOnce, 1, false);
@@ -551,13 +543,8 @@ fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
     let got = take(&mut sub, usize::from(accepted));
     assert_eq!(got.last().map(String::as_str), Some("after"));
     sub.expect_silence(Duration::from_millis(300));
-    assert!(
-        b.log()
-            .iter()
-            .any(|l| l.contains("log recovered") && l.contains("corrupt_records=0")),
-        "{:?}",
-        b.log()
-    );
+    let recovered = b.wait_log("log recovered");
+    assert!(recovered.contains("corrupt_records=0"), "{recovered}");
 }
 
 #[test]

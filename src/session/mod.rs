@@ -10,7 +10,7 @@
 pub(crate) mod pending;
 mod queue;
 
-pub use queue::{Delivery, DropReason, Journal, Limits, Session};
+pub use queue::{Delivery, DropReason, Held, Journal, Limits, Logged, Session};
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -13,15 +13,30 @@ use crate::protocol::QoS;
 
 use super::Delivery;
 
+/// What the pending queue holds: a QoS and the bytes it accounts for.
+pub(crate) trait Queued {
+    fn qos(&self) -> QoS;
+    fn held_bytes(&self) -> usize;
+}
+
+impl Queued for Delivery {
+    fn qos(&self) -> QoS {
+        self.qos
+    }
+    fn held_bytes(&self) -> usize {
+        Delivery::held_bytes(self)
+    }
+}
+
 /// Holes allowed before a compaction, beyond one per live entry.
 const SLACK_SLOTS: usize = 1024;
 
 /// FIFO of deliveries; see the module docs.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
+#[derive(Debug)]
+pub(crate) struct Pending<E = Delivery> {
     /// Entries in arrival order; `None` is a dropped entry's hole. Never
     /// starts with a hole.
-    slots: VecDeque<Option<Delivery>>,
+    slots: VecDeque<Option<E>>,
     /// Sequence number of `slots[0]`.
     head: u64,
     /// Sequence numbers of the live QoS 0 entries, oldest first.
@@ -30,7 +45,19 @@ pub(crate) struct Pending {
     bytes: usize,
 }
 
-impl Pending {
+impl<E> Default for Pending<E> {
+    fn default() -> Self {
+        Pending {
+            slots: VecDeque::new(),
+            head: 0,
+            qos0: VecDeque::new(),
+            live: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl<E: Queued> Pending<E> {
     /// Live entries.
     pub(crate) fn len(&self) -> usize {
         self.live
@@ -45,9 +72,9 @@ impl Pending {
         self.bytes
     }
 
-    pub(crate) fn push_back(&mut self, d: Delivery) {
+    pub(crate) fn push_back(&mut self, d: E) {
         let seq = self.head + self.slots.len() as u64;
-        if d.qos == QoS::AtMostOnce {
+        if d.qos() == QoS::AtMostOnce {
             self.qos0.push_back(seq);
         }
         self.live += 1;
@@ -55,15 +82,20 @@ impl Pending {
         self.slots.push_back(Some(d));
     }
 
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Delivery)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&E)) {
         self.slots.iter().flatten().for_each(&mut f);
     }
 
-    pub(crate) fn front(&self) -> Option<&Delivery> {
+    /// Every live entry, to change in place (not its QoS or size).
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut E)) {
+        self.slots.iter_mut().flatten().for_each(&mut f);
+    }
+
+    pub(crate) fn front(&self) -> Option<&E> {
         self.slots.front().and_then(Option::as_ref)
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<Delivery> {
+    pub(crate) fn pop_front(&mut self) -> Option<E> {
         let d = self.slots.pop_front()??;
         if self.qos0.front() == Some(&self.head) {
             self.qos0.pop_front();
@@ -75,7 +107,7 @@ impl Pending {
     }
 
     /// Removes the overflow victim: the oldest QoS 0 entry, else the oldest.
-    pub(crate) fn drop_one(&mut self) -> Option<Delivery> {
+    pub(crate) fn drop_one(&mut self) -> Option<E> {
         let Some(seq) = self.qos0.front().copied() else {
             return self.pop_front();
         };
@@ -95,7 +127,7 @@ impl Pending {
         Some(d)
     }
 
-    fn taken(&mut self, d: &Delivery) {
+    fn taken(&mut self, d: &E) {
         self.live -= 1;
         self.bytes -= d.held_bytes();
     }
@@ -112,7 +144,7 @@ impl Pending {
         self.slots.retain(Option::is_some);
         self.qos0.clear();
         for (i, d) in self.slots.iter().enumerate() {
-            if d.as_ref().is_some_and(|d| d.qos == QoS::AtMostOnce) {
+            if d.as_ref().is_some_and(|d| d.qos() == QoS::AtMostOnce) {
                 self.qos0.push_back(self.head + i as u64);
             }
         }

@@ -6,8 +6,12 @@ use std::time::Instant;
 
 use crate::protocol::{Ack, Packet, PacketId, PublishProperties, QoS, ReasonCode};
 
-use super::pending::Pending;
+use super::pending::{Pending, Queued};
 use super::Message;
+use crate::storage::RecordRef;
+
+/// Reads a logged message back from its record's body.
+pub type Decode = fn(&[u8]) -> Option<Message>;
 
 /// Queue bounds and policy for one session.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +22,10 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// Queue QoS 0 messages while offline.
     pub queue_qos0: bool,
+    /// Reads a logged message back from its record. With it, a logged
+    /// delivery waits in the pending queue as a [`Logged`] reference (about
+    /// 70 bytes of RAM) instead of holding its message.
+    pub decode: Option<Decode>,
 }
 
 /// One message on its way to this session's client.
@@ -35,6 +43,81 @@ pub struct Delivery {
     /// logged for this (persistent) session: what happens to it is then
     /// reported in [`Session::journal`].
     pub stored: Option<u64>,
+    /// Where that record is, while it is (see [`Limits::decode`]).
+    pub rec: Option<RecordRef>,
+}
+
+/// A queued delivery whose message is only in the log: read back when it
+/// is sent.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// The message's record.
+    pub rec: RecordRef,
+    /// Its log id.
+    pub stored: u64,
+    /// QoS granted for this delivery.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// The message's expiry, checked without reading it.
+    pub expires_at: Option<Instant>,
+    /// Subscription identifiers (MQTT 5).
+    pub subscription_ids: Box<[u32]>,
+}
+
+/// What the pending queue holds.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Ram(Delivery),
+    Log(Logged),
+}
+
+impl Queued for Entry {
+    fn qos(&self) -> QoS {
+        match self {
+            Entry::Ram(d) => d.qos,
+            Entry::Log(l) => l.qos,
+        }
+    }
+    fn held_bytes(&self) -> usize {
+        match self {
+            Entry::Ram(d) => d.held_bytes(),
+            Entry::Log(l) => std::mem::size_of::<Entry>() + l.subscription_ids.len() * 4,
+        }
+    }
+}
+
+impl Entry {
+    fn stored(&self) -> Option<u64> {
+        match self {
+            Entry::Ram(d) => d.stored,
+            Entry::Log(l) => Some(l.stored),
+        }
+    }
+
+    fn is_expired(&self, now: Instant) -> bool {
+        match self {
+            Entry::Ram(d) => d.msg.is_expired(now),
+            Entry::Log(l) => l.expires_at.is_some_and(|t| now >= t),
+        }
+    }
+
+    /// The size it will take in the outbox, about.
+    fn send_bytes(&self) -> usize {
+        match self {
+            Entry::Ram(d) => d.held_bytes(),
+            Entry::Log(l) => l.rec.body().len() + 64,
+        }
+    }
+}
+
+/// One queued delivery as a checkpoint sees it.
+#[derive(Debug)]
+pub enum Held<'a> {
+    /// The message is in RAM.
+    Ram(&'a Delivery),
+    /// The message is only in the log.
+    Log(&'a Logged),
 }
 
 impl Delivery {
@@ -110,7 +193,7 @@ pub struct Session {
     limits: Limits,
     window: usize,
     inflight: VecDeque<Inflight>,
-    pending: Pending,
+    pending: Pending<Entry>,
     next_id: u16,
     /// Bytes the connection's outbox can still take: a drain of the pending
     /// queue stops there (see [`Session::set_room`]).
@@ -264,13 +347,49 @@ impl Session {
         {
             // QoS 0 goes first, then the oldest message: O(1) either way.
             if let Some(gone) = self.pending.drop_one() {
-                self.done(&gone);
+                self.done_stored(gone.stored());
             }
             self.dropped += 1;
             dropped = Some(DropReason::QueueFull);
         }
-        self.pending.push_back(d);
+        self.pending.push_back(self.entry_of(d));
         dropped
+    }
+
+    /// A delivery as the pending queue keeps it: a logged one as a
+    /// reference to its record, when the session can read it back.
+    fn entry_of(&self, d: Delivery) -> Entry {
+        match (d.stored, &d.rec, self.limits.decode) {
+            (Some(stored), Some(rec), Some(_)) => Entry::Log(Logged {
+                rec: rec.clone(),
+                stored,
+                qos: d.qos,
+                retain: d.retain,
+                expires_at: d.msg.expires_at,
+                subscription_ids: d.subscription_ids.into_boxed_slice(),
+            }),
+            _ => Entry::Ram(d),
+        }
+    }
+
+    /// A pending entry as a delivery: a logged one read back from the log
+    /// (`None` if its record cannot be read).
+    fn delivery_of(&self, e: Entry) -> Option<Delivery> {
+        match e {
+            Entry::Ram(d) => Some(d),
+            Entry::Log(l) => {
+                let mut m = (self.limits.decode?)(l.rec.body())?;
+                m.expires_at = l.expires_at;
+                Some(Delivery {
+                    msg: Arc::new(m),
+                    qos: l.qos,
+                    retain: l.retain,
+                    subscription_ids: l.subscription_ids.into_vec(),
+                    stored: Some(l.stored),
+                    rec: Some(l.rec),
+                })
+            }
+        }
     }
 
     fn alloc_id(&mut self) -> PacketId {
@@ -340,26 +459,35 @@ impl Session {
         // QoS 0 needs no window slot; QoS 1/2 waits for one. Every message
         // needs room in the outbox.
         while let Some(front) = self.pending.front() {
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
+            if front.qos() != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 break;
             }
-            let size = front.held_bytes();
+            let size = front.send_bytes();
             if size > self.room && !self.idle {
                 self.blocked = true;
                 break;
             }
             self.room = self.room.saturating_sub(size);
             self.idle = false;
-            let Some(d) = self.pending.pop_front() else {
+            let Some(e) = self.pending.pop_front() else {
                 break;
             };
-            if d.msg.is_expired(now) {
+            if e.is_expired(now) {
                 expired += 1;
                 self.dropped += 1;
-                self.done(&d);
+                self.done_stored(e.stored());
                 continue;
             }
-            self.send_new(d, now, out);
+            let stored = e.stored();
+            match self.delivery_of(e) {
+                Some(d) => self.send_new(d, now, out),
+                None => {
+                    // Unreadable record (a bug or a bad disk): counted, and
+                    // settled so that it does not come back forever.
+                    self.dropped += 1;
+                    self.done_stored(stored);
+                }
+            }
         }
         expired
     }
@@ -375,7 +503,11 @@ impl Session {
     }
 
     fn done(&mut self, d: &Delivery) {
-        if let Some(stored) = d.stored {
+        self.done_stored(d.stored);
+    }
+
+    fn done_stored(&mut self, stored: Option<u64>) {
+        if let Some(stored) = stored {
             self.journal.push(Journal::Done { stored });
         }
     }
@@ -466,20 +598,49 @@ impl Session {
                 },
                 delivery: d,
             }),
-            None => self.pending.push_back(d),
+            None => {
+                let e = self.entry_of(d);
+                self.pending.push_back(e);
+            }
+        }
+    }
+
+    /// Puts back a pending delivery recovered from the log without reading
+    /// its message.
+    pub fn restore_logged(&mut self, l: Logged) {
+        self.pending.push_back(Entry::Log(l));
+    }
+
+    /// Points logged deliveries at where a checkpoint rewrote their records
+    /// (`moved(stored id)`), so that the segments before it can go.
+    pub fn relocate(&mut self, moved: impl Fn(u64) -> Option<RecordRef>) {
+        self.pending.for_each_mut(|e| {
+            if let Entry::Log(l) = e {
+                if let Some(r) = moved(l.stored) {
+                    l.rec = r;
+                }
+            }
+        });
+        for f in &mut self.inflight {
+            if let (Some(id), Some(_)) = (f.delivery.stored, &f.delivery.rec) {
+                f.delivery.rec = moved(id).or(f.delivery.rec.take());
+            }
         }
     }
 
     /// Every delivery the session holds, oldest first, with its packet id
     /// and whether PUBREC came for those sent at QoS 2 (what a checkpoint
     /// writes).
-    pub fn for_each_delivery(&self, mut f: impl FnMut(&Delivery, Option<(u16, bool)>)) {
+    pub fn for_each_delivery(&self, mut f: impl FnMut(Held<'_>, Option<(u16, bool)>)) {
         for i in &self.inflight {
             let sent = (i.delivery.qos == QoS::ExactlyOnce)
                 .then_some((i.id.get(), i.stage == Awaiting::PubComp));
-            f(&i.delivery, sent);
+            f(Held::Ram(&i.delivery), sent);
         }
-        self.pending.for_each(|d| f(d, None));
+        self.pending.for_each(|e| match e {
+            Entry::Ram(d) => f(Held::Ram(d), None),
+            Entry::Log(l) => f(Held::Log(l), None),
+        });
     }
 
     /// A client reconnected to this session: resend every unacknowledged

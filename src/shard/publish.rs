@@ -371,6 +371,7 @@ impl Shard {
                     retain,
                     subscription_ids: ids,
                     stored: None,
+                    rec: None,
                 };
                 ds.push((key, d));
             }

@@ -197,6 +197,7 @@ impl Shard {
                 retain: true,
                 subscription_ids: opts.id.into_iter().collect(),
                 stored: None,
+                rec: None,
             });
             true
         });

@@ -80,6 +80,24 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
+/// Where one record's body lies in a segment: what RAM keeps of a queued
+/// message instead of the message (16 bytes). It keeps its segment mapped,
+/// even after a checkpoint deleted the file.
+#[derive(Debug, Clone)]
+pub struct RecordRef {
+    seg: Arc<Segment>,
+    at: u32,
+    len: u32,
+}
+
+impl RecordRef {
+    /// The record's body, read from the map.
+    pub fn body(&self) -> &[u8] {
+        self.seg
+            .bytes(self.at as usize + RECORD_HEADER_BYTES, self.len as usize)
+    }
+}
+
 /// Why an append failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -139,6 +157,7 @@ pub struct Log {
     dirty_from: usize,
     since_checkpoint: u64,
     checkpoint_at: Option<(u64, usize)>,
+    last_at: usize,
     /// Appends that waited for a segment that was not ready.
     pub stalls: u64,
 }
@@ -153,7 +172,7 @@ impl Log {
     pub fn open(
         dir: &Path,
         opts: LogOptions,
-        mut apply: impl FnMut(u8, &[u8]),
+        mut apply: impl FnMut(u8, &[u8], RecordRef),
     ) -> io::Result<(Log, RecoveryReport)> {
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
@@ -200,6 +219,18 @@ impl Log {
             segments.retain(|s| s.seq >= seq);
             report.checkpoint = pointer;
         }
+        // Segments allocated ahead and never written to: the writer was
+        // still in the one before, so that one is the tail (a record torn
+        // there by a kill is a torn tail, not corruption).
+        while segments.len() > 1
+            && segments
+                .last()
+                .is_some_and(|s| read_slot(s, HEADER_BYTES) == Slot::End)
+        {
+            if let Some(s) = segments.pop() {
+                std::fs::remove_file(&s.path)?;
+            }
+        }
         let mut pos = HEADER_BYTES;
         let last = segments.len().saturating_sub(1);
         let mut next_progress = started + Duration::from_secs(1);
@@ -213,7 +244,12 @@ impl Log {
                 match read_slot(seg, at) {
                     Slot::Record { kind, body, next } => {
                         if kind >= FIRST_USER_KIND {
-                            apply(kind, body);
+                            let r = RecordRef {
+                                seg: seg.clone(),
+                                at: at as u32,
+                                len: body.len() as u32,
+                            };
+                            apply(kind, body, r);
                         }
                         report.records += 1;
                         report.bytes += (next - at) as u64;
@@ -281,6 +317,7 @@ impl Log {
             dirty_from: pos,
             since_checkpoint: report.bytes,
             checkpoint_at: None,
+            last_at: pos,
             stalls: 0,
         };
         if log.segments.is_empty() {
@@ -319,6 +356,15 @@ impl Log {
         self.full_since.is_some()
     }
 
+    /// The record appended last (after an `append` that succeeded).
+    pub fn last_record(&self) -> RecordRef {
+        RecordRef {
+            seg: self.active().clone(),
+            at: self.last_at as u32,
+            len: (self.pos - self.last_at - RECORD_HEADER_BYTES) as u32,
+        }
+    }
+
     fn active(&self) -> &Arc<Segment> {
         self.segments
             .back()
@@ -345,6 +391,7 @@ impl Log {
         }
         let at = self.pos;
         self.active().write_record(at, kind, body);
+        self.last_at = at;
         self.pos += need;
         self.written += need as u64;
         self.since_checkpoint += need as u64;

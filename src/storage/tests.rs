@@ -13,7 +13,7 @@ type Replayed = (Log, Vec<(u8, Vec<u8>)>, RecoveryReport);
 
 fn replay(dir: &Path, mode: RecoveryMode) -> io::Result<Replayed> {
     let mut got = Vec::new();
-    let (log, report) = Log::open(dir, opts(mode), |k, b| got.push((k, b.to_vec())))?;
+    let (log, report) = Log::open(dir, opts(mode), |k, b, _| got.push((k, b.to_vec())))?;
     Ok((log, got, report))
 }
 
@@ -271,4 +271,28 @@ fn an_impossible_data_dir_is_an_error() {
     std::fs::write(&file, b"x").unwrap();
     let err = DataDir::open(&file.join("sub")).unwrap_err();
     assert!(err.to_string().contains("cannot create it"), "{err}");
+}
+
+#[test]
+fn a_record_torn_beside_a_segment_allocated_ahead_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = replay(dir.path(), RecoveryMode::Strict).unwrap();
+    // Past half the segment: the next one is allocated ahead.
+    while log.next.is_none() {
+        log.append(FIRST_USER_KIND, &body(7)).unwrap();
+    }
+    // Wait for it to exist on disk.
+    let ready = log.next.take().unwrap().recv().unwrap().unwrap();
+    let at = log.pos;
+    let path = log.active().path.clone();
+    drop(ready);
+    drop(log);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    // A kill between writing a record's body and its length.
+    poke(&path, at + 4, &[1, 2, 3, 4, 16, 9, 9]);
+    let (mut log, got, report) = replay(dir.path(), RecoveryMode::Strict).unwrap();
+    assert!(report.truncated.is_some(), "{report:?}");
+    assert!(!got.is_empty());
+    assert_eq!(segment_files(dir.path()).len(), 1, "the unused one is gone");
+    log.append(FIRST_USER_KIND, b"on").unwrap();
 }

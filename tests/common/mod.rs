@@ -404,6 +404,24 @@ impl BinBroker {
             .unwrap_or_else(|| panic!("no {field} in status"))
     }
 
+    /// Waits (bounded) until a log line contains `needle`: stderr arrives
+    /// through a pipe and a thread, after the line that says the broker
+    /// listens.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Log lines so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().expect("log").clone()

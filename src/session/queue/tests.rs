@@ -14,6 +14,7 @@ const LIMITS: Limits = Limits {
     max_queued_messages: 100,
     max_queued_bytes: 1 << 20,
     queue_qos0: false,
+    decode: None,
 };
 
 fn msg(payload: &'static str, qos: QoS) -> Arc<Message> {
@@ -35,6 +36,7 @@ fn d(payload: &'static str, qos: QoS) -> Delivery {
         retain: false,
         subscription_ids: vec![],
         stored: None,
+        rec: None,
     }
 }
 
@@ -157,6 +159,7 @@ fn full_queue_drops_qos0_first_then_oldest() {
     let limits = Limits {
         max_queued_messages: 3,
         queue_qos0: true,
+        decode: None,
         ..LIMITS
     };
     let mut s = Session::new(limits, 1);
@@ -244,6 +247,7 @@ fn message_expiry() {
             retain: false,
             subscription_ids: vec![],
             stored: None,
+            rec: None,
         }
     };
     s.deliver(mk(10), false, t0, &mut out);
@@ -302,6 +306,7 @@ fn overflow_of_a_full_queue_is_constant_time() {
         max_queued_messages: 100_000,
         max_queued_bytes: usize::MAX,
         queue_qos0: true,
+        decode: None,
     };
     let started = Instant::now();
     let mut s = Session::new(limits, 1);

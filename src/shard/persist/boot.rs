@@ -131,7 +131,8 @@ pub fn open(config: &Config) -> io::Result<Option<Opened>> {
             .map(|d| {
                 sc.spawn(move || {
                     let mut rec = Recovered::default();
-                    let (log, report) = Log::open(d, opts, |k, b| rec.apply(k, b, now, wall))?;
+                    let (log, report) =
+                        Log::open(d, opts, |k, b, r| rec.apply(k, b, r, now, wall))?;
                     rec.dedupe_clients();
                     Ok((log, rec, report))
                 })
@@ -173,7 +174,7 @@ pub fn open(config: &Config) -> io::Result<Option<Opened>> {
     let recs = if rehoming {
         drop(logs);
         logs = (0..n)
-            .map(|k| Log::open(&dir.shard_dir(k), opts, |_, _| {}).map(|(l, _)| l))
+            .map(|k| Log::open(&dir.shard_dir(k), opts, |_, _, _| {}).map(|(l, _)| l))
             .collect::<io::Result<_>>()?;
         rehome_sessions(recs, n)
     } else {

@@ -16,6 +16,7 @@ mod sync;
 
 pub use boot::{open, Opened, ShardStorage};
 
+pub(crate) use records::message_of_record;
 pub use recover::Recovered;
 pub(crate) use sync::{commit_loop, LogThread};
 
@@ -25,12 +26,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SyncMode;
-use crate::session::{Delivery, Journal, Message, Session};
+use crate::session::{Delivery, Held, Journal, Logged, Message, Session};
 use crate::storage::{AppendError, Log};
 use crate::topic::{TopicFilter, TopicName};
 
 use super::{owner_of, SessionEntry, Shard, ShardMsg, SubOpts, TimerKey};
 use records::{wall_ms, wall_of, W};
+
+/// Where a checkpoint takes a message from.
+enum Source {
+    Ram(Arc<Message>),
+    Log(crate::storage::RecordRef),
+}
+
+/// One session's reference to a message, as a checkpoint writes it.
+struct Ref {
+    sid: u64,
+    qos: crate::protocol::QoS,
+    retain: bool,
+    ids: Vec<u32>,
+}
 
 /// A shard's log and the counters that name its records.
 #[derive(Debug)]
@@ -288,8 +303,10 @@ impl Shard {
                 })
                 .is_some();
             if ok {
+                let rec = self.store.as_ref().map(|s| s.log.last_record());
                 for &(_, i) in &refs {
                     ds[i].1.stored = Some(id);
+                    ds[i].1.rec = rec.clone();
                 }
             } else {
                 self.metrics.log_refused += 1;
@@ -406,8 +423,7 @@ impl Shard {
             })
             .collect();
         // Messages by stored id, in queue order, with every reference.
-        type Refs = (Arc<Message>, Vec<(u64, Delivery)>);
-        let mut msgs: BTreeMap<u64, Refs> = BTreeMap::new();
+        let mut msgs: BTreeMap<u64, (Source, Vec<Ref>)> = BTreeMap::new();
         let mut sent = Vec::new();
         for &key in &keys {
             // Session records are built from the entry, as at connect.
@@ -420,15 +436,34 @@ impl Shard {
                 .map(|(f, o)| (f.clone(), *o))
                 .collect();
             let rel: Vec<u16> = e.session.awaiting_rel.iter().copied().collect();
-            e.session.for_each_delivery(|d, s| {
-                if let Some(id) = d.stored {
-                    msgs.entry(id)
-                        .or_insert_with(|| (d.msg.clone(), Vec::new()))
-                        .1
-                        .push((sid, d.clone()));
-                    if let Some((pid, received)) = s {
-                        sent.push((sid, id, pid, received));
+            e.session.for_each_delivery(|h, s| {
+                let (id, source, r) = match h {
+                    Held::Ram(d) => {
+                        let Some(id) = d.stored else { return };
+                        let r = Ref {
+                            sid,
+                            qos: d.qos,
+                            retain: d.retain,
+                            ids: d.subscription_ids.clone(),
+                        };
+                        (id, Source::Ram(d.msg.clone()), r)
                     }
+                    Held::Log(l) => {
+                        let r = Ref {
+                            sid,
+                            qos: l.qos,
+                            retain: l.retain,
+                            ids: l.subscription_ids.to_vec(),
+                        };
+                        (l.stored, Source::Log(l.rec.clone()), r)
+                    }
+                };
+                msgs.entry(id)
+                    .or_insert_with(|| (source, Vec::new()))
+                    .1
+                    .push(r);
+                if let Some((pid, received)) = s {
+                    sent.push((sid, id, pid, received));
                 }
             });
             for (f, o) in subs {
@@ -440,21 +475,44 @@ impl Shard {
         }
         let now = Instant::now();
         let wall = wall_ms();
-        for (id, (msg, refs)) in &msgs {
-            let expires = wall_of(msg.expires_at, now, wall);
-            self.append(records::MSG, |w| {
-                w.u64(*id).str(&msg.publisher).u64(expires).publish(msg);
+        let mut moved: HashMap<u64, crate::storage::RecordRef> = HashMap::new();
+        for (id, (source, refs)) in &msgs {
+            let ok = self.append(records::MSG, |w| {
+                match source {
+                    Source::Ram(msg) => {
+                        let expires = wall_of(msg.expires_at, now, wall);
+                        w.u64(*id).str(&msg.publisher).u64(expires).publish(msg);
+                    }
+                    // The message part of the record as it was written.
+                    Source::Log(rec) => {
+                        let body = rec.body();
+                        let n = records::message_prefix_len(body).unwrap_or(0);
+                        w.0.extend_from_slice(&body[..n]);
+                    }
+                }
                 w.u32(refs.len() as u32);
-                for (sid, d) in refs {
-                    w.u64(*sid)
-                        .u8(d.qos as u8)
-                        .u8(u8::from(d.retain))
-                        .u16(d.subscription_ids.len() as u16);
-                    for &s in &d.subscription_ids {
+                for r in refs {
+                    w.u64(r.sid)
+                        .u8(r.qos as u8)
+                        .u8(u8::from(r.retain))
+                        .u16(r.ids.len() as u16);
+                    for &s in &r.ids {
                         w.u32(s);
                     }
                 }
             });
+            if ok.is_some() {
+                if let Some(st) = &self.store {
+                    moved.insert(*id, st.log.last_record());
+                }
+            }
+        }
+        // Queued deliveries now read from the checkpoint, so the segments
+        // before it are unmapped once the job deletes them.
+        for &key in &keys {
+            if let Some(e) = self.sessions[key as usize].as_mut() {
+                e.session.relocate(|id| moved.get(&id).cloned());
+            }
         }
         for (sid, id, pid, received) in sent {
             self.append(records::SENT, |w| {
@@ -510,13 +568,31 @@ impl Shard {
             }
             let mut session = Session::new(limits, self.config.max_inflight);
             for (id, d) in s.queue {
+                if d.sent.is_none() {
+                    session.restore_logged(Logged {
+                        rec: d.rec,
+                        stored: id,
+                        qos: d.qos,
+                        retain: d.retain,
+                        expires_at: d.expires_at,
+                        subscription_ids: d.ids.into_boxed_slice(),
+                    });
+                    continue;
+                }
+                // In flight: read back now, to be resent with its packet id.
+                let Some(mut m) = message_of_record(d.rec.body()) else {
+                    tracing::warn!(shard = self.id, id, "log: unreadable message skipped");
+                    continue;
+                };
+                m.expires_at = d.expires_at;
                 session.restore(
                     Delivery {
-                        msg: d.msg,
+                        msg: Arc::new(m),
                         qos: d.qos,
                         retain: d.retain,
                         subscription_ids: d.ids,
                         stored: Some(id),
+                        rec: Some(d.rec),
                     },
                     d.sent,
                 );

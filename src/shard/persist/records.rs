@@ -252,6 +252,28 @@ impl<'a> R<'a> {
     }
 }
 
+/// The message of a MSG record (`id | publisher | expires | frame | refs`),
+/// without its expiry (the caller has it as an `Instant`): how a queued
+/// delivery is read back from the log when it is sent.
+pub(crate) fn message_of_record(body: &[u8]) -> Option<Message> {
+    let mut r = R(body);
+    let _id = r.u64()?;
+    let publisher: Arc<str> = r.str()?.into();
+    let _expires = r.u64()?;
+    let now = Instant::now();
+    r.message(publisher, 0, now, 0)
+}
+
+/// Bytes of a MSG record before its references (what a checkpoint copies).
+pub(crate) fn message_prefix_len(body: &[u8]) -> Option<usize> {
+    let mut r = R(body);
+    r.u64()?;
+    r.bytes()?;
+    r.u64()?;
+    r.bytes()?;
+    Some(body.len() - r.0.len())
+}
+
 /// The protocol version of a level byte.
 pub(crate) fn version_of(level: u8) -> Option<ProtocolVersion> {
     match level {

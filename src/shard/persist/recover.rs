@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{LastWill, ProtocolVersion, QoS};
 use crate::session::Message;
+use crate::storage::RecordRef;
 use crate::topic::TopicFilter;
 
 use super::super::SubOpts;
@@ -14,7 +15,9 @@ use super::records::{self as rec, R};
 /// One delivery recovered for a session.
 #[derive(Debug, Clone)]
 pub(crate) struct RecDelivery {
-    pub msg: Arc<Message>,
+    /// The MSG record, read back only when the delivery is sent.
+    pub rec: RecordRef,
+    pub expires_at: Option<Instant>,
     pub qos: QoS,
     pub retain: bool,
     pub ids: Vec<u32>,
@@ -67,14 +70,28 @@ impl Recovered {
     }
 
     /// Applies one record; `now`/`wall_now` turn stored times into instants.
-    pub(crate) fn apply(&mut self, kind: u8, body: &[u8], now: Instant, wall_now: u64) {
-        if self.try_apply(kind, body, now, wall_now).is_none() {
+    pub(crate) fn apply(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+        rec: RecordRef,
+        now: Instant,
+        wall_now: u64,
+    ) {
+        if self.try_apply(kind, body, rec, now, wall_now).is_none() {
             self.bad_records += 1;
             tracing::warn!(kind, len = body.len(), "log: unreadable record skipped");
         }
     }
 
-    fn try_apply(&mut self, kind: u8, body: &[u8], now: Instant, wall_now: u64) -> Option<()> {
+    fn try_apply(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+        record: RecordRef,
+        now: Instant,
+        wall_now: u64,
+    ) -> Option<()> {
         let mut r = R(body);
         match kind {
             rec::SESSION => {
@@ -123,10 +140,11 @@ impl Recovered {
                 }
             }
             rec::MSG => {
+                // Only what the index needs: the message stays in the log.
                 let id = r.u64()?;
-                let publisher: Arc<str> = r.str()?.into();
-                let expires = r.u64()?;
-                let msg = Arc::new(r.message(publisher, expires, now, wall_now)?);
+                let _publisher = r.bytes()?;
+                let expires_at = rec::instant_of(r.u64()?, now, wall_now);
+                let _frame = r.bytes()?;
                 self.last_msg = self.last_msg.max(id);
                 let refs = r.u32()?;
                 for _ in 0..refs {
@@ -142,7 +160,8 @@ impl Recovered {
                         s.queue.insert(
                             id,
                             RecDelivery {
-                                msg: msg.clone(),
+                                rec: record.clone(),
+                                expires_at,
                                 qos,
                                 retain,
                                 ids,
