@@ -63,7 +63,7 @@ start() { # label
 
 stop() { kill "$(cat "$work/pid")" 2>/dev/null || true; wait "$(cat "$work/pid")" 2>/dev/null || true; }
 
-labels="memory none interval=1s always mosquitto mosquitto-persist"
+labels=${LABELS-"memory none interval=1s always mosquitto mosquitto-persist"}
 declare -A results
 for run in $(seq "$RUNS"); do
   for l in $labels; do
@@ -78,10 +78,8 @@ print("%s/%s/%s" % (round(d.get("received_per_sec", 0)), d.get("lost", "?"), d.g
   done
 done
 
-echo "## QoS 1 pairs to persistent subscribers ($(nproc) cores, ringmq --cores $CORES, $DURATION, $RUNS runs)"
-echo
-echo "| broker | median msg/s | runs (msg/s / lost / p99 µs) |"
-echo "|---|---|---|"
+[ -n "$labels" ] && echo "## QoS 1 pairs to persistent subscribers ($(nproc) cores, ringmq --cores $CORES, $DURATION, $RUNS runs)"
+[ -n "$labels" ] && printf '\n| broker | median msg/s | runs (msg/s / lost / p99 µs) |\n|---|---|---|\n'
 for l in $labels; do
   med=$(for x in ${results[$l]}; do echo "${x%%/*}"; done | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   echo "| $l | $med | ${results[$l]} |"

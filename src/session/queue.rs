@@ -13,6 +13,10 @@ use crate::storage::RecordRef;
 /// Reads a logged message back from its record's body.
 pub type Decode = fn(&[u8]) -> Option<Message>;
 
+/// Pending messages of an online session kept in RAM before further ones
+/// wait in the log as references.
+const RAM_BACKLOG: usize = 1024;
+
 /// Queue bounds and policy for one session.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -68,7 +72,9 @@ pub struct Logged {
 /// What the pending queue holds.
 #[derive(Debug)]
 pub(crate) enum Entry {
-    Ram(Delivery),
+    /// Boxed: the queue's slots are the size of the larger variant, and a
+    /// logged backlog of millions should not pay for the rarer one.
+    Ram(Box<Delivery>),
     Log(Logged),
 }
 
@@ -326,14 +332,14 @@ impl Session {
         now: Instant,
         out: &mut Vec<Packet>,
     ) -> Option<DropReason> {
-        let dropped = self.enqueue(d);
+        let dropped = self.enqueue(d, online);
         if online {
             self.drain(now, out);
         }
         dropped
     }
 
-    fn enqueue(&mut self, d: Delivery) -> Option<DropReason> {
+    fn enqueue(&mut self, d: Delivery, online: bool) -> Option<DropReason> {
         let mut dropped = None;
         let len = d.held_bytes();
         if len > self.limits.max_queued_bytes {
@@ -352,7 +358,15 @@ impl Session {
             self.dropped += 1;
             dropped = Some(DropReason::QueueFull);
         }
-        self.pending.push_back(self.entry_of(d));
+        // An online client's short backlog stays in RAM (it goes out
+        // soon; reading it back would cost every message a decode); an
+        // offline one's, or a long one, waits in the log.
+        let e = if online && self.pending.len() < RAM_BACKLOG {
+            Entry::Ram(Box::new(d))
+        } else {
+            self.entry_of(d)
+        };
+        self.pending.push_back(e);
         dropped
     }
 
@@ -368,7 +382,7 @@ impl Session {
                 expires_at: d.msg.expires_at,
                 subscription_ids: d.subscription_ids.into_boxed_slice(),
             }),
-            _ => Entry::Ram(d),
+            _ => Entry::Ram(Box::new(d)),
         }
     }
 
@@ -376,7 +390,7 @@ impl Session {
     /// (`None` if its record cannot be read).
     fn delivery_of(&self, e: Entry) -> Option<Delivery> {
         match e {
-            Entry::Ram(d) => Some(d),
+            Entry::Ram(d) => Some(*d),
             Entry::Log(l) => {
                 let mut m = (self.limits.decode?)(l.rec.body())?;
                 m.expires_at = l.expires_at;
