@@ -670,3 +670,79 @@ impl Shard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MqttStr, Packet, PublishProperties, QoS};
+    use crate::session::Limits;
+    use crate::storage::{LogOptions, RecoveryMode};
+
+    /// A queued delivery of a logged message waits as a reference into the
+    /// map (a few dozen bytes, whatever the payload) and goes out as the
+    /// message it was, read back from the log.
+    #[test]
+    fn a_logged_delivery_waits_as_a_reference_and_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions {
+            segment_size: 1 << 20,
+            recovery: RecoveryMode::Strict,
+        };
+        let (mut log, _) = Log::open(dir.path(), opts, |_, _, _| {}).unwrap();
+        let msg = Arc::new(Message {
+            topic: TopicName::new(MqttStr::from_static("a/b")).unwrap(),
+            payload: bytes::Bytes::from(vec![9u8; 4000]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties {
+                content_type: Some(MqttStr::from_static("text/plain")),
+                ..Default::default()
+            },
+            publisher: Arc::from("p"),
+            expires_at: None,
+        });
+        let mut w = W::default();
+        w.u64(7).str("p").u64(0).publish(&msg).u32(0);
+        log.append(records::MSG, &w.0).unwrap();
+        let limits = Limits {
+            max_queued_messages: 10,
+            max_queued_bytes: 1 << 20,
+            queue_qos0: false,
+            decode: Some(message_of_record),
+        };
+        let mut s = Session::new(limits, 10);
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![3],
+            stored: Some(7),
+            rec: Some(log.last_record()),
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // Offline: queued.
+        assert_eq!(s.deliver(d, false, now, &mut out), None);
+        assert_eq!(s.pending_len(), 1);
+        let mut held = 0;
+        s.for_each_delivery(|h, _| {
+            assert!(matches!(h, Held::Log(_)), "kept as a reference");
+            held += 1;
+        });
+        assert_eq!(held, 1);
+        // The queue no longer holds the message: only this test does.
+        assert_eq!(Arc::strong_count(&msg), 1);
+        s.resume(now, &mut out);
+        let Some(Packet::Publish(p)) = out.pop() else {
+            panic!("sent: {out:?}")
+        };
+        assert_eq!(p.payload, msg.payload);
+        assert_eq!(p.topic.as_str(), "a/b");
+        let props = p.properties.into_inner();
+        assert_eq!(
+            props.content_type.as_ref().map(|c| c.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(props.subscription_identifiers, vec![3]);
+    }
+}
