@@ -636,8 +636,8 @@ impl Session {
             }
         });
         for f in &mut self.inflight {
-            if let (Some(id), Some(_)) = (f.delivery.stored, &f.delivery.rec) {
-                f.delivery.rec = moved(id).or(f.delivery.rec.take());
+            if let Some(r) = f.delivery.stored.and_then(&moved) {
+                f.delivery.rec = Some(r);
             }
         }
     }

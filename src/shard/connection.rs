@@ -206,7 +206,7 @@ pub async fn run(start: ShardStart) {
             w.wake();
         }
         if let Some(st) = s.store.as_mut() {
-            st.want_sync();
+            st.want_sync(0);
         }
     }
     if let Some(c) = commit {

@@ -163,7 +163,7 @@ impl Shard {
         if p.qos != QoS::AtMostOnce && self.log_refuses(&topic) {
             // A log this message needs is out of space: refused, not
             // acknowledged and then lost.
-            return self.refuse_for_log(conn, key, &publisher, &topic, p.qos, p.packet_id, now);
+            return self.refuse_for_log(conn, key, topic.as_str(), p.qos, p.packet_id, now);
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             if let Some(e) = self.entry(key) {
@@ -180,7 +180,6 @@ impl Shard {
             subscription_identifiers: Vec::new(),
             ..p.properties.into_inner()
         };
-        let publisher_id = publisher.clone();
         let msg = Arc::new(Message {
             topic,
             payload: p.payload,
@@ -191,12 +190,12 @@ impl Shard {
             expires_at,
         });
         // $SYS belongs to the broker: client publishes there are acknowledged and dropped.
-        self.routed_remote.clear();
-        let barrier = if msg.topic.is_broker_sys() {
+        let (barrier, remote) = if msg.topic.is_broker_sys() {
             self.refuse_sys(&msg.publisher, msg.topic.as_str());
-            None
+            (None, Vec::new())
         } else {
-            self.publish_message(msg, now)
+            let barrier = self.publish_message(msg, now);
+            (barrier, std::mem::take(&mut self.routed_remote))
         };
         if std::mem::take(&mut self.log_failed) {
             if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
@@ -205,9 +204,7 @@ impl Shard {
                     e.session.awaiting_rel.remove(&id.get());
                 }
             }
-            if let Ok(t) = TopicName::new(p.topic) {
-                return self.refuse_for_log(conn, key, &publisher_id, &t, p.qos, p.packet_id, now);
-            }
+            return self.refuse_for_log(conn, key, p.topic.as_str(), p.qos, p.packet_id, now);
         }
         let ack = match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(id)) => Packet::PubAck(Ack::new(id)),
@@ -220,7 +217,7 @@ impl Shard {
         let gate = Gate {
             barrier: barrier.unwrap_or(0),
             ticket: self.ack_ticket(),
-            remote: std::mem::take(&mut self.routed_remote),
+            remote,
         };
         self.answer_after(conn, key, gate, ack, Vec::new(), now);
         Flow::Continue
@@ -229,13 +226,11 @@ impl Shard {
     /// Answers a QoS 1/2 publish the log cannot take: v5 PUBACK/PUBREC
     /// 0x97 (quota exceeded); 3.1.1 has no negative acknowledgement, so the
     /// connection is closed and the client resends later.
-    #[expect(clippy::too_many_arguments, reason = "the parts of one refusal")]
     fn refuse_for_log(
         &mut self,
         conn: &Rc<Conn>,
         key: u32,
-        publisher: &str,
-        topic: &TopicName,
+        topic: &str,
         qos: QoS,
         packet_id: Option<crate::protocol::PacketId>,
         now: Instant,
@@ -243,8 +238,8 @@ impl Shard {
         self.metrics.log_refused += 1;
         if let Some(held) = self.log_limits.log_errors.allow(now) {
             tracing::warn!(
-                client_id = publisher,
-                topic = topic.as_str(),
+                client_id = conn.client_id.borrow().as_deref().unwrap_or(""),
+                topic,
                 held_back = held,
                 "publish refused: the log is out of space"
             );
@@ -270,7 +265,9 @@ impl Shard {
     /// Stores (or clears) a retained message and routes the message.
     /// Returns the broadcast barrier a retained message's acknowledgement
     /// waits for (see [`Shard::answer_after`]).
+    /// [`Shard::routed_remote`] says afterwards which peers must report it logged.
     pub(crate) fn publish_message(&mut self, msg: Arc<Message>, now: Instant) -> Option<u64> {
+        self.routed_remote.clear();
         let mut barrier = None;
         if msg.retain {
             let stored = if msg.payload.is_empty() {

@@ -127,7 +127,7 @@ impl Shard {
         if !self.deferred.contains_key(&conn.id) && self.gate_open(&gate) {
             return self.answer_subscribe(conn, key, &ack, retained, now);
         }
-        let wants_sync = gate.ticket > 0;
+        let ticket = gate.ticket;
         self.deferred
             .entry(conn.id)
             .or_default()
@@ -138,9 +138,9 @@ impl Shard {
                 ack,
                 retained,
             });
-        if wants_sync {
+        if ticket > 0 {
             if let Some(st) = self.store.as_mut() {
-                st.want_sync();
+                st.want_sync(ticket);
             }
         }
     }

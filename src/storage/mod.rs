@@ -137,7 +137,14 @@ impl SyncBatch {
     }
 }
 
-type Prepared = mpsc::Receiver<io::Result<Segment>>;
+/// The segment after the active one.
+#[derive(Debug)]
+enum Next {
+    /// Being allocated and faulted in on a helper thread.
+    Preparing(mpsc::Receiver<io::Result<Segment>>),
+    /// Allocated (found by [`Log::retry_space`] while the log was full).
+    Ready(Segment),
+}
 
 /// One shard's log. See the module docs.
 #[derive(Debug)]
@@ -148,7 +155,7 @@ pub struct Log {
     segments: VecDeque<Arc<Segment>>,
     pos: usize,
     /// The next segment, being allocated and faulted in on another thread.
-    next: Option<Prepared>,
+    next: Option<Next>,
     /// When allocating a segment last failed (the log is full until one
     /// succeeds; retried at most every second).
     full_since: Option<(Instant, String)>,
@@ -415,7 +422,7 @@ impl Log {
                 let _ = tx.send(Segment::create(&dir, seq, size));
             });
         if spawned.is_ok() {
-            self.next = Some(rx);
+            self.next = Some(Next::Preparing(rx));
         }
     }
 
@@ -429,10 +436,14 @@ impl Log {
             self.prepare_next();
             self.stalls += 1;
         }
-        let got = match self.next.take().map(|rx| rx.recv()) {
-            Some(Ok(Ok(seg))) => Ok(seg),
-            Some(Ok(Err(e))) => Err(e.to_string()),
-            _ => Err("segment allocation thread failed".to_string()),
+        let got = match self.next.take() {
+            Some(Next::Ready(seg)) => Ok(seg),
+            Some(Next::Preparing(rx)) => match rx.recv() {
+                Ok(Ok(seg)) => Ok(seg),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("segment allocation thread failed".to_string()),
+            },
+            None => Err("segment allocation thread failed".to_string()),
         };
         match got {
             Ok(seg) => {
@@ -464,21 +475,34 @@ impl Log {
             Some((since, _)) if since.elapsed() < Duration::from_secs(1) => return false,
             Some(_) => {}
         }
-        let seq = self.active().seq + 1;
-        match Segment::create(&self.dir, seq, self.opts.segment_size) {
-            Ok(seg) => {
-                let (tx, rx) = mpsc::channel();
-                let _ = tx.send(Ok(seg));
-                self.next = Some(rx);
-                self.full_since = None;
-                tracing::info!(log = %self.dir.display(), "log has space again");
-                true
+        // Allocated on the helper thread, as always: a shard never waits
+        // for an fallocate and the faulting-in of a segment here.
+        let seg = match self.next.take() {
+            None => {
+                self.prepare_next();
+                return false;
             }
-            Err(e) => {
-                self.full_since = Some((Instant::now(), e.to_string()));
-                false
-            }
-        }
+            Some(Next::Ready(seg)) => seg,
+            Some(Next::Preparing(rx)) => match rx.try_recv() {
+                Ok(Ok(seg)) => seg,
+                Err(mpsc::TryRecvError::Empty) => {
+                    self.next = Some(Next::Preparing(rx));
+                    return false;
+                }
+                Ok(Err(e)) => {
+                    self.full_since = Some((Instant::now(), e.to_string()));
+                    return false;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.full_since = Some((Instant::now(), "allocation thread failed".into()));
+                    return false;
+                }
+            },
+        };
+        self.next = Some(Next::Ready(seg));
+        self.full_since = None;
+        tracing::info!(log = %self.dir.display(), "log has space again");
+        true
     }
 
     /// Records the active segment's unflushed range.

@@ -282,7 +282,10 @@ fn a_record_torn_beside_a_segment_allocated_ahead_is_a_torn_tail() {
         log.append(FIRST_USER_KIND, &body(7)).unwrap();
     }
     // Wait for it to exist on disk.
-    let ready = log.next.take().unwrap().recv().unwrap().unwrap();
+    let Some(Next::Preparing(rx)) = log.next.take() else {
+        panic!("the next segment is being prepared")
+    };
+    let ready = rx.recv().unwrap().unwrap();
     let at = log.pos;
     let path = log.active().path.clone();
     drop(ready);

@@ -20,7 +20,7 @@ pub(crate) use records::message_of_record;
 pub use recover::Recovered;
 pub(crate) use sync::{commit_loop, LogThread};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +61,10 @@ pub struct Store {
     live_bytes: u64,
     /// Mesh messages that may leave only once the log is durable up to
     /// their ticket (`--sync always`).
-    pub(crate) after_sync: Vec<(u64, usize, ShardMsg)>,
+    /// Tickets only grow, so the queue is in ticket order.
+    pub(crate) after_sync: VecDeque<(u64, usize, ShardMsg)>,
+    /// The highest ticket an acknowledgement or a mesh message waits for.
+    wanted: u64,
     /// Set when something waits for a sync: wakes the commit task.
     pub(crate) sync_waker: Option<std::task::Waker>,
     /// Where msyncs and checkpoint jobs run (inline without one).
@@ -81,18 +84,26 @@ impl Store {
             last_msg: rec.last_msg,
             sync,
             synced: written,
-            after_sync: Vec::new(),
+            after_sync: VecDeque::new(),
+            wanted: 0,
             sync_waker: None,
             thread: None,
             refs: Vec::new(),
         }
     }
 
-    /// Asks the commit task for a sync.
-    pub(crate) fn want_sync(&mut self) {
+    /// Asks the commit task for a sync covering `ticket` (0: only wake it,
+    /// to see shutdown).
+    pub(crate) fn want_sync(&mut self, ticket: u64) {
+        self.wanted = self.wanted.max(ticket);
         if let Some(w) = self.sync_waker.take() {
             w.wake();
         }
+    }
+
+    /// True if an acknowledgement or a mesh message waits for a sync.
+    pub(crate) fn sync_wanted(&self) -> bool {
+        self.wanted > self.synced
     }
 }
 
@@ -288,17 +299,10 @@ impl Shard {
             };
             ok = self
                 .append(records::MSG, |w| {
-                    w.u64(id).str(&msg.publisher).u64(expires).publish(msg);
-                    w.u32(refs.len() as u32);
+                    w.message(id, msg, expires).u32(refs.len() as u32);
                     for &(sid, i) in &refs {
                         let d = &ds[i].1;
-                        w.u64(sid)
-                            .u8(d.qos as u8)
-                            .u8(u8::from(d.retain))
-                            .u16(d.subscription_ids.len() as u16);
-                        for &s in &d.subscription_ids {
-                            w.u32(s);
-                        }
+                        w.reference(sid, d.qos, d.retain, &d.subscription_ids);
                     }
                 })
                 .is_some();
@@ -481,7 +485,7 @@ impl Shard {
                 match source {
                     Source::Ram(msg) => {
                         let expires = wall_of(msg.expires_at, now, wall);
-                        w.u64(*id).str(&msg.publisher).u64(expires).publish(msg);
+                        w.message(*id, msg, expires);
                     }
                     // The message part of the record as it was written.
                     Source::Log(rec) => {
@@ -492,13 +496,7 @@ impl Shard {
                 }
                 w.u32(refs.len() as u32);
                 for r in refs {
-                    w.u64(r.sid)
-                        .u8(r.qos as u8)
-                        .u8(u8::from(r.retain))
-                        .u16(r.ids.len() as u16);
-                    for &s in &r.ids {
-                        w.u32(s);
-                    }
+                    w.reference(r.sid, r.qos, r.retain, &r.ids);
                 }
             });
             if ok.is_some() {
@@ -543,8 +541,7 @@ impl Shard {
         now: Instant,
     ) {
         let wall = wall_ms();
-        for (topic, m) in retained {
-            let _ = topic;
+        for m in retained.values() {
             self.retained.insert(&m.topic, m.clone());
         }
         self.metrics.retained = self.retained.len() as u64;
@@ -702,7 +699,7 @@ mod tests {
             expires_at: None,
         });
         let mut w = W::default();
-        w.u64(7).str("p").u64(0).publish(&msg).u32(0);
+        w.message(7, &msg, 0).u32(0);
         log.append(records::MSG, &w.0).unwrap();
         let limits = Limits {
             max_queued_messages: 10,

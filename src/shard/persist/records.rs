@@ -91,6 +91,24 @@ impl W {
         self.bytes(s.as_bytes())
     }
 
+    /// The message part of a MSG record: `id | publisher | expires | frame`
+    /// (read back by [`message_of_record`], measured by [`message_prefix_len`]).
+    pub fn message(&mut self, id: u64, m: &Message, expires_ms: u64) -> &mut Self {
+        self.u64(id).str(&m.publisher).u64(expires_ms).publish(m)
+    }
+
+    /// One session's reference in a MSG record, after its count.
+    pub fn reference(&mut self, sid: u64, qos: QoS, retain: bool, ids: &[u32]) -> &mut Self {
+        self.u64(sid)
+            .u8(qos as u8)
+            .u8(u8::from(retain))
+            .u16(ids.len() as u16);
+        for &s in ids {
+            self.u32(s);
+        }
+        self
+    }
+
     /// A message as an MQTT 5 PUBLISH frame.
     pub fn publish(&mut self, m: &Message) -> &mut Self {
         let p = Publish {
@@ -194,13 +212,7 @@ impl<'a> R<'a> {
     }
 
     /// A message written by [`W::publish`].
-    pub fn message(
-        &mut self,
-        publisher: Arc<str>,
-        expires_ms: u64,
-        now: Instant,
-        wall_now: u64,
-    ) -> Option<Message> {
+    pub fn message(&mut self, publisher: Arc<str>, expires_at: Option<Instant>) -> Option<Message> {
         let p = self.frame()?;
         Some(Message {
             topic: TopicName::new(p.topic).ok()?,
@@ -209,7 +221,7 @@ impl<'a> R<'a> {
             retain: p.retain,
             properties: p.properties.into_inner(),
             publisher,
-            expires_at: instant_of(expires_ms, now, wall_now),
+            expires_at,
         })
     }
 
@@ -260,8 +272,7 @@ pub(crate) fn message_of_record(body: &[u8]) -> Option<Message> {
     let _id = r.u64()?;
     let publisher: Arc<str> = r.str()?.into();
     let _expires = r.u64()?;
-    let now = Instant::now();
-    r.message(publisher, 0, now, 0)
+    r.message(publisher, None)
 }
 
 /// Bytes of a MSG record before its references (what a checkpoint copies).

@@ -208,7 +208,7 @@ impl Recovered {
                 } else {
                     let publisher: Arc<str> = r.str()?.into();
                     let expires = r.u64()?;
-                    let m = r.message(publisher, expires, now, wall_now)?;
+                    let m = r.message(publisher, rec::instant_of(expires, now, wall_now))?;
                     self.retained.insert(topic, Arc::new(m));
                 }
             }

@@ -114,7 +114,7 @@ pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: LogThread) {
                 poll_fn(|cx| {
                     let mut s = shard.borrow_mut();
                     let stop = s.stopping && s.conns.is_empty();
-                    let wanted = s.sync_wanted();
+                    let wanted = s.store.as_ref().is_some_and(|st| st.sync_wanted());
                     match s.store.as_mut() {
                         Some(_) if wanted || stop => Poll::Ready(()),
                         Some(st) => {
@@ -152,20 +152,6 @@ pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: LogThread) {
 }
 
 impl Shard {
-    /// True if an acknowledgement or a mesh message waits for a sync.
-    pub(crate) fn sync_wanted(&self) -> bool {
-        let Some(st) = &self.store else { return false };
-        if st.log.written() <= st.synced {
-            return false;
-        }
-        !st.after_sync.is_empty()
-            || self
-                .deferred
-                .values()
-                .flatten()
-                .any(|d| d.gate.ticket > st.synced)
-    }
-
     /// The log is durable up to `ticket`: release what waited for it.
     pub(crate) fn synced_to(&mut self, ticket: u64, now: Instant) {
         let Some(st) = self.store.as_mut() else {
@@ -173,16 +159,9 @@ impl Shard {
         };
         st.synced = st.synced.max(ticket);
         let synced = st.synced;
-        let mut ready = Vec::new();
-        st.after_sync.retain_mut(|(t, to, msg)| {
-            if *t <= synced {
-                ready.push((*to, std::mem::replace(msg, super::super::ShardMsg::Applied)));
-                false
-            } else {
-                true
-            }
-        });
-        for (to, msg) in ready {
+        let n = st.after_sync.iter().take_while(|m| m.0 <= synced).count();
+        let ready: Vec<_> = st.after_sync.drain(..n).collect();
+        for (_, to, msg) in ready {
             self.mesh_send(to, msg);
         }
         self.release_deferred(now);
@@ -197,8 +176,8 @@ impl Shard {
             return;
         }
         if let Some(st) = self.store.as_mut() {
-            st.after_sync.push((ticket, to, msg));
-            st.want_sync();
+            st.after_sync.push_back((ticket, to, msg));
+            st.want_sync(ticket);
         }
     }
 }
