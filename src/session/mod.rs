@@ -7,10 +7,13 @@
 //! method takes `now` where time matters and pushes the packets to send into
 //! an output vector that the shard encodes and writes.
 
+mod chunked;
 pub(crate) mod pending;
 mod queue;
 
-pub use queue::{Delivery, DropReason, Held, Journal, Limits, Logged, Session};
+pub use queue::{
+    Backlog, BacklogEntry, Decode, Delivery, DropReason, Held, Journal, Limits, Logged, Session,
+};
 
 use std::sync::Arc;
 use std::time::Instant;

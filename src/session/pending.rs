@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 
 use crate::protocol::QoS;
 
+use super::chunked::Chunked;
 use super::Delivery;
 
 /// What the pending queue holds: a QoS and the bytes it accounts for.
@@ -36,7 +37,7 @@ const SLACK_SLOTS: usize = 1024;
 pub(crate) struct Pending<E = Delivery> {
     /// Entries in arrival order; `None` is a dropped entry's hole. Never
     /// starts with a hole.
-    slots: VecDeque<Option<E>>,
+    slots: Chunked<Option<E>>,
     /// Sequence number of `slots[0]`.
     head: u64,
     /// Sequence numbers of the live QoS 0 entries, oldest first.
@@ -48,7 +49,7 @@ pub(crate) struct Pending<E = Delivery> {
 impl<E> Default for Pending<E> {
     fn default() -> Self {
         Pending {
-            slots: VecDeque::new(),
+            slots: Chunked::default(),
             head: 0,
             qos0: VecDeque::new(),
             live: 0,
@@ -65,6 +66,11 @@ impl<E: Queued> Pending<E> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    /// Slots, holes included: what [`Pending::find`] indexes.
+    pub(crate) fn slots_len(&self) -> usize {
+        self.slots.len()
     }
 
     /// Bytes held by the live entries ([`Delivery::held_bytes`]).
@@ -95,6 +101,68 @@ impl<E: Queued> Pending<E> {
         self.slots.front().and_then(Option::as_ref)
     }
 
+    /// The index of the live entry whose key is `key`, keys rising with
+    /// the index (a binary search that steps over holes).
+    pub(crate) fn find(
+        &self,
+        key: u64,
+        key_of: impl Fn(&E) -> Option<u64>,
+    ) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.slots.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // The first live entry at or after `mid`, before `hi`.
+            let Some((at, k)) = (mid..hi).find_map(|i| {
+                let e = self.slots.get(i)?.as_ref()?;
+                Some((i, key_of(e)?))
+            }) else {
+                hi = mid;
+                continue;
+            };
+            match k.cmp(&key) {
+                std::cmp::Ordering::Equal => return Ok(at),
+                std::cmp::Ordering::Less => lo = at + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Err(lo)
+    }
+
+    /// Puts `d` before index `at`, which must keep the queue's order: for a
+    /// record replayed out of order; copies the queue.
+    pub(crate) fn insert(&mut self, at: usize, d: E) {
+        self.live += 1;
+        self.bytes += d.held_bytes();
+        self.slots.insert(at, Some(d));
+        self.compact();
+    }
+
+    /// Puts `d` in place of the live entry at `at`, of the same QoS.
+    pub(crate) fn replace(&mut self, at: usize, d: E) {
+        if let Some(Some(old)) = self.slots.get_mut(at) {
+            debug_assert_eq!(old.qos(), d.qos());
+            self.bytes = self.bytes - old.held_bytes() + d.held_bytes();
+            *old = d;
+        }
+    }
+
+    /// Removes the live entry at index `at`, leaving a hole.
+    pub(crate) fn remove(&mut self, at: usize) -> Option<E> {
+        if at == 0 {
+            return self.pop_front();
+        }
+        let d = self.slots.get_mut(at)?.take()?;
+        let seq = self.head + at as u64;
+        if d.qos() == QoS::AtMostOnce {
+            if let Ok(i) = self.qos0.binary_search(&seq) {
+                self.qos0.remove(i);
+            }
+        }
+        self.taken(&d);
+        self.maybe_compact();
+        Some(d)
+    }
+
     pub(crate) fn pop_front(&mut self) -> Option<E> {
         let d = self.slots.pop_front()??;
         if self.qos0.front() == Some(&self.head) {
@@ -121,10 +189,14 @@ impl<E: Queued> Pending<E> {
             .and_then(Option::take)
             .expect("invariant: the QoS 0 index names live entries");
         self.taken(&d);
+        self.maybe_compact();
+        Some(d)
+    }
+
+    fn maybe_compact(&mut self) {
         if self.slots.len() > 2 * self.live + SLACK_SLOTS {
             self.compact();
         }
-        Some(d)
     }
 
     fn taken(&mut self, d: &E) {

@@ -1,6 +1,7 @@
 //! The outbound half of a session: inflight window, pending queue, packet ids.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,8 +11,15 @@ use super::pending::{Pending, Queued};
 use super::Message;
 use crate::storage::RecordRef;
 
-/// Reads a logged message back from its record's body.
-pub type Decode = fn(&[u8]) -> Option<Message>;
+/// How a session reads its logged messages back from their records: the
+/// record format is the shard's, not the session's.
+#[derive(Debug, Clone, Copy)]
+pub struct Decode {
+    /// The message, with its expiry as an `Instant`.
+    pub message: fn(&[u8]) -> Option<Message>,
+    /// The message's log id.
+    pub id: fn(&[u8]) -> Option<u64>,
+}
 
 /// Pending messages of an online session kept in RAM before further ones
 /// wait in the log as references.
@@ -27,8 +35,8 @@ pub struct Limits {
     /// Queue QoS 0 messages while offline.
     pub queue_qos0: bool,
     /// Reads a logged message back from its record. With it, a logged
-    /// delivery waits in the pending queue as a [`Logged`] reference (about
-    /// 70 bytes of RAM) instead of holding its message.
+    /// delivery waits in the pending queue as a [`Logged`] reference (24
+    /// bytes of RAM) instead of holding its message.
     pub decode: Option<Decode>,
 }
 
@@ -52,21 +60,37 @@ pub struct Delivery {
 }
 
 /// A queued delivery whose message is only in the log: read back when it
-/// is sent.
+/// is sent. Everything else it needs (its log id, its expiry) is read from
+/// the record too, so that millions of them fit in a few dozen MB.
 #[derive(Debug, Clone)]
 pub struct Logged {
     /// The message's record.
     pub rec: RecordRef,
-    /// Its log id.
-    pub stored: u64,
+    /// The subscription identifier (MQTT 5); a delivery with more than one
+    /// keeps its message in RAM instead.
+    pub subscription_id: Option<NonZeroU32>,
     /// QoS granted for this delivery.
     pub qos: QoS,
     /// RETAIN flag to send.
     pub retain: bool,
-    /// The message's expiry, checked without reading it.
-    pub expires_at: Option<Instant>,
-    /// Subscription identifiers (MQTT 5).
-    pub subscription_ids: Box<[u32]>,
+}
+
+impl Logged {
+    /// A reference for delivery `d` of a logged message, if it fits one.
+    pub fn of(d: &Delivery) -> Option<Logged> {
+        let subscription_id = match d.subscription_ids[..] {
+            [] => None,
+            [id] => Some(NonZeroU32::new(id)?),
+            _ => return None,
+        };
+        d.stored?;
+        Some(Logged {
+            rec: d.rec.clone()?,
+            subscription_id,
+            qos: d.qos,
+            retain: d.retain,
+        })
+    }
 }
 
 /// What the pending queue holds.
@@ -88,23 +112,17 @@ impl Queued for Entry {
     fn held_bytes(&self) -> usize {
         match self {
             Entry::Ram(d) => d.held_bytes(),
-            Entry::Log(l) => std::mem::size_of::<Entry>() + l.subscription_ids.len() * 4,
+            Entry::Log(_) => std::mem::size_of::<Option<Entry>>(),
         }
     }
 }
 
 impl Entry {
-    fn stored(&self) -> Option<u64> {
+    /// The log id of its message, if it was logged.
+    fn stored(&self, decode: Option<Decode>) -> Option<u64> {
         match self {
             Entry::Ram(d) => d.stored,
-            Entry::Log(l) => Some(l.stored),
-        }
-    }
-
-    fn is_expired(&self, now: Instant) -> bool {
-        match self {
-            Entry::Ram(d) => d.msg.is_expired(now),
-            Entry::Log(l) => l.expires_at.is_some_and(|t| now >= t),
+            Entry::Log(l) => (decode?.id)(l.rec.body()),
         }
     }
 
@@ -135,6 +153,173 @@ impl Delivery {
             + self.subscription_ids.len() * std::mem::size_of::<u32>()
             + self.msg.held_bytes()
     }
+}
+
+/// A session's deliveries as recovery rebuilds them from the log, in log
+/// id order: the pending queue it will become, plus the QoS 2 progress of
+/// those that had been sent. RAM per delivery is the pending queue's, so a
+/// recovered backlog of millions costs what it will cost once restored.
+#[derive(Debug)]
+pub struct Backlog {
+    decode: Decode,
+    pending: Pending<Entry>,
+    /// Packet id and whether PUBREC came, by log id.
+    sent: HashMap<u64, (u16, bool)>,
+    /// The highest id queued: the next one usually comes above it.
+    last: u64,
+    /// Records that arrived below the highest id (a checkpoint replayed on
+    /// its old log writes its messages again): inserted, not appended.
+    pub out_of_order: u64,
+}
+
+impl Backlog {
+    /// An empty backlog reading its records with `decode`.
+    pub fn new(decode: Decode) -> Backlog {
+        Backlog {
+            decode,
+            pending: Pending::default(),
+            sent: HashMap::new(),
+            last: 0,
+            out_of_order: 0,
+        }
+    }
+
+    /// Deliveries held.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True if it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn find(&self, id: u64) -> Option<usize> {
+        let decode = Some(self.decode);
+        // Deliveries end mostly in order: the front first, without a search.
+        if self.pending.front()?.stored(decode) == Some(id) {
+            return Some(0);
+        }
+        self.pending.find(id, |e| e.stored(decode)).ok()
+    }
+
+    /// Message `id`, in record `rec`, was queued for this session; a
+    /// second record of the same id replaces the first. False if a
+    /// delivery that must keep its message in RAM could not read it.
+    pub fn queue(&mut self, id: u64, rec: RecordRef, qos: QoS, retain: bool, ids: &[u32]) -> bool {
+        // One subscription id or none fits a reference; more keep the message.
+        let reference = match ids {
+            [] => Some(None),
+            [one] => NonZeroU32::new(*one).map(Some),
+            _ => None,
+        };
+        let e = match reference {
+            Some(subscription_id) => Entry::Log(Logged {
+                rec,
+                subscription_id,
+                qos,
+                retain,
+            }),
+            None => {
+                let Some(m) = (self.decode.message)(rec.body()) else {
+                    return false;
+                };
+                Entry::Ram(Box::new(Delivery {
+                    msg: Arc::new(m),
+                    qos,
+                    retain,
+                    subscription_ids: ids.to_vec(),
+                    stored: Some(id),
+                    rec: Some(rec),
+                }))
+            }
+        };
+        if id > self.last || self.pending.is_empty() {
+            self.last = self.last.max(id);
+            self.pending.push_back(e);
+            return true;
+        }
+        let decode = self.decode;
+        match self.pending.find(id, |e| e.stored(Some(decode))) {
+            Ok(at) => self.pending.replace(at, e),
+            Err(at) if at >= self.pending.slots_len() => self.pending.push_back(e),
+            Err(at) => {
+                self.out_of_order += 1;
+                self.pending.insert(at, e);
+            }
+        }
+        true
+    }
+
+    /// Message `id` was sent with `packet_id` (QoS 2).
+    pub fn sent(&mut self, id: u64, packet_id: u16) {
+        if self.find(id).is_some() {
+            self.sent.insert(id, (packet_id, false));
+        }
+    }
+
+    /// PUBREC came for message `id`.
+    pub fn received(&mut self, id: u64) {
+        if let Some(s) = self.sent.get_mut(&id) {
+            s.1 = true;
+        }
+    }
+
+    /// Empties the backlog, oldest first (re-homing moves every delivery
+    /// to another shard's log, with new ids).
+    pub fn into_entries(mut self) -> impl Iterator<Item = BacklogEntry> {
+        std::iter::from_fn(move || loop {
+            let e = self.pending.pop_front()?;
+            let (rec, qos, retain, ids) = match e {
+                Entry::Log(l) => (
+                    l.rec,
+                    l.qos,
+                    l.retain,
+                    l.subscription_id.map(NonZeroU32::get).into_iter().collect(),
+                ),
+                Entry::Ram(d) => match d.rec {
+                    Some(rec) => (rec, d.qos, d.retain, d.subscription_ids),
+                    None => continue,
+                },
+            };
+            let Some(id) = (self.decode.id)(rec.body()) else {
+                continue;
+            };
+            return Some(BacklogEntry {
+                id,
+                rec,
+                qos,
+                retain,
+                ids,
+                sent: self.sent.get(&id).copied(),
+            });
+        })
+    }
+
+    /// The delivery of message `id` ended.
+    pub fn done(&mut self, id: u64) {
+        if let Some(at) = self.find(id) {
+            self.pending.remove(at);
+        }
+        self.sent.remove(&id);
+    }
+}
+
+/// One delivery of a [`Backlog`], as its records describe it.
+#[derive(Debug)]
+pub struct BacklogEntry {
+    /// The message's log id.
+    pub id: u64,
+    /// The message's record.
+    pub rec: RecordRef,
+    /// QoS granted for this delivery.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers (MQTT 5).
+    pub ids: Vec<u32>,
+    /// Packet id and whether PUBREC came, if it was sent at QoS 2.
+    pub sent: Option<(u16, bool)>,
 }
 
 /// What happened to a logged delivery, for the shard to log in turn.
@@ -353,7 +538,7 @@ impl Session {
         {
             // QoS 0 goes first, then the oldest message: O(1) either way.
             if let Some(gone) = self.pending.drop_one() {
-                self.done_stored(gone.stored());
+                self.done_stored(gone.stored(self.limits.decode));
             }
             self.dropped += 1;
             dropped = Some(DropReason::QueueFull);
@@ -373,16 +558,9 @@ impl Session {
     /// A delivery as the pending queue keeps it: a logged one as a
     /// reference to its record, when the session can read it back.
     fn entry_of(&self, d: Delivery) -> Entry {
-        match (d.stored, &d.rec, self.limits.decode) {
-            (Some(stored), Some(rec), Some(_)) => Entry::Log(Logged {
-                rec: rec.clone(),
-                stored,
-                qos: d.qos,
-                retain: d.retain,
-                expires_at: d.msg.expires_at,
-                subscription_ids: d.subscription_ids.into_boxed_slice(),
-            }),
-            _ => Entry::Ram(Box::new(d)),
+        match self.limits.decode.and_then(|_| Logged::of(&d)) {
+            Some(l) => Entry::Log(l),
+            None => Entry::Ram(Box::new(d)),
         }
     }
 
@@ -392,14 +570,14 @@ impl Session {
         match e {
             Entry::Ram(d) => Some(*d),
             Entry::Log(l) => {
-                let mut m = (self.limits.decode?)(l.rec.body())?;
-                m.expires_at = l.expires_at;
+                let decode = self.limits.decode?;
+                let body = l.rec.body();
                 Some(Delivery {
-                    msg: Arc::new(m),
+                    msg: Arc::new((decode.message)(body)?),
                     qos: l.qos,
                     retain: l.retain,
-                    subscription_ids: l.subscription_ids.into_vec(),
-                    stored: Some(l.stored),
+                    subscription_ids: l.subscription_id.map(NonZeroU32::get).into_iter().collect(),
+                    stored: Some((decode.id)(body)?),
                     rec: Some(l.rec),
                 })
             }
@@ -486,14 +664,13 @@ impl Session {
             let Some(e) = self.pending.pop_front() else {
                 break;
             };
-            if e.is_expired(now) {
-                expired += 1;
-                self.dropped += 1;
-                self.done_stored(e.stored());
-                continue;
-            }
-            let stored = e.stored();
+            let stored = e.stored(self.limits.decode);
             match self.delivery_of(e) {
+                Some(d) if d.msg.is_expired(now) => {
+                    expired += 1;
+                    self.dropped += 1;
+                    self.done_stored(stored);
+                }
                 Some(d) => self.send_new(d, now, out),
                 None => {
                     // Unreadable record (a bug or a bad disk): counted, and
@@ -619,18 +796,41 @@ impl Session {
         }
     }
 
-    /// Puts back a pending delivery recovered from the log without reading
-    /// its message.
-    pub fn restore_logged(&mut self, l: Logged) {
-        self.pending.push_back(Entry::Log(l));
+    /// Takes the deliveries recovered from the log: those sent at QoS 2
+    /// into the inflight window with their packet ids (read back now, to be
+    /// resent), the rest as the pending queue, as they are.
+    pub fn restore_backlog(&mut self, mut b: Backlog) {
+        let mut sent: Vec<(u64, (u16, bool))> = b.sent.drain().collect();
+        sent.sort_unstable();
+        for (id, s) in sent {
+            let Some(at) = b.find(id) else { continue };
+            let Some(e) = b.pending.remove(at) else {
+                continue;
+            };
+            match self.delivery_of(e) {
+                Some(d) => self.restore(d, Some(s)),
+                None => {
+                    self.dropped += 1;
+                    self.done_stored(Some(id));
+                }
+            }
+        }
+        if self.pending.is_empty() {
+            self.pending = b.pending;
+        } else {
+            while let Some(e) = b.pending.pop_front() {
+                self.pending.push_back(e);
+            }
+        }
     }
 
     /// Points logged deliveries at where a checkpoint rewrote their records
     /// (`moved(stored id)`), so that the segments before it can go.
     pub fn relocate(&mut self, moved: impl Fn(u64) -> Option<RecordRef>) {
+        let decode = self.limits.decode;
         self.pending.for_each_mut(|e| {
             if let Entry::Log(l) = e {
-                if let Some(r) = moved(l.stored) {
+                if let Some(r) = decode.and_then(|c| (c.id)(l.rec.body())).and_then(&moved) {
                     l.rec = r;
                 }
             }

@@ -40,10 +40,7 @@ impl Shard {
             max_queued_messages: self.config.max_queued_messages,
             max_queued_bytes: self.config.max_queued_bytes,
             queue_qos0: self.config.queue_qos0,
-            decode: self
-                .store
-                .is_some()
-                .then_some(super::persist::message_of_record as fn(&[u8]) -> _),
+            decode: self.store.is_some().then_some(super::persist::DECODE),
         }
     }
 

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::session::Message;
-use crate::storage::{DataDir, Log, LogOptions, RecoveryReport};
+use crate::session::{Backlog, BacklogEntry, Message};
+use crate::storage::{DataDir, Log, LogOptions, RecordRef, RecoveryReport};
 
 use super::super::owner_of;
-use super::records::wall_ms;
+use super::records::{self, wall_ms};
 use super::Recovered;
 
 /// What one shard starts from.
@@ -176,7 +176,7 @@ pub fn open(config: &Config) -> io::Result<Option<Opened>> {
         logs = (0..n)
             .map(|k| Log::open(&dir.shard_dir(k), opts, |_, _, _| {}).map(|(l, _)| l))
             .collect::<io::Result<_>>()?;
-        rehome_sessions(recs, n)
+        rehome_sessions(recs, &mut logs)?
     } else {
         recs
     };
@@ -197,43 +197,61 @@ pub fn open(config: &Config) -> io::Result<Option<Opened>> {
     }))
 }
 
-/// Deals the sessions of `recs` to their owners among `n` shards, with
-/// session and message ids renumbered per new shard (queue order kept).
-fn rehome_sessions(recs: Vec<Recovered>, n: usize) -> Vec<Recovered> {
+/// Deals the sessions of `recs` to their owners among the new shards'
+/// `logs`, with session and message ids renumbered per new shard (queue
+/// order kept). Each message a new shard needs is copied into its log
+/// first, under its new id, so that its queued deliveries point there.
+fn rehome_sessions(recs: Vec<Recovered>, logs: &mut [Log]) -> io::Result<Vec<Recovered>> {
+    let n = logs.len();
     let mut out: Vec<Recovered> = (0..n).map(|_| Recovered::default()).collect();
     for rec in recs {
+        let mut sessions: Vec<(usize, super::recover::RecSession, Vec<BacklogEntry>)> = Vec::new();
         // Old ids each target needs, numbered in their old order, so every
         // queue keeps its order and a message shared by sessions keeps one id.
-        let mut used: Vec<std::collections::BTreeSet<u64>> = vec![Default::default(); n];
-        for s in rec.sessions.values() {
-            used[owner_of(&s.client_id, n)].extend(s.queue.keys().copied());
-        }
-        let ids: Vec<HashMap<u64, u64>> = used
-            .into_iter()
-            .zip(out.iter_mut())
-            .map(|(olds, t)| {
-                olds.into_iter()
-                    .map(|old| {
-                        t.last_msg += 1;
-                        (old, t.last_msg)
-                    })
-                    .collect()
-            })
-            .collect();
+        let mut used: Vec<std::collections::BTreeMap<u64, RecordRef>> = vec![Default::default(); n];
         for (_, mut s) in rec.sessions {
             let k = owner_of(&s.client_id, n);
+            let queue = std::mem::replace(&mut s.queue, Backlog::new(super::DECODE));
+            let entries: Vec<BacklogEntry> = queue.into_entries().collect();
+            for e in &entries {
+                used[k].entry(e.id).or_insert_with(|| e.rec.clone());
+            }
+            sessions.push((k, s, entries));
+        }
+        let mut moved: Vec<HashMap<u64, (u64, RecordRef)>> = vec![HashMap::new(); n];
+        for (k, olds) in used.into_iter().enumerate() {
+            let t = &mut out[k];
+            for (old, rec) in olds {
+                let Some(body) = records::renumbered(rec.body(), t.last_msg + 1) else {
+                    continue;
+                };
+                logs[k]
+                    .append(records::MSG, &body)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                t.last_msg += 1;
+                moved[k].insert(old, (t.last_msg, logs[k].last_record()));
+            }
+        }
+        for (k, mut s, entries) in sessions {
+            for e in entries {
+                let Some((id, rec)) = moved[k].get(&e.id).cloned() else {
+                    continue;
+                };
+                s.queue.queue(id, rec, e.qos, e.retain, &e.ids);
+                if let Some((pid, received)) = e.sent {
+                    s.queue.sent(id, pid);
+                    if received {
+                        s.queue.received(id);
+                    }
+                }
+            }
             let t = &mut out[k];
             t.last_sid += 1;
-            let queue = std::mem::take(&mut s.queue);
-            s.queue = queue
-                .into_iter()
-                .map(|(old, d)| (ids[k][&old], d))
-                .collect();
             t.sessions.insert(t.last_sid, s);
         }
     }
     for o in &mut out {
         o.dedupe_clients();
     }
-    out
+    Ok(out)
 }

@@ -16,7 +16,11 @@ mod sync;
 
 pub use boot::{open, Opened, ShardStorage};
 
-pub(crate) use records::message_of_record;
+/// How sessions read their logged messages back.
+pub(crate) const DECODE: crate::session::Decode = crate::session::Decode {
+    message: records::message_of_record,
+    id: records::id_of_record,
+};
 pub use recover::Recovered;
 pub(crate) use sync::{commit_loop, LogThread};
 
@@ -26,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SyncMode;
-use crate::session::{Delivery, Held, Journal, Logged, Message, Session};
+use crate::session::{Delivery, Held, Journal, Message, Session};
 use crate::storage::{AppendError, Log};
 use crate::topic::{TopicFilter, TopicName};
 
@@ -453,13 +457,16 @@ impl Shard {
                         (id, Source::Ram(d.msg.clone()), r)
                     }
                     Held::Log(l) => {
+                        let Some(id) = records::id_of_record(l.rec.body()) else {
+                            return;
+                        };
                         let r = Ref {
                             sid,
                             qos: l.qos,
                             retain: l.retain,
-                            ids: l.subscription_ids.to_vec(),
+                            ids: l.subscription_id.map(|i| i.get()).into_iter().collect(),
                         };
-                        (l.stored, Source::Log(l.rec.clone()), r)
+                        (id, Source::Log(l.rec.clone()), r)
                     }
                 };
                 msgs.entry(id)
@@ -564,36 +571,7 @@ impl Shard {
                 continue;
             }
             let mut session = Session::new(limits, self.config.max_inflight);
-            for (id, d) in s.queue {
-                if d.sent.is_none() {
-                    session.restore_logged(Logged {
-                        rec: d.rec,
-                        stored: id,
-                        qos: d.qos,
-                        retain: d.retain,
-                        expires_at: d.expires_at,
-                        subscription_ids: d.ids.into_boxed_slice(),
-                    });
-                    continue;
-                }
-                // In flight: read back now, to be resent with its packet id.
-                let Some(mut m) = message_of_record(d.rec.body()) else {
-                    tracing::warn!(shard = self.id, id, "log: unreadable message skipped");
-                    continue;
-                };
-                m.expires_at = d.expires_at;
-                session.restore(
-                    Delivery {
-                        msg: Arc::new(m),
-                        qos: d.qos,
-                        retain: d.retain,
-                        subscription_ids: d.ids,
-                        stored: Some(id),
-                        rec: Some(d.rec),
-                    },
-                    d.sent,
-                );
-            }
+            session.restore_backlog(s.queue);
             session.awaiting_rel = s.awaiting_rel;
             let generation = self.next_generation();
             let key = self.alloc_session(SessionEntry {
@@ -705,7 +683,7 @@ mod tests {
             max_queued_messages: 10,
             max_queued_bytes: 1 << 20,
             queue_qos0: false,
-            decode: Some(message_of_record),
+            decode: Some(DECODE),
         };
         let mut s = Session::new(limits, 10);
         let d = Delivery {
@@ -741,5 +719,70 @@ mod tests {
             Some("text/plain")
         );
         assert_eq!(props.subscription_identifiers, vec![3]);
+    }
+
+    /// Recovery rebuilds a session's backlog in id order whatever order its
+    /// records come in: a replayed checkpoint's second copy replaces the
+    /// first, one below the highest id is inserted in place, an ended one
+    /// goes, and one sent at QoS 2 resumes in flight with its packet id.
+    #[test]
+    fn a_recovered_backlog_keeps_id_order_and_qos2_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogOptions {
+            segment_size: 1 << 20,
+            recovery: RecoveryMode::Strict,
+        };
+        let (mut log, _) = Log::open(dir.path(), opts, |_, _, _| {}).unwrap();
+        let mut recs = Vec::new();
+        for id in 1..=5u64 {
+            let msg = Message {
+                topic: TopicName::new(MqttStr::from_static("t")).unwrap(),
+                payload: bytes::Bytes::from(id.to_string()),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                properties: PublishProperties::default(),
+                publisher: Arc::from("p"),
+                expires_at: None,
+            };
+            let mut w = W::default();
+            w.message(id, &msg, 0).u32(0);
+            log.append(records::MSG, &w.0).unwrap();
+            recs.push(log.last_record());
+        }
+        let mut b = crate::session::Backlog::new(DECODE);
+        for id in [1u64, 2, 3, 5, 4, 3] {
+            let q = if id == 5 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            assert!(b.queue(id, recs[id as usize - 1].clone(), q, false, &[]));
+        }
+        assert_eq!(b.len(), 5, "the second 3 replaced the first");
+        assert_eq!(b.out_of_order, 1);
+        b.done(2);
+        b.sent(5, 77);
+        b.received(5);
+        b.sent(9, 1);
+        let limits = Limits {
+            max_queued_messages: 10,
+            max_queued_bytes: 1 << 20,
+            queue_qos0: false,
+            decode: Some(DECODE),
+        };
+        let mut s = Session::new(limits, 10);
+        s.restore_backlog(b);
+        assert_eq!((s.inflight_len(), s.pending_len()), (1, 3));
+        let mut out = Vec::new();
+        s.resume(Instant::now(), &mut out);
+        let got: Vec<String> = out
+            .iter()
+            .map(|p| match p {
+                Packet::PubRel(a) => format!("rel {}", a.packet_id.get()),
+                Packet::Publish(p) => String::from_utf8_lossy(&p.payload).into_owned(),
+                p => format!("{p:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["rel 77", "1", "3", "4"]);
     }
 }

@@ -264,15 +264,34 @@ impl<'a> R<'a> {
     }
 }
 
-/// The message of a MSG record (`id | publisher | expires | frame | refs`),
-/// without its expiry (the caller has it as an `Instant`): how a queued
-/// delivery is read back from the log when it is sent.
+/// The message of a MSG record (`id | publisher | expires | frame | refs`):
+/// how a queued delivery is read back from the log when it is sent.
 pub(crate) fn message_of_record(body: &[u8]) -> Option<Message> {
     let mut r = R(body);
     let _id = r.u64()?;
     let publisher: Arc<str> = r.str()?.into();
-    let _expires = r.u64()?;
-    r.message(publisher, None)
+    let expires = match r.u64()? {
+        // No clock read for the message that never expires (most of them).
+        0 => None,
+        ms => instant_of(ms, Instant::now(), wall_ms()),
+    };
+    r.message(publisher, expires)
+}
+
+/// The log id of a MSG record's message.
+pub(crate) fn id_of_record(body: &[u8]) -> Option<u64> {
+    R(body).u64()
+}
+
+/// A MSG record's message part with its id replaced and no references:
+/// what re-homing writes to a new shard's log.
+pub(crate) fn renumbered(body: &[u8], id: u64) -> Option<Vec<u8>> {
+    let n = message_prefix_len(body)?;
+    let mut w = W::default();
+    w.u64(id);
+    w.0.extend_from_slice(&body[8..n]);
+    w.u32(0);
+    Some(w.0)
 }
 
 /// Bytes of a MSG record before its references (what a checkpoint copies).

@@ -5,28 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{LastWill, ProtocolVersion, QoS};
-use crate::session::Message;
+use crate::session::{Backlog, Message};
 use crate::storage::RecordRef;
+
+use super::DECODE;
 use crate::topic::TopicFilter;
 
 use super::super::SubOpts;
 use super::records::{self as rec, R};
 
-/// One delivery recovered for a session.
-#[derive(Debug, Clone)]
-pub(crate) struct RecDelivery {
-    /// The MSG record, read back only when the delivery is sent.
-    pub rec: RecordRef,
-    pub expires_at: Option<Instant>,
-    pub qos: QoS,
-    pub retain: bool,
-    pub ids: Vec<u32>,
-    /// Packet id and whether PUBREC came, for a QoS 2 delivery that was sent.
-    pub sent: Option<(u16, bool)>,
-}
-
 /// One session recovered from the log.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RecSession {
     pub client_id: Arc<str>,
     pub version: ProtocolVersion,
@@ -36,8 +25,8 @@ pub(crate) struct RecSession {
     pub offline_since: u64,
     pub will: Option<LastWill>,
     pub subs: HashMap<TopicFilter, SubOpts>,
-    /// By stored message id: the order they were queued in.
-    pub queue: BTreeMap<u64, RecDelivery>,
+    /// Its deliveries, by stored message id: the order they were queued in.
+    pub queue: Backlog,
     pub awaiting_rel: HashSet<u16>,
 }
 
@@ -51,6 +40,8 @@ pub struct Recovered {
     /// Records that could not be read (CRC-valid, so written by another
     /// version or a bug): skipped and counted.
     pub bad_records: u64,
+    /// A kept buffer for a reference's subscription ids.
+    ids: Vec<u32>,
 }
 
 impl Recovered {
@@ -112,7 +103,7 @@ impl Recovered {
                     offline_since,
                     will: None,
                     subs: HashMap::new(),
-                    queue: BTreeMap::new(),
+                    queue: Backlog::new(DECODE),
                     awaiting_rel: HashSet::new(),
                 });
                 s.client_id = client_id;
@@ -143,52 +134,44 @@ impl Recovered {
                 // Only what the index needs: the message stays in the log.
                 let id = r.u64()?;
                 let _publisher = r.bytes()?;
-                let expires_at = rec::instant_of(r.u64()?, now, wall_now);
+                let _expires = r.u64()?;
                 let _frame = r.bytes()?;
                 self.last_msg = self.last_msg.max(id);
                 let refs = r.u32()?;
+                let mut ids = std::mem::take(&mut self.ids);
                 for _ in 0..refs {
                     let sid = r.u64()?;
                     let qos = QoS::from_u8(r.u8()?)?;
                     let retain = r.u8()? != 0;
                     let n = r.u16()?;
-                    let mut ids = Vec::with_capacity(usize::from(n));
+                    ids.clear();
                     for _ in 0..n {
                         ids.push(r.u32()?);
                     }
                     if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.queue.insert(
-                            id,
-                            RecDelivery {
-                                rec: record.clone(),
-                                expires_at,
-                                qos,
-                                retain,
-                                ids,
-                                sent: None,
-                            },
-                        );
+                        if !s.queue.queue(id, record.clone(), qos, retain, &ids) {
+                            self.bad_records += 1;
+                        }
                     }
                 }
+                self.ids = ids;
             }
             rec::SENT => {
                 let (sid, msg, pid) = (r.u64()?, r.u64()?, r.u16()?);
-                if let Some(d) = self.delivery(sid, msg) {
-                    d.sent = Some((pid, false));
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.queue.sent(msg, pid);
                 }
             }
             rec::RECEIVED => {
                 let (sid, msg) = (r.u64()?, r.u64()?);
-                if let Some(d) = self.delivery(sid, msg) {
-                    if let Some(s) = &mut d.sent {
-                        s.1 = true;
-                    }
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.queue.received(msg);
                 }
             }
             rec::DONE => {
                 let (sid, msg) = (r.u64()?, r.u64()?);
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.queue.remove(&msg);
+                    s.queue.done(msg);
                 }
             }
             rec::REL => {
@@ -215,10 +198,6 @@ impl Recovered {
             _ => return None,
         }
         Some(())
-    }
-
-    fn delivery(&mut self, sid: u64, msg: u64) -> Option<&mut RecDelivery> {
-        self.sessions.get_mut(&sid)?.queue.get_mut(&msg)
     }
 
     /// Keeps one session per client id (the newest), as a clean start that
