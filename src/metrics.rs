@@ -27,6 +27,8 @@ pub struct Metrics {
     pub accept_errors: u64,
     pub slow_consumers: u64,
     pub slow_consumer_drops: u64,
+    /// Times an online client's full-ish queue held its shard's publishers.
+    pub queue_holds: u64,
     pub log_append_errors: u64,
     pub log_refused: u64,
 }
@@ -58,12 +60,13 @@ impl Metrics {
         self.accept_errors += o.accept_errors;
         self.slow_consumers += o.slow_consumers;
         self.slow_consumer_drops += o.slow_consumer_drops;
+        self.queue_holds += o.queue_holds;
         self.log_append_errors += o.log_append_errors;
         self.log_refused += o.log_refused;
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 22] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 23] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -88,6 +91,7 @@ impl Metrics {
                 "publish/messages/dropped_slow_consumer",
                 self.slow_consumer_drops,
             ),
+            ("clients/queue_holds", self.queue_holds),
             ("log/append_errors", self.log_append_errors),
             ("log/publishes_refused", self.log_refused),
         ]

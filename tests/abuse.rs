@@ -664,3 +664,59 @@ fn fan_in_publishers_share_the_subscriber() {
     // left one publisher at 0 or 1,679 against 318k.
     assert!(min * 20 >= max, "per publisher received {got:?}");
 }
+
+/// A subscriber that acknowledges slowly but steadily slows its publisher
+/// instead of losing messages: its pending queue would overflow within a
+/// fraction of the run with the publisher running free, so the shard holds
+/// the publishers while the queue is past half its bound. Publisher and
+/// subscriber on one shard, then on two: the hold crosses the mesh, whose
+/// channel holds what is already on its way (a few batches), so the bound
+/// there leaves room for it.
+#[test]
+fn a_slow_acking_subscriber_slows_its_publisher_instead_of_dropping() {
+    const N: usize = 5000;
+    for (cores, bound) in [(1, 200), (2, 2000)] {
+        let mut cfg = config(cores);
+        cfg.max_queued_messages = bound;
+        cfg.max_inflight = 10;
+        let b = start_with(cfg);
+        let sub_id = id_on_shard("bp-sub", 0, cores);
+        let pub_id = id_on_shard("bp-pub", cores - 1, cores);
+        let (mut sub, _) = Raw::connect(b.addr, V311, &sub_id, true);
+        sub.subscribe(1, &[("bp/t", QoS::AtLeastOnce)]);
+        let lines: String = (0..N).map(|i| format!("{i}\n")).collect();
+        let mut publisher = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &b.addr.port().to_string(), "-i", &pub_id])
+            .args(["-q", "1", "-t", "bp/t", "-l"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub runs");
+        {
+            use std::io::Write;
+            let mut stdin = publisher.stdin.take().expect("stdin");
+            stdin.write_all(lines.as_bytes()).expect("lines written");
+        }
+        let mut got = Vec::new();
+        while got.len() < N {
+            let Some(p) = sub.recv_within(Duration::from_secs(5)) else {
+                break;
+            };
+            let Packet::Publish(p) = p else { continue };
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            // A few thousand a second, far below what the publisher sends.
+            std::thread::sleep(Duration::from_micros(250));
+            sub.send(&Packet::PubAck(ringmq::protocol::Ack::new(
+                p.packet_id.expect("QoS 1"),
+            )));
+        }
+        let _ = publisher.wait();
+        let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(
+            got.len(),
+            N,
+            "{cores} cores: {} of {N} delivered",
+            got.len()
+        );
+        assert_eq!(got, want, "{cores} cores: in order");
+    }
+}

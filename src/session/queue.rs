@@ -452,6 +452,19 @@ impl Session {
         self.pending.len()
     }
 
+    /// The pending queue is past half its bound, in messages or bytes: an
+    /// online client's publishers should be slowed before it overflows.
+    pub fn queue_high(&self) -> bool {
+        self.pending.len() * 2 >= self.limits.max_queued_messages
+            || self.pending.bytes() * 2 >= self.limits.max_queued_bytes
+    }
+
+    /// The pending queue is back under a quarter of its bound.
+    pub fn queue_low(&self) -> bool {
+        self.pending.len() * 4 <= self.limits.max_queued_messages
+            && self.pending.bytes() * 4 <= self.limits.max_queued_bytes
+    }
+
     /// Hands a message to the session. Online, it is sent now if nothing is
     /// queued before it and (QoS 1/2) the window has room; otherwise it is
     /// queued, keeping order (offline QoS 0 only with `queue_qos0`). Returns

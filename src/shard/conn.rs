@@ -168,6 +168,9 @@ pub struct Conn {
     writing: Cell<usize>,
     /// Set while [`Conn::holds_own_reader`] holds this connection's reader.
     reader_held: Cell<bool>,
+    /// Set while the session's pending queue is past its high mark (see
+    /// [`Conn::hold_for_queue`]).
+    queue_held: Cell<bool>,
     congestion: Congestion,
 }
 
@@ -215,8 +218,47 @@ impl Conn {
             stuck_until: Cell::new(None),
             writing: Cell::new(0),
             reader_held: Cell::new(false),
+            queue_held: Cell::new(false),
             congestion,
         }
+    }
+
+    /// The session's pending queue passed its high mark: hold the shard's
+    /// readers (and so the publishers, here and across the mesh) while this
+    /// client makes progress, so that a fast publisher is slowed instead of
+    /// acknowledged and then dropped. A client that acknowledges nothing
+    /// for [`STUCK_AFTER`] is stuck as a silent writer is, and fills its
+    /// own queue.
+    pub fn hold_for_queue(&self, now: Instant) {
+        if self.queue_held.get() || self.stuck_until.get().is_some() || self.closing.get() {
+            return;
+        }
+        self.queue_held.set(true);
+        self.last_progress.set(now);
+        if self.congested_since.get().is_none() {
+            self.congested_since.set(Some(now));
+            self.congestion.add(self.id);
+        }
+    }
+
+    /// An acknowledgement came: progress, while the queue holds the shard.
+    pub fn acked(&self, now: Instant) {
+        if self.queue_held.get() {
+            self.last_progress.set(now);
+        }
+    }
+
+    /// The pending queue fell to its low mark.
+    pub fn release_queue(&self, now: Instant) {
+        if self.queue_held.take() && self.backlog() <= UNCONGESTED_OUTBOX_BYTES {
+            self.uncongest();
+        }
+        self.maybe_unstick(now);
+    }
+
+    /// True while the pending queue holds the shard's readers.
+    pub fn is_queue_held(&self) -> bool {
+        self.queue_held.get()
     }
 
     fn uncongest(&self) {
@@ -252,6 +294,7 @@ impl Conn {
             return false;
         }
         self.stuck_until.set(Some(now + STUCK_COOLDOWN));
+        self.queue_held.set(false);
         self.uncongest();
         true
     }
@@ -314,7 +357,9 @@ impl Conn {
         // mesh all get a turn before it is reached again, not one wake-up
         // of every reader per 64 KiB written.
         if self.backlog() <= UNCONGESTED_OUTBOX_BYTES {
-            self.uncongest();
+            if !self.queue_held.get() {
+                self.uncongest();
+            }
             if self.reader_held.take() {
                 self.congestion.wake_all();
             }
@@ -325,6 +370,7 @@ impl Conn {
     /// Asks the writer to flush what is queued and then close the socket.
     pub fn close(&self) {
         self.closing.set(true);
+        self.queue_held.set(false);
         self.uncongest();
         self.wake();
         // Its reader may be parked behind another's congestion.

@@ -39,21 +39,27 @@ impl Shard {
         let flow = match p {
             Packet::Publish(p) => self.on_publish(conn, key, p, now),
             Packet::PubAck(a) => {
+                conn.acked(now);
                 if let Some(e) = self.sending(key) {
                     e.session.on_puback(a.packet_id, now, &mut out);
                 }
+                self.check_queue_hold(key, now);
                 Flow::Continue
             }
             Packet::PubRec(a) => {
+                conn.acked(now);
                 if let Some(e) = self.sending(key) {
                     e.session.on_pubrec(a.packet_id, a.reason, now, &mut out);
                 }
+                self.check_queue_hold(key, now);
                 Flow::Continue
             }
             Packet::PubComp(a) => {
+                conn.acked(now);
                 if let Some(e) = self.sending(key) {
                     e.session.on_pubcomp(a.packet_id, now, &mut out);
                 }
+                self.check_queue_hold(key, now);
                 Flow::Continue
             }
             Packet::PubRel(a) => {
@@ -416,6 +422,25 @@ impl Shard {
         }
         self.flush_packets(key, &mut out, now);
         self.scratch_packets = out;
+        self.check_queue_hold(key, now);
+    }
+
+    /// Holds the shard's readers while session `key`'s online client has
+    /// a pending queue past its high mark, and lets them go once it is
+    /// back under its low mark (see [`super::conn::Conn::hold_for_queue`]).
+    pub(crate) fn check_queue_hold(&mut self, key: u32, now: Instant) {
+        let Some(e) = self.entry(key) else { return };
+        let Some(c) = &e.conn else { return };
+        if c.is_queue_held() {
+            if e.session.queue_low() {
+                c.release_queue(now);
+            }
+        } else if e.session.queue_high() {
+            c.hold_for_queue(now);
+            if c.is_queue_held() {
+                self.metrics.queue_holds += 1;
+            }
+        }
     }
 
     /// Writes `out` to the session's connection, if it has one. A PUBLISH the
@@ -491,6 +516,7 @@ impl Shard {
         }
         self.flush_packets(key, &mut out, now);
         self.scratch_packets = out;
+        self.check_queue_hold(key, now);
     }
 
     pub(crate) fn publish_will(&mut self, client: &Arc<str>, will: LastWill, now: Instant) {
