@@ -485,6 +485,19 @@ fn publish_v5(r: &mut Raw, topic: &str, payload: &[u8], id: u16) -> ReasonCode {
 
 #[test]
 fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
+    full_disk(1);
+}
+
+/// The same with publisher and subscriber on different shards: the first
+/// message the subscriber's log refuses was routed before its shard could
+/// say its log is full, and must be refused, not acknowledged, when the
+/// peer reports it.
+#[test]
+fn a_full_disk_on_a_peer_shard_refuses_the_message_it_could_not_log() {
+    full_disk(2);
+}
+
+fn full_disk(cores: usize) {
     let dir = TempDir::new("restart-full");
     let Some(_fs) = Tmpfs::mount(&dir.0, "4m") else {
         // Mounting needs root (CI runs as root; see README "Tests").
@@ -494,12 +507,15 @@ fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
     let filler = dir.0.join("filler");
     std::fs::write(&filler, vec![1u8; 1 << 20]).unwrap();
     let data = dir.0.join("data");
-    let args = ["--cores", "1", "--segment-size", "1048576"];
+    let n = cores.to_string();
+    let args = ["--cores", &n, "--segment-size", "1048576"];
+    let sub_id = id_on_shard("full-sub", cores - 1, cores);
     let mut b = BinBroker::spawn_in(&data, &args);
-    let (mut sub, _) = Raw::connect_with(b.addr, v5("full-sub", false, 600));
+    let (mut sub, _) = Raw::connect_with(b.addr, v5(&sub_id, false, 600));
     sub.subscribe(1, &[("d/#", QoS::AtLeastOnce)]);
     drop(sub);
-    let (mut p, _) = Raw::connect(b.addr, ProtocolVersion::V5, "full-pub", true);
+    let pub_id = id_on_shard("full-pub", 0, cores);
+    let (mut p, _) = Raw::connect(b.addr, ProtocolVersion::V5, &pub_id, true);
     let payload = vec![7u8; 20_000];
     let mut accepted = 0u16;
     let refused = loop {
@@ -514,7 +530,8 @@ fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
     assert_eq!(refused, ReasonCode::QUOTA_EXCEEDED);
     b.wait_log("out of space");
     // A 3.1.1 publisher has no refusal code: its connection is closed.
-    let (mut p3, _) = Raw::connect(b.addr, ProtocolVersion::V311, "full-pub3", true);
+    let pub3 = id_on_shard("full-pub3", 0, cores);
+    let (mut p3, _) = Raw::connect(b.addr, ProtocolVersion::V311, &pub3, true);
     p3.publish("d/y", b"x", QoS::AtLeastOnce, 1, false);
     assert!(
         p3.expect_closed().is_empty(),
@@ -538,7 +555,7 @@ fn a_full_disk_refuses_publishes_that_need_the_log_and_recovers_when_freed() {
     // Every accepted message is there, and the log is intact after a kill.
     b.kill9();
     let b = BinBroker::spawn_in(&data, &args);
-    let (mut sub, ack) = Raw::connect_with(b.addr, v5("full-sub", false, 600));
+    let (mut sub, ack) = Raw::connect_with(b.addr, v5(&sub_id, false, 600));
     assert!(ack.session_present);
     let got = take(&mut sub, usize::from(accepted));
     assert_eq!(got.last().map(String::as_str), Some("after"));

@@ -58,10 +58,17 @@ pub enum ShardMsg {
         /// The message, or `None` to delete.
         msg: Option<Arc<Message>>,
     },
-    /// The receiver has logged the first `n` `Deliver` messages the sender
-    /// sent it (counted over the pair's life): QoS 1/2 acknowledgements wait
-    /// for it.
-    Stored(u64),
+    /// The receiver has handled the first `upto` `Deliver` messages the
+    /// sender sent it (counted over the pair's life), and logged every one
+    /// of them it had to but those numbered in `failed` (its log was full):
+    /// QoS 1/2 acknowledgements wait for it, and those of `failed` become
+    /// refusals.
+    Stored {
+        /// Deliveries handled.
+        upto: u64,
+        /// 1-based numbers of those the log refused since the last report.
+        failed: Vec<u64>,
+    },
     /// Counters for `$SYS`, sent to shard 0.
     Stats(Metrics),
     /// A connection whose session this shard owns: the socket (a dup'ed fd

@@ -239,6 +239,12 @@ pub struct Shard {
     /// Per peer: `Deliver` messages received, and whether a report is due.
     pub(crate) delivers_received: Vec<u64>,
     pub(crate) report_due: Vec<bool>,
+    /// Per peer: numbers of its deliveries this shard's log refused, for
+    /// the next `Stored` report.
+    pub(crate) failed_from: Vec<Vec<u64>>,
+    /// Per peer: numbers of this shard's deliveries the peer's log refused,
+    /// until the publish they belong to is answered.
+    pub(crate) delivers_failed: Vec<std::collections::HashSet<u64>>,
     /// Peers the publish being handled went to, with their delivery counts.
     pub(crate) routed_remote: Vec<(usize, u64)>,
     pub(crate) scratch_deliveries: Vec<(u32, Delivery)>,
@@ -289,6 +295,8 @@ impl Shard {
             delivers_stored: vec![0; nr_shards],
             delivers_received: vec![0; nr_shards],
             report_due: vec![false; nr_shards],
+            failed_from: vec![Vec::new(); nr_shards],
+            delivers_failed: vec![std::collections::HashSet::new(); nr_shards],
             routed_remote: Vec::new(),
             scratch_deliveries: Vec::new(),
             log_failed: false,

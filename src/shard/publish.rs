@@ -268,6 +268,52 @@ impl Shard {
         Flow::Continue
     }
 
+    /// Answers, in place of `ack`, a publish that a peer's log refused
+    /// after this shard routed it (its log filled between the check and
+    /// the delivery): as [`Shard::refuse_for_log`] does, so the client
+    /// sends it again rather than count on it.
+    pub(crate) fn refuse_remotely_unlogged(
+        &mut self,
+        conn: &Conn,
+        key: u32,
+        ack: &Packet,
+        now: Instant,
+    ) {
+        let (id, qos) = match ack {
+            Packet::PubAck(a) => (a.packet_id, QoS::AtLeastOnce),
+            Packet::PubRec(a) => (a.packet_id, QoS::ExactlyOnce),
+            other => return self.send(conn, other),
+        };
+        self.metrics.log_refused += 1;
+        if qos == QoS::ExactlyOnce {
+            // Its resend must be taken as new, not as a duplicate.
+            let sid = self.entry(key).map_or(0, |e| {
+                e.session.awaiting_rel.remove(&id.get());
+                e.sid
+            });
+            self.log_rel(sid, id.get(), false);
+        }
+        if let Some(held) = self.log_limits.log_errors.allow(now) {
+            tracing::warn!(
+                client_id = conn.client_id.borrow().as_deref().unwrap_or(""),
+                held_back = held,
+                "publish refused: a peer shard's log is out of space"
+            );
+        }
+        if !conn.version.is_v5() {
+            conn.close_for(ReasonCode::QUOTA_EXCEEDED);
+            return;
+        }
+        let mut a = Ack::new(id);
+        a.reason = ReasonCode::QUOTA_EXCEEDED;
+        let p = if qos == QoS::AtLeastOnce {
+            Packet::PubAck(a)
+        } else {
+            Packet::PubRec(a)
+        };
+        self.send(conn, &p);
+    }
+
     /// Stores (or clears) a retained message and routes the message.
     /// Returns the broadcast barrier a retained message's acknowledgement
     /// waits for (see [`Shard::answer_after`]).
@@ -582,8 +628,9 @@ impl Shard {
     pub fn report_stored(&mut self) {
         for peer in 0..self.nr_shards {
             if std::mem::take(&mut self.report_due[peer]) {
-                let n = self.delivers_received[peer];
-                self.send_when_durable(peer, ShardMsg::Stored(n));
+                let upto = self.delivers_received[peer];
+                let failed = std::mem::take(&mut self.failed_from[peer]);
+                self.send_when_durable(peer, ShardMsg::Stored { upto, failed });
             }
         }
     }
@@ -596,11 +643,17 @@ impl Shard {
                 if self.store.is_some() && m.qos != QoS::AtMostOnce {
                     self.report_due[from] = true;
                 }
-                self.deliver_local(&m, now)
+                self.deliver_local(&m, now);
+                // The log refused it here: the publisher must hear so,
+                // however its own shard fared.
+                if std::mem::take(&mut self.log_failed) {
+                    self.failed_from[from].push(self.delivers_received[from]);
+                }
             }
-            ShardMsg::Stored(n) => {
+            ShardMsg::Stored { upto, failed } => {
                 let s = &mut self.delivers_stored[from];
-                *s = (*s).max(n);
+                *s = (*s).max(upto);
+                self.delivers_failed[from].extend(failed);
                 self.release_deferred(now);
             }
             ShardMsg::Interest { filter, add } => {

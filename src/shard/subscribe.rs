@@ -269,7 +269,16 @@ impl Shard {
         });
         self.deferred = queues;
         for d in ready {
-            if d.conn.session.get() == Some(d.session) {
+            let mut refused = false;
+            for &(peer, n) in &d.gate.remote {
+                refused |= self.delivers_failed[peer].remove(&n);
+            }
+            if d.conn.session.get() != Some(d.session) {
+                continue;
+            }
+            if refused {
+                self.refuse_remotely_unlogged(&d.conn, d.session, &d.ack, now);
+            } else {
                 self.answer_subscribe(&d.conn, d.session, &d.ack, d.retained, now);
             }
         }
