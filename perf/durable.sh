@@ -7,7 +7,9 @@
 #  2. A backlog of QUEUED QoS 1 messages of 100 B for one offline session:
 #     the broker's RssAnon with it, then kill -9, and the restart: time to
 #     listening, and what recovery says (records, MB/s, queued).
-# Usage: perf/durable.sh [RUNS=3] [DURATION=8s] [QUEUED=1000000]
+#  3. Acknowledged but lost: ringmq-bench kills each broker (SIGKILL) while
+#     it takes a backlog, restarts it and counts what never came back.
+# Usage: perf/durable.sh [RUNS=3] [DURATION=8s] [QUEUED=1000000] [KILLED=1000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -116,3 +118,31 @@ echo "- RssAnon: $((before / 1024)) MiB idle, $((after / 1024)) MiB with the bac
 echo "- data dir after kill -9: $logsize MB"
 echo "- restart to listening: $(python3 -c "print(round($t1 - $t0, 2))") s"
 grep "log recovered" "$work/restart.log" | sed 's/^.*log recovered/- recovered:/'
+
+# 3. Acknowledged but lost across SIGKILL: ringmq-bench starts each broker,
+# kills it 1 s into publishing KILLED QoS 1 messages to an offline
+# persistent session, starts it again and counts what was acknowledged and
+# never delivered.
+KILLED=${KILLED:-1000000}
+echo
+echo "## Acknowledged but lost across kill -9 (backlog of up to $KILLED QoS 1, killed 1 s into publishing)"
+echo
+echo "| broker | acknowledged | lost | restart s |"
+echo "|---|---|---|---|"
+for label in ${KILL_LABELS:-none always mosquitto-persist}; do
+  rm -rf "$work/data" "$work/mosq"
+  case $label in
+    mosquitto-persist)
+      mkdir -p "$work/mosq"
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\npersistence true\npersistence_location %s/\n' \
+        "$port" "$((KILLED * 2))" "$work/mosq" >"$work/mosquitto.conf"
+      cmd="mosquitto -c $work/mosquitto.conf" ;;
+    *) cmd="$bin --listen 127.0.0.1:$port --cores $CORES --data-dir $work/data --sync $label --max-queued-messages $((KILLED * 2))" ;;
+  esac
+  json=$("$bench" backlog --broker 127.0.0.1:$port --count "$KILLED" --qos 1 --kill-after 1s \
+    --restart-cmd "$cmd" --drain 3s --quiet --json 2>/dev/null || true)
+  acked=$(echo "$json" | sed -n 's/.*"acked":\([0-9]*\).*/\1/p')
+  lost=$(echo "$json" | sed -n 's/.*"lost":\([0-9]*\).*/\1/p')
+  rs=$(echo "$json" | sed -n 's/.*"restart_seconds":\([0-9.]*\).*/\1/p')
+  echo "| $label | ${acked:-?} | ${lost:-?} | ${rs:-?} |"
+done

@@ -82,6 +82,16 @@ pub struct Args {
     /// back), e.g. to measure the broker's memory and recovery with them.
     #[arg(long)]
     pub leave_backlog: bool,
+    /// backlog: run the broker with this shell command (it must listen on
+    /// --broker and keep its data across runs), SIGKILL it, start it again
+    /// and report what was acknowledged but lost. Killed after publishing
+    /// unless --kill-after says when.
+    #[arg(long, value_name = "CMD")]
+    pub restart_cmd: Option<String>,
+    /// backlog with --restart-cmd: SIGKILL the broker this long into
+    /// publishing, while messages are in flight.
+    #[arg(long, value_parser = ringmq::config::parse_duration)]
+    pub kill_after: Option<Duration>,
     /// Client id prefix.
     #[arg(long, default_value = "rb")]
     pub client_prefix: String,
@@ -147,6 +157,10 @@ pub struct Plan {
     pub stuck: usize,
     /// backlog: do not reconnect the subscriber.
     pub leave_backlog: bool,
+    /// backlog: the broker's command, to kill and restart it.
+    pub restart_cmd: Option<String>,
+    /// backlog: when to kill it, into publishing.
+    pub kill_after: Option<Duration>,
 }
 
 /// Stamp bytes: publisher id (4), sequence (8), send time in ns (8).
@@ -206,6 +220,12 @@ impl Args {
                 "backlog needs --qos 1 or 2 (QoS 0 is not queued for offline sessions)".into(),
             );
         }
+        if self.restart_cmd.is_some() && (s != Backlog || self.leave_backlog) {
+            return Err("--restart-cmd goes with backlog (without --leave-backlog)".into());
+        }
+        if self.kill_after.is_some() && self.restart_cmd.is_none() {
+            return Err("--kill-after needs --restart-cmd".into());
+        }
         if count == Some(0) || self.duration.is_zero() {
             return Err("--count and --duration must be positive".into());
         }
@@ -249,6 +269,8 @@ impl Args {
             drain: self.drain,
             stuck: self.stuck.unwrap_or(if s == SlowConsumer { 1 } else { 0 }),
             leave_backlog: self.leave_backlog,
+            restart_cmd: self.restart_cmd,
+            kill_after: self.kill_after,
         })
     }
 }

@@ -74,6 +74,8 @@ impl Outbox {
 pub trait Role {
     /// Handles one packet; may queue answers on `out`.
     fn on_packet(&self, p: Packet, out: &Outbox);
+    /// The connection ended.
+    fn on_close(&self) {}
 }
 
 /// A connected client.
@@ -180,6 +182,7 @@ async fn read_loop(
                 Err(e) => {
                     eprintln!("ringmq-bench: broker sent a malformed packet: {e}");
                     out.close();
+                    role.on_close();
                     return;
                 }
             }
@@ -187,6 +190,7 @@ async fn read_loop(
         match stream.read(tmp.space()).await {
             Ok(0) | Err(_) => {
                 out.close();
+                role.on_close();
                 return;
             }
             Ok(n) => tmp.append_to(n, &mut buf),

@@ -7,6 +7,7 @@
 mod args;
 mod client;
 mod report;
+mod restart;
 mod run;
 mod stuck;
 mod track;
@@ -42,6 +43,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // A broker the bench runs itself, to kill and restart.
+    let mut broker = plan.restart_cmd.as_deref().map(|cmd| {
+        restart::Broker::start(cmd, plan.broker, SETUP_TIMEOUT).unwrap_or_else(|e| {
+            eprintln!("ringmq-bench: {e}");
+            std::process::exit(1);
+        })
+    });
     let ctl = Arc::new(Control::new(plan.threads));
     let workers = run::run(&plan, &ctl);
     let progress = |label: &str, started: Instant| {
@@ -101,9 +109,19 @@ fn main() {
     ctl.phase.store(phase::PUBLISH, Ordering::Release);
     let mut last = Instant::now();
     let label = args::name(plan.scenario);
+    let mut killed_after = None;
+    let kill = |broker: &mut Option<restart::Broker>, at: Duration| {
+        let b = broker.as_mut()?;
+        ctl.killed.store(true, Ordering::Release);
+        b.kill9();
+        Some(at)
+    };
     // Publishing (or, for `connections`, holding the clients).
     loop {
         std::thread::sleep(Duration::from_millis(5));
+        if killed_after.is_none() && plan.kill_after.is_some_and(|k| t0.elapsed() >= k) {
+            killed_after = kill(&mut broker, t0.elapsed());
+        }
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             progress(label, t0);
@@ -126,13 +144,37 @@ fn main() {
         1
     };
     let mut drain_time = None;
+    let mut restart_time = None;
+    if broker.is_some() {
+        if killed_after.is_none() {
+            killed_after = kill(&mut broker, t0.elapsed());
+        }
+        let t = Instant::now();
+        if let Some(b) = broker.as_mut() {
+            if let Err(e) = b.restart(SETUP_TIMEOUT) {
+                fail(&e);
+            }
+        }
+        restart_time = Some(t.elapsed());
+    }
     if plan.scenario == Scenario::Backlog && plan.leave_backlog {
         // Nothing to drain: the messages stay queued in the broker.
     } else if plan.scenario == Scenario::Backlog {
         ctl.phase.store(phase::RECONNECT, Ordering::Release);
         let deadline = Instant::now() + plan.drain.max(SETUP_TIMEOUT);
+        // After a restart what was lost never comes: give up once nothing
+        // has arrived for --drain.
+        let mut seen = (ctl.totals().2, Instant::now());
         while ctl.drained_at.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
+            if restart_time.is_some() {
+                let r = ctl.totals().2;
+                if r != seen.0 {
+                    seen = (r, Instant::now());
+                } else if seen.1.elapsed() >= plan.drain {
+                    break;
+                }
+            }
             if last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
                 progress("drain", t0);
@@ -159,6 +201,9 @@ fn main() {
     let total_time = t0.elapsed();
     ctl.phase.store(phase::STOP, Ordering::Release);
     drop(stuck);
+    if let Some(b) = broker.take() {
+        b.stop(Duration::from_secs(10));
+    }
     progress(label, t0);
     if !quiet {
         eprintln!();
@@ -189,7 +234,8 @@ fn main() {
     let (sent, acked, received) = ctl.totals();
     let integrity = track::integrity(&logs, plan.publishers, |s, p| {
         let topic = plan.pub_topic.replace("{i}", &p.to_string());
-        if !ringmq::topic::matches(&run::filter_of(&plan, s), &topic) {
+        // Left in the broker on purpose: not expected here, so not lost.
+        if plan.leave_backlog || !ringmq::topic::matches(&run::filter_of(&plan, s), &topic) {
             return 0;
         }
         let (sent, acked) = published[p];
@@ -217,6 +263,8 @@ fn main() {
         failures,
         first_error: ctl.first_error.lock().ok().and_then(|e| e.clone()),
         drain_time,
+        killed_after,
+        restart_time,
         sent_by_publisher: published.iter().map(|&(sent, _)| sent).collect(),
         plan,
     };

@@ -25,8 +25,16 @@ pub struct Report {
     pub failures: usize,
     pub first_error: Option<String>,
     pub drain_time: Option<Duration>,
+    /// When the broker was killed (SIGKILL), into publishing.
+    pub killed_after: Option<Duration>,
+    /// From the kill to the restarted broker listening.
+    pub restart_time: Option<Duration>,
     /// Messages each publisher sent, by publisher index.
     pub sent_by_publisher: Vec<u64>,
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("null".to_string(), |d| format!("{:.3}", d.as_secs_f64()))
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -122,6 +130,15 @@ impl Report {
                 "per publisher sent: min {min}  max {max}   (fairness: how evenly the broker reads its publishers)"
             );
         }
+        if let (Some(k), Some(r)) = (self.killed_after, self.restart_time) {
+            let _ = writeln!(
+                s,
+                "broker killed (SIGKILL) {:.3} s into publishing, listening again {:.3} s later; acknowledged but lost: {}",
+                k.as_secs_f64(),
+                r.as_secs_f64(),
+                self.integrity.lost
+            );
+        }
         if let Some(d) = self.drain_time {
             let _ = writeln!(
                 s,
@@ -180,7 +197,8 @@ impl Report {
                 "\"acked_per_sec\":{:.1},\"received_per_sec\":{:.1},\"latency_us\":{{{}}},",
                 "\"connected\":{},\"connect_us\":{{{}}},\"drain_seconds\":{},",
                 "\"failures\":{},\"error\":{},\"sent_min_per_publisher\":{},",
-                "\"sent_max_per_publisher\":{}}}"
+                "\"sent_max_per_publisher\":{},\"killed_after_seconds\":{},",
+                "\"restart_seconds\":{}}}"
             ),
             name(p.scenario),
             p.broker,
@@ -208,7 +226,9 @@ impl Report {
             self.failures,
             err,
             self.sent_range().0,
-            self.sent_range().1
+            self.sent_range().1,
+            secs(self.killed_after),
+            secs(self.restart_time)
         )
     }
 }

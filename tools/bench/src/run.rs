@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ pub struct Control {
     /// and when it had everything.
     pub reconnected_at: AtomicU64,
     pub drained_at: AtomicU64,
+    /// The broker was killed on purpose (`--kill-after`): closed
+    /// connections are expected, not failures.
+    pub killed: AtomicBool,
 }
 
 impl Control {
@@ -70,6 +73,7 @@ impl Control {
             progress: (0..workers).map(|_| Progress::default()).collect(),
             reconnected_at: AtomicU64::new(0),
             drained_at: AtomicU64::new(0),
+            killed: AtomicBool::new(false),
         }
     }
 
@@ -127,6 +131,8 @@ async fn wait_phase(ctl: &Control, at_least: u8) {
 struct Publisher {
     window: glommio::sync::Semaphore,
     acked: Cell<u64>,
+    /// The connection's reader ended: no acknowledgement can come now.
+    read_closed: Cell<bool>,
     ctl: Arc<Control>,
     worker: usize,
 }
@@ -150,9 +156,17 @@ impl Role for Publisher {
             self.window.signal(1);
         }
     }
+
+    fn on_close(&self) {
+        self.read_closed.set(true);
+        // A publish waiting for window space must not wait forever.
+        self.window.close();
+    }
 }
 
 struct Subscriber {
+    /// The connection's reader ended (the broker closed it).
+    closed: Cell<bool>,
     log: RefCell<SubscriberLog>,
     latency: Rc<RefCell<Histogram<u64>>>,
     subacked: Cell<bool>,
@@ -192,6 +206,13 @@ impl Role for Subscriber {
             }
             Packet::PubRel(a) => out.push(&Packet::PubComp(Ack::new(a.packet_id))),
             _ => {}
+        }
+    }
+
+    fn on_close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
         }
     }
 }
@@ -291,6 +312,7 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
             continue;
         }
         let role = Rc::new(Subscriber {
+            closed: Cell::new(false),
             log: RefCell::new(SubscriberLog::new()),
             latency: latency.clone(),
             subacked: Cell::new(false),
@@ -321,7 +343,26 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
                 })
                 .await;
                 if plan.scenario == Scenario::Backlog {
+                    // Offline only once the broker has taken the DISCONNECT
+                    // (it closes the connection then): a publish that came
+                    // first would go to the client, not to the backlog.
                     c.out.push(&Packet::Disconnect(Default::default()));
+                    let wait = async {
+                        poll_fn(|cx| {
+                            if role.closed.get() {
+                                Poll::Ready(())
+                            } else {
+                                role.waker.set(Some(cx.waker().clone()));
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                    };
+                    let _ = glommio::timer::timeout(Duration::from_secs(5), async {
+                        wait.await;
+                        Ok(())
+                    })
+                    .await;
                     c.out.close();
                 } else {
                     held.push(c);
@@ -340,6 +381,7 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
         let role = Rc::new(Publisher {
             window: glommio::sync::Semaphore::new(plan.inflight as u64),
             acked: Cell::new(0),
+            read_closed: Cell::new(false),
             ctl: ctl.clone(),
             worker: k,
         });
@@ -363,9 +405,11 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
                 let sent = publish(&plan, &ctl, k, i, &c.out, &role).await;
                 // Wait for the acknowledgements (at most --drain).
                 let deadline = Instant::now() + plan.drain;
+                // Until the reader ends, not the writer: acknowledgements
+                // read after a write failed still count (a killed broker).
                 while role.acked.get() < sent
                     && plan.qos != QoS::AtMostOnce
-                    && !c.out.is_closed()
+                    && !role.read_closed.get()
                     && Instant::now() < deadline
                 {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -383,7 +427,9 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
     }
 
     // The backlog subscriber comes back.
-    if plan.scenario == Scenario::Backlog && !subs.is_empty() {
+    // (--leave-backlog: never; STOP comes after RECONNECT, so waiting for
+    // it would bring the subscriber back at the end and take a window.)
+    if plan.scenario == Scenario::Backlog && !subs.is_empty() && !plan.leave_backlog {
         wait_phase(&ctl, phase::RECONNECT).await;
         for (j, role) in &subs {
             let id = format!("{}-s{j}", plan.client_prefix);
@@ -393,13 +439,32 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
                 Err(e) => ctl.fail(e),
             }
         }
-        let want = plan.count.unwrap_or(0) * plan.publishers as u64;
+        // After a restart, what must come back is what was acknowledged
+        // (messages sent but not acknowledged may come too, or not).
+        let want = if plan.restart_cmd.is_some() {
+            ctl.totals().1
+        } else {
+            plan.count.unwrap_or(0) * plan.publishers as u64
+        };
+        let received = || subs.iter().map(|(_, r)| r.received.get()).sum::<u64>();
         while ctl.phase() < phase::STOP {
-            if subs.iter().map(|(_, r)| r.received.get()).sum::<u64>() >= want {
+            if received() >= want {
                 ctl.drained_at.store(ctl.now_ns(), Ordering::Release);
                 break;
             }
             glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        if plan.restart_cmd.is_some() {
+            // Duplicates count towards `want`: wait for a quiet 500 ms, so
+            // that whatever is still on its way is counted, not called lost.
+            let mut last = (received(), Instant::now());
+            while ctl.phase() < phase::STOP && last.1.elapsed() < Duration::from_millis(500) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                if received() != last.0 {
+                    last = (received(), Instant::now());
+                }
+            }
+            ctl.drained_at.store(ctl.now_ns(), Ordering::Release);
         }
     }
 
@@ -469,7 +534,9 @@ async fn publish(
             _ => {}
         }
         if out.is_closed() {
-            ctl.fail(format!("publisher {i}: connection closed"));
+            if !ctl.killed.load(Ordering::Acquire) {
+                ctl.fail(format!("publisher {i}: connection closed"));
+            }
             break;
         }
         if let Some(iv) = interval {

@@ -213,6 +213,9 @@ fn nonsense_flags_are_refused() {
         vec!["backlog", "--qos", "0"],
         vec!["fan-out", "--publishers", "4"],
         vec!["slow-consumer", "--publishers", "2"],
+        vec!["backlog", "--kill-after", "1s"],
+        vec!["pairs", "--restart-cmd", "ringmq"],
+        vec!["backlog", "--leave-backlog", "--restart-cmd", "ringmq"],
         vec!["nonsense"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
@@ -310,4 +313,61 @@ fn every_scenario_runs_against_ringmq() {
         .contains("Percentile"));
     broker.shutdown();
     broker.join();
+}
+
+/// The `ringmq` binary beside this one (`cargo test --workspace` builds it).
+fn ringmq_bin() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_ringmq-bench")).with_file_name("ringmq");
+    assert!(
+        p.exists(),
+        "{} is missing: build it (cargo build --bin ringmq; cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// `backlog --restart-cmd --kill-after` kills the broker with SIGKILL while
+/// messages are in flight, starts it again and counts what was
+/// acknowledged but never delivered: nothing for ringmq with a data dir,
+/// everything acknowledged for ringmq in memory (so the count can fail).
+#[test]
+fn kill_and_restart_counts_acknowledged_but_lost() {
+    let dir = std::env::temp_dir().join(format!("rb-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    for (store, lost_all) in [
+        (format!("--data-dir {} --sync none", dir.display()), false),
+        ("--in-memory".to_string(), true),
+    ] {
+        let cmd = format!(
+            "{} --listen {addr} --cores 2 --max-queued-messages 1000000 {store}",
+            ringmq_bin().display()
+        );
+        let (ok, out) = bench(&[
+            "backlog",
+            "--broker",
+            &addr,
+            "--count",
+            "100000",
+            "--kill-after",
+            "300ms",
+            "--restart-cmd",
+            &cmd,
+            "--threads",
+            "1",
+            "--drain",
+            "2s",
+        ]);
+        assert!(ok, "{out}");
+        let acked = field(&out, "acked");
+        assert!(acked > 0, "{out}");
+        assert!(out.contains("\"killed_after_seconds\":0."), "{out}");
+        let want = if lost_all { acked } else { 0 };
+        assert_eq!(field(&out, "lost"), want, "{store}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
