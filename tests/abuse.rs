@@ -720,3 +720,32 @@ fn a_slow_acking_subscriber_slows_its_publisher_instead_of_dropping() {
         assert_eq!(got, want, "{cores} cores: in order");
     }
 }
+
+/// A subscriber that stops acknowledging while its queue holds the shard
+/// is let go: the others' publishes flow again instead of waiting on it
+/// for ever.
+#[test]
+fn a_subscriber_that_stops_acking_stops_holding_the_shard() {
+    let mut cfg = config(1);
+    cfg.max_queued_messages = 100;
+    cfg.max_inflight = 10;
+    let b = start_with(cfg);
+    let (mut hoarder, _) = Raw::connect(b.addr, V311, "hoarder", true);
+    hoarder.subscribe(1, &[("hoard/t", QoS::AtLeastOnce)]);
+    let (mut other, _) = Raw::connect(b.addr, V311, "other-sub", true);
+    other.subscribe(1, &[("other/t", QoS::AtMostOnce)]);
+    let (mut p, _) = Raw::connect(b.addr, V311, "hoard-pub", true);
+    // Past half the hoarder's bound: the shard holds its readers, and the
+    // hoarder never acknowledges.
+    for i in 0..200u16 {
+        p.publish("hoard/t", b"x", QoS::AtLeastOnce, i + 1, false);
+    }
+    let (mut q, _) = Raw::connect(b.addr, V311, "other-pub", true);
+    q.publish("other/t", b"through", QoS::AtMostOnce, 0, false);
+    let got = other.recv_within(Duration::from_secs(5));
+    assert!(
+        matches!(&got, Some(Packet::Publish(m)) if &m.payload[..] == b"through"),
+        "the other subscriber's message was held: {got:?}"
+    );
+    drop(hoarder);
+}

@@ -36,6 +36,14 @@ pub const UNCONGESTED_OUTBOX_BYTES: usize = CONGESTED_OUTBOX_BYTES / 4;
 /// the pace for publishers anyway.
 pub const STUCK_AFTER: Duration = Duration::from_millis(20);
 
+/// A client whose pending queue holds the shard (see
+/// [`Conn::hold_for_queue`]) and that acknowledges nothing for this long is
+/// stuck. Longer than [`STUCK_AFTER`]: it is reading (its acknowledgements
+/// prove it), and a client thread descheduled for 20 ms on a busy host
+/// should not lose messages for it; at most this long per
+/// [`STUCK_COOLDOWN`] is what it may cost the others.
+pub const QUEUE_STUCK_AFTER: Duration = Duration::from_millis(250);
+
 /// How often congested connections are checked for being stuck, while any is.
 pub const STUCK_CHECK: Duration = Duration::from_millis(5);
 
@@ -227,8 +235,8 @@ impl Conn {
     /// readers (and so the publishers, here and across the mesh) while this
     /// client makes progress, so that a fast publisher is slowed instead of
     /// acknowledged and then dropped. A client that acknowledges nothing
-    /// for [`STUCK_AFTER`] is stuck as a silent writer is, and fills its
-    /// own queue.
+    /// for [`QUEUE_STUCK_AFTER`] is stuck as a silent writer is, and fills
+    /// its own queue.
     pub fn hold_for_queue(&self, now: Instant) {
         if self.queue_held.get() || self.stuck_until.get().is_some() || self.closing.get() {
             return;
@@ -290,7 +298,12 @@ impl Conn {
         // a consumer that stopped reading long before its backlog reached the
         // mark is stuck the moment it is congested, so it holds the shard for
         // one check, not for another STUCK_AFTER.
-        if now.saturating_duration_since(self.last_progress.get()) <= STUCK_AFTER {
+        let limit = if self.queue_held.get() {
+            QUEUE_STUCK_AFTER
+        } else {
+            STUCK_AFTER
+        };
+        if now.saturating_duration_since(self.last_progress.get()) <= limit {
             return false;
         }
         self.stuck_until.set(Some(now + STUCK_COOLDOWN));

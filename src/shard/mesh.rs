@@ -126,45 +126,55 @@ pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: PipeSe
 pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: PipeReceiver<Batch>) {
     let congestion = shard.borrow().congestion.clone();
     while let Some(batch) = rx.recv().await {
-        // Hold further batches while a local subscriber is congested: the
-        // channel fills and the sending shard stops reading its publishers.
-        poll_fn(|cx| {
-            if congestion.get() > 0 {
-                congestion.register(cx.waker());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
-        let mut adopts = Vec::new();
-        {
-            let mut s = shard.borrow_mut();
-            let now = Instant::now();
-            for m in batch {
-                match m {
-                    ShardMsg::Adopt { .. } if !s.stopping => adopts.push(m),
-                    other => s.on_mesh(from, other, now),
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            // Hold further messages while a local subscriber is congested:
+            // the channel fills and the sending shard stops reading its
+            // publishers. Checked per delivery, not per batch, so that a
+            // queue that just passed its high mark is not handed the rest
+            // of a batch of up to MESH_BATCH_MSGS.
+            poll_fn(|cx| {
+                if congestion.get() > 0 {
+                    congestion.register(cx.waker());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
                 }
-            }
-            s.report_stored();
-        }
-        for m in adopts {
-            if let ShardMsg::Adopt {
-                fd,
-                connect,
-                leftover,
-                assigned,
-            } = m
+            })
+            .await;
+            let mut adopts = Vec::new();
             {
-                glommio::spawn_local(super::connection::adopt_fd(
-                    shard.clone(),
+                let mut s = shard.borrow_mut();
+                let now = Instant::now();
+                for m in batch.by_ref() {
+                    let deliver = matches!(m, ShardMsg::Deliver(_));
+                    match m {
+                        ShardMsg::Adopt { .. } if !s.stopping => adopts.push(m),
+                        other => s.on_mesh(from, other, now),
+                    }
+                    if deliver && congestion.get() > 0 {
+                        break;
+                    }
+                }
+                s.report_stored();
+            }
+            for m in adopts {
+                if let ShardMsg::Adopt {
                     fd,
-                    *connect,
+                    connect,
                     leftover,
                     assigned,
-                ))
-                .detach();
+                } = m
+                {
+                    glommio::spawn_local(super::connection::adopt_fd(
+                        shard.clone(),
+                        fd,
+                        *connect,
+                        leftover,
+                        assigned,
+                    ))
+                    .detach();
+                }
             }
         }
     }
