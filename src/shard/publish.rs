@@ -257,13 +257,7 @@ impl Shard {
             conn.close_reason.set(Some(ReasonCode::QUOTA_EXCEEDED));
             return Flow::Close;
         }
-        let mut a = Ack::new(id);
-        a.reason = ReasonCode::QUOTA_EXCEEDED;
-        let ack = if qos == QoS::AtLeastOnce {
-            Packet::PubAck(a)
-        } else {
-            Packet::PubRec(a)
-        };
+        let ack = quota_exceeded(id, qos);
         self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
         Flow::Continue
     }
@@ -304,14 +298,7 @@ impl Shard {
             conn.close_for(ReasonCode::QUOTA_EXCEEDED);
             return;
         }
-        let mut a = Ack::new(id);
-        a.reason = ReasonCode::QUOTA_EXCEEDED;
-        let p = if qos == QoS::AtLeastOnce {
-            Packet::PubAck(a)
-        } else {
-            Packet::PubRec(a)
-        };
-        self.send(conn, &p);
+        self.send(conn, &quota_exceeded(id, qos));
     }
 
     /// Stores (or clears) a retained message and routes the message.
@@ -688,5 +675,17 @@ impl Shard {
                 unsafe { libc::close(fd) };
             }
         }
+    }
+}
+
+/// The v5 refusal of a QoS 1/2 publish the log cannot take: PUBACK or
+/// PUBREC with 0x97 (quota exceeded).
+fn quota_exceeded(id: crate::protocol::PacketId, qos: QoS) -> Packet {
+    let mut a = Ack::new(id);
+    a.reason = ReasonCode::QUOTA_EXCEEDED;
+    if qos == QoS::AtLeastOnce {
+        Packet::PubAck(a)
+    } else {
+        Packet::PubRec(a)
     }
 }

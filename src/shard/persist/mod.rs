@@ -653,17 +653,31 @@ mod tests {
     use crate::session::Limits;
     use crate::storage::{LogOptions, RecoveryMode};
 
-    /// A queued delivery of a logged message waits as a reference into the
-    /// map (a few dozen bytes, whatever the payload) and goes out as the
-    /// message it was, read back from the log.
-    #[test]
-    fn a_logged_delivery_waits_as_a_reference_and_is_read_back() {
+    /// A session reading its logged messages back.
+    const LIMITS: Limits = Limits {
+        max_queued_messages: 10,
+        max_queued_bytes: 1 << 20,
+        queue_qos0: false,
+        decode: Some(DECODE),
+    };
+
+    /// An empty log of 1 MiB segments in a temporary directory.
+    fn temp_log() -> (tempfile::TempDir, Log) {
         let dir = tempfile::tempdir().unwrap();
         let opts = LogOptions {
             segment_size: 1 << 20,
             recovery: RecoveryMode::Strict,
         };
-        let (mut log, _) = Log::open(dir.path(), opts, |_, _, _| {}).unwrap();
+        let (log, _) = Log::open(dir.path(), opts, |_, _, _| {}).unwrap();
+        (dir, log)
+    }
+
+    /// A queued delivery of a logged message waits as a reference into the
+    /// map (a few dozen bytes, whatever the payload) and goes out as the
+    /// message it was, read back from the log.
+    #[test]
+    fn a_logged_delivery_waits_as_a_reference_and_is_read_back() {
+        let (_dir, mut log) = temp_log();
         let msg = Arc::new(Message {
             topic: TopicName::new(MqttStr::from_static("a/b")).unwrap(),
             payload: bytes::Bytes::from(vec![9u8; 4000]),
@@ -679,13 +693,7 @@ mod tests {
         let mut w = W::default();
         w.message(7, &msg, 0).u32(0);
         log.append(records::MSG, &w.0).unwrap();
-        let limits = Limits {
-            max_queued_messages: 10,
-            max_queued_bytes: 1 << 20,
-            queue_qos0: false,
-            decode: Some(DECODE),
-        };
-        let mut s = Session::new(limits, 10);
+        let mut s = Session::new(LIMITS, 10);
         let d = Delivery {
             msg: msg.clone(),
             qos: QoS::AtLeastOnce,
@@ -727,12 +735,7 @@ mod tests {
     /// goes, and one sent at QoS 2 resumes in flight with its packet id.
     #[test]
     fn a_recovered_backlog_keeps_id_order_and_qos2_progress() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = LogOptions {
-            segment_size: 1 << 20,
-            recovery: RecoveryMode::Strict,
-        };
-        let (mut log, _) = Log::open(dir.path(), opts, |_, _, _| {}).unwrap();
+        let (_dir, mut log) = temp_log();
         let mut recs = Vec::new();
         for id in 1..=5u64 {
             let msg = Message {
@@ -764,13 +767,7 @@ mod tests {
         b.sent(5, 77);
         b.received(5);
         b.sent(9, 1);
-        let limits = Limits {
-            max_queued_messages: 10,
-            max_queued_bytes: 1 << 20,
-            queue_qos0: false,
-            decode: Some(DECODE),
-        };
-        let mut s = Session::new(limits, 10);
+        let mut s = Session::new(LIMITS, 10);
         s.restore_backlog(b);
         assert_eq!((s.inflight_len(), s.pending_len()), (1, 3));
         let mut out = Vec::new();
