@@ -31,6 +31,11 @@ pub struct Metrics {
     pub queue_holds: u64,
     pub log_append_errors: u64,
     pub log_refused: u64,
+    /// QoS 1/2 messages written to the log (once per shard that queued them).
+    pub log_messages: u64,
+    /// Group commits (msync batches) run: `log_messages / log_syncs` is
+    /// what one msync covers under `--sync always`.
+    pub log_syncs: u64,
 }
 
 impl Metrics {
@@ -63,10 +68,12 @@ impl Metrics {
         self.queue_holds += o.queue_holds;
         self.log_append_errors += o.log_append_errors;
         self.log_refused += o.log_refused;
+        self.log_messages += o.log_messages;
+        self.log_syncs += o.log_syncs;
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 23] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 25] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -94,6 +101,8 @@ impl Metrics {
             ("clients/queue_holds", self.queue_holds),
             ("log/append_errors", self.log_append_errors),
             ("log/publishes_refused", self.log_refused),
+            ("log/messages", self.log_messages),
+            ("log/syncs", self.log_syncs),
         ]
     }
 }

@@ -311,6 +311,7 @@ impl Shard {
                 })
                 .is_some();
             if ok {
+                self.metrics.log_messages += 1;
                 let rec = self.store.as_ref().map(|s| s.log.last_record());
                 for &(_, i) in &refs {
                     ds[i].1.stored = Some(id);

@@ -143,6 +143,7 @@ pub(crate) async fn commit_loop(shard: Rc<RefCell<Shard>>, thread: LogThread) {
         thread.sync(batch).await;
         {
             let mut s = shard.borrow_mut();
+            s.metrics.log_syncs += 1;
             s.synced_to(ticket, Instant::now());
         }
         if stop {
