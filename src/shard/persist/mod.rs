@@ -760,7 +760,9 @@ mod tests {
             } else {
                 QoS::AtLeastOnce
             };
-            assert!(b.queue(id, recs[id as usize - 1].clone(), q, false, &[]));
+            // Two subscription ids do not fit a reference: 4 is kept in RAM.
+            let ids: &[u32] = if id == 4 { &[6, 9] } else { &[] };
+            assert!(b.queue(id, recs[id as usize - 1].clone(), q, false, ids));
         }
         assert_eq!(b.len(), 5, "the second 3 replaced the first");
         assert_eq!(b.out_of_order, 1);
@@ -782,5 +784,13 @@ mod tests {
             })
             .collect();
         assert_eq!(got, ["rel 77", "1", "3", "4"]);
+        let Some(Packet::Publish(four)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            four.properties.subscription_identifiers,
+            [6, 9],
+            "read back with both ids"
+        );
     }
 }
