@@ -15,6 +15,7 @@
 # Installs what is missing: Debian's mosquitto, rumqttd (cargo install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 
 ulimit -n 65536 2>/dev/null || true
 ROUNDS=${ROUNDS:-3}
@@ -87,10 +88,7 @@ CONF
       ;;
   esac
   echo $! >"$work/$b.pid"
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-    sleep 0.1
-  done
+  wait_port "$port" && return 0
   echo "compare.sh: $b did not start" >&2
   return 1
 }

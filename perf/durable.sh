@@ -27,14 +27,8 @@ work=$(mktemp -d)
 trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=18850
 
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "broker did not listen" >&2
-  return 1
-}
+. perf/lib.sh
+listening() { wait_port "$port" || { echo "broker did not listen" >&2; return 1; }; }
 
 start() { # label
   rm -rf "$work/data" "$work/mosq"
@@ -60,7 +54,7 @@ start() { # label
       mosquitto -c "$work/mosquitto.conf" >"$work/$1.log" 2>&1 & ;;
   esac
   echo $! >"$work/pid"
-  wait_port
+  listening
 }
 
 stop() { kill "$(cat "$work/pid")" 2>/dev/null || true; wait "$(cat "$work/pid")" 2>/dev/null || true; }
@@ -93,7 +87,7 @@ rm -rf "$work/data"
 "$bin" --listen 127.0.0.1:$port --cores "$CORES" --data-dir "$work/data" --sync none --log-level info \
   --max-queued-messages $((QUEUED * 2)) --max-queued-bytes 64000000000 >"$work/fill.log" 2>&1 &
 echo $! >"$work/pid"
-wait_port
+listening
 before=$(awk '/RssAnon/ {print $2}' "/proc/$(cat "$work/pid")/status")
 "$bench" backlog --broker 127.0.0.1:$port --count "$QUEUED" --qos 1 --inflight 256 \
   --payload 100 --leave-backlog --quiet --json >/dev/null 2>&1

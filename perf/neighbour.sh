@@ -12,6 +12,7 @@
 #                                      # another ringmq build as alt-*, same rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 NEIGHBOURS=${NEIGHBOURS:-1}
@@ -33,7 +34,7 @@ start() {
       mosquitto -c "$work/nb-mosquitto.conf" >"$work/nb.log" 2>&1 & ;;
   esac
   pid=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.05; done
+  wait_port "$port" 5 && return 0
   echo "neighbour.sh: $1 did not start" >&2; return 1
 }
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -62,6 +62,24 @@ fn publish_all(r: &mut Raw, topic: &str, qos: QoS, n: u16) {
     }
 }
 
+/// Publishes one QoS 1 message (packet id 1) with `props` and takes its
+/// PUBACK.
+fn publish_with(
+    r: &mut Raw,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    props: ringmq::protocol::PublishProperties,
+) {
+    let mut m = ringmq::protocol::Publish::new(s(topic), bytes::Bytes::copy_from_slice(payload));
+    m.qos = QoS::AtLeastOnce;
+    m.retain = retain;
+    m.packet_id = Some(pid(1));
+    m.properties = props.into();
+    r.send(&Packet::Publish(m));
+    ack_of(r.recv());
+}
+
 /// Receives `n` publishes, answering each, and returns their payloads.
 fn take(r: &mut Raw, n: usize) -> Vec<String> {
     let mut got = Vec::new();
@@ -161,10 +179,6 @@ fn retained_messages_survive_with_their_properties_and_deletions() {
         let mut b = BinBroker::spawn_in(&dir.0, &args);
         let (mut p, _) = Raw::connect(b.addr, ProtocolVersion::V5, "retainer", true);
         for t in ["keep/a", "keep/b", "gone/c"] {
-            let mut m = ringmq::protocol::Publish::new(s(t), bytes::Bytes::from(t.to_string()));
-            m.qos = QoS::AtLeastOnce;
-            m.retain = true;
-            m.packet_id = Some(pid(1));
             let props = ringmq::protocol::PublishProperties {
                 content_type: Some(s("text/plain")),
                 user_properties: vec![UserProperty {
@@ -173,9 +187,7 @@ fn retained_messages_survive_with_their_properties_and_deletions() {
                 }],
                 ..Default::default()
             };
-            m.properties = props.into();
-            p.send(&Packet::Publish(m));
-            ack_of(p.recv());
+            publish_with(&mut p, t, t.as_bytes(), true, props);
         }
         // [MQTT-3.3.1-6] an empty retained message deletes the topic's.
         p.publish("gone/c", b"", QoS::AtLeastOnce, 2, true);
@@ -352,16 +364,11 @@ fn a_session_that_expired_while_the_broker_was_down_is_gone() {
         drop(keep);
         // A message that expires (1 s) before the broker is back.
         let (mut p, _) = Raw::connect(b.addr, ProtocolVersion::V5, "exp-pub", true);
-        let mut m = ringmq::protocol::Publish::new(s("e"), bytes::Bytes::from_static(b"stale"));
-        m.qos = QoS::AtLeastOnce;
-        m.packet_id = Some(pid(1));
         let props = ringmq::protocol::PublishProperties {
             message_expiry_interval: Some(1),
             ..Default::default()
         };
-        m.properties = props.into();
-        p.send(&Packet::Publish(m));
-        ack_of(p.recv());
+        publish_with(&mut p, "e", b"stale", false, props);
         p.publish("e", b"fresh", QoS::AtLeastOnce, 2, false);
         ack_of(p.recv());
         drop(p);

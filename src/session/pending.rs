@@ -134,7 +134,8 @@ impl<E: Queued> Pending<E> {
         self.live += 1;
         self.bytes += d.held_bytes();
         self.slots.insert(at, Some(d));
-        self.compact();
+        // Every entry after `at` moved up a place.
+        self.index_qos0();
     }
 
     /// Puts `d` in place of the live entry at `at`, of the same QoS.
@@ -214,6 +215,11 @@ impl<E: Queued> Pending<E> {
     /// Squeezes the holes out and renumbers from `head`.
     fn compact(&mut self) {
         self.slots.retain(Option::is_some);
+        self.index_qos0();
+    }
+
+    /// Rebuilds the QoS 0 index from the slots.
+    fn index_qos0(&mut self) {
         self.qos0.clear();
         for (i, d) in self.slots.iter().enumerate() {
             if d.as_ref().is_some_and(|d| d.qos() == QoS::AtMostOnce) {

@@ -78,18 +78,32 @@ pub struct Logged {
 impl Logged {
     /// A reference for delivery `d` of a logged message, if it fits one.
     pub fn of(d: &Delivery) -> Option<Logged> {
-        let subscription_id = match d.subscription_ids[..] {
+        d.stored?;
+        Logged::fitting(d.rec.clone()?, d.qos, d.retain, &d.subscription_ids)
+    }
+
+    /// A reference to `rec`, if the delivery's subscription ids fit one:
+    /// none or one; more keep the message in RAM.
+    fn fitting(rec: RecordRef, qos: QoS, retain: bool, ids: &[u32]) -> Option<Logged> {
+        let subscription_id = match ids {
             [] => None,
-            [id] => Some(NonZeroU32::new(id)?),
+            [id] => Some(NonZeroU32::new(*id)?),
             _ => return None,
         };
-        d.stored?;
         Some(Logged {
-            rec: d.rec.clone()?,
+            rec,
             subscription_id,
-            qos: d.qos,
-            retain: d.retain,
+            qos,
+            retain,
         })
+    }
+
+    /// Its subscription identifiers, as a delivery carries them.
+    pub fn subscription_ids(&self) -> Vec<u32> {
+        self.subscription_id
+            .map(NonZeroU32::get)
+            .into_iter()
+            .collect()
     }
 }
 
@@ -207,19 +221,8 @@ impl Backlog {
     /// second record of the same id replaces the first. False if a
     /// delivery that must keep its message in RAM could not read it.
     pub fn queue(&mut self, id: u64, rec: RecordRef, qos: QoS, retain: bool, ids: &[u32]) -> bool {
-        // One subscription id or none fits a reference; more keep the message.
-        let reference = match ids {
-            [] => Some(None),
-            [one] => NonZeroU32::new(*one).map(Some),
-            _ => None,
-        };
-        let e = match reference {
-            Some(subscription_id) => Entry::Log(Logged {
-                rec,
-                subscription_id,
-                qos,
-                retain,
-            }),
+        let e = match Logged::fitting(rec.clone(), qos, retain, ids) {
+            Some(l) => Entry::Log(l),
             None => {
                 let Some(m) = (self.decode.message)(rec.body()) else {
                     return false;
@@ -270,15 +273,10 @@ impl Backlog {
     pub fn into_entries(mut self) -> impl Iterator<Item = BacklogEntry> {
         std::iter::from_fn(move || loop {
             let e = self.pending.pop_front()?;
-            let (rec, qos, retain, ids) = match e {
-                Entry::Log(l) => (
-                    l.rec,
-                    l.qos,
-                    l.retain,
-                    l.subscription_id.map(NonZeroU32::get).into_iter().collect(),
-                ),
+            let (ids, rec, qos, retain) = match e {
+                Entry::Log(l) => (l.subscription_ids(), l.rec, l.qos, l.retain),
                 Entry::Ram(d) => match d.rec {
-                    Some(rec) => (rec, d.qos, d.retain, d.subscription_ids),
+                    Some(rec) => (d.subscription_ids, rec, d.qos, d.retain),
                     None => continue,
                 },
             };
@@ -577,20 +575,23 @@ impl Session {
         }
     }
 
-    /// A pending entry as a delivery: a logged one read back from the log
-    /// (`None` if its record cannot be read).
-    fn delivery_of(&self, e: Entry) -> Option<Delivery> {
+    /// A pending entry as a delivery: a logged one read back from the log.
+    /// `Err` holds the log id (if readable) of one whose record cannot be
+    /// read, to settle it.
+    fn delivery_of(&self, e: Entry) -> Result<Delivery, Option<u64>> {
         match e {
-            Entry::Ram(d) => Some(*d),
+            Entry::Ram(d) => Ok(*d),
             Entry::Log(l) => {
-                let decode = self.limits.decode?;
+                let decode = self.limits.decode.ok_or(None)?;
                 let body = l.rec.body();
-                Some(Delivery {
-                    msg: Arc::new((decode.message)(body)?),
+                let id = (decode.id)(body).ok_or(None)?;
+                let msg = (decode.message)(body).ok_or(Some(id))?;
+                Ok(Delivery {
+                    msg: Arc::new(msg),
                     qos: l.qos,
                     retain: l.retain,
-                    subscription_ids: l.subscription_id.map(NonZeroU32::get).into_iter().collect(),
-                    stored: Some((decode.id)(body)?),
+                    subscription_ids: l.subscription_ids(),
+                    stored: Some(id),
                     rec: Some(l.rec),
                 })
             }
@@ -677,15 +678,14 @@ impl Session {
             let Some(e) = self.pending.pop_front() else {
                 break;
             };
-            let stored = e.stored(self.limits.decode);
             match self.delivery_of(e) {
-                Some(d) if d.msg.is_expired(now) => {
+                Ok(d) if d.msg.is_expired(now) => {
                     expired += 1;
                     self.dropped += 1;
-                    self.done_stored(stored);
+                    self.done(&d);
                 }
-                Some(d) => self.send_new(d, now, out),
-                None => {
+                Ok(d) => self.send_new(d, now, out),
+                Err(stored) => {
                     // Unreadable record (a bug or a bad disk): counted, and
                     // settled so that it does not come back forever.
                     self.dropped += 1;
@@ -821,8 +821,8 @@ impl Session {
                 continue;
             };
             match self.delivery_of(e) {
-                Some(d) => self.restore(d, Some(s)),
-                None => {
+                Ok(d) => self.restore(d, Some(s)),
+                Err(_) => {
                     self.dropped += 1;
                     self.done_stored(Some(id));
                 }

@@ -243,6 +243,10 @@ impl Conn {
         }
         self.queue_held.set(true);
         self.last_progress.set(now);
+        self.congest(now);
+    }
+
+    fn congest(&self, now: Instant) {
         if self.congested_since.get().is_none() {
             self.congested_since.set(Some(now));
             self.congestion.add(self.id);
@@ -349,9 +353,9 @@ impl Conn {
         let n = out.len() - before;
         let congested = out.len() + self.writing.get() > CONGESTED_OUTBOX_BYTES;
         drop(out);
-        if congested && self.congested_since.get().is_none() && self.stuck_until.get().is_none() {
-            self.congested_since.set(Some(Instant::now()));
-            self.congestion.add(self.id);
+        // (The clock is read only when congestion starts.)
+        if congested && !self.is_congested() && self.stuck_until.get().is_none() {
+            self.congest(Instant::now());
         }
         self.wake();
         Ok(n)

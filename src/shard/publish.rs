@@ -43,7 +43,6 @@ impl Shard {
                 if let Some(e) = self.sending(key) {
                     e.session.on_puback(a.packet_id, now, &mut out);
                 }
-                self.check_queue_hold(key, now);
                 Flow::Continue
             }
             Packet::PubRec(a) => {
@@ -51,7 +50,6 @@ impl Shard {
                 if let Some(e) = self.sending(key) {
                     e.session.on_pubrec(a.packet_id, a.reason, now, &mut out);
                 }
-                self.check_queue_hold(key, now);
                 Flow::Continue
             }
             Packet::PubComp(a) => {
@@ -59,7 +57,6 @@ impl Shard {
                 if let Some(e) = self.sending(key) {
                     e.session.on_pubcomp(a.packet_id, now, &mut out);
                 }
-                self.check_queue_hold(key, now);
                 Flow::Continue
             }
             Packet::PubRel(a) => {
@@ -455,13 +452,12 @@ impl Shard {
         }
         self.flush_packets(key, &mut out, now);
         self.scratch_packets = out;
-        self.check_queue_hold(key, now);
     }
 
     /// Holds the shard's readers while session `key`'s online client has
     /// a pending queue past its high mark, and lets them go once it is
     /// back under its low mark (see [`super::conn::Conn::hold_for_queue`]).
-    pub(crate) fn check_queue_hold(&mut self, key: u32, now: Instant) {
+    fn check_queue_hold(&mut self, key: u32, now: Instant) {
         let Some(e) = self.entry(key) else { return };
         let Some(c) = &e.conn else { return };
         if c.is_queue_held() {
@@ -479,10 +475,14 @@ impl Shard {
     /// Writes `out` to the session's connection, if it has one. A PUBLISH the
     /// client's Maximum Packet Size cannot take is discarded as if delivered
     /// ([MQTT-3.1.2-25]).
+    ///
+    /// Every change to a session's queue ends here, so here its queue
+    /// holds or releases the shard ([`Shard::check_queue_hold`]).
     pub(crate) fn flush_packets(&mut self, key: u32, out: &mut Vec<Packet>, now: Instant) {
         if self.store.is_some() {
             self.log_journal(key);
         }
+        self.check_queue_hold(key, now);
         if let Some(e) = self.entry(key) {
             if e.session.take_blocked() {
                 if let Some(c) = &e.conn {
@@ -549,7 +549,6 @@ impl Shard {
         }
         self.flush_packets(key, &mut out, now);
         self.scratch_packets = out;
-        self.check_queue_hold(key, now);
     }
 
     pub(crate) fn publish_will(&mut self, client: &Arc<str>, will: LastWill, now: Instant) {

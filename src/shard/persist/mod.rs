@@ -465,7 +465,7 @@ impl Shard {
                             sid,
                             qos: l.qos,
                             retain: l.retain,
-                            ids: l.subscription_id.map(|i| i.get()).into_iter().collect(),
+                            ids: l.subscription_ids(),
                         };
                         (id, Source::Log(l.rec.clone()), r)
                     }

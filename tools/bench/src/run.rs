@@ -176,6 +176,21 @@ struct Subscriber {
     worker: usize,
 }
 
+impl Subscriber {
+    /// Waits until `done`, woken by SUBACK and by the connection's end.
+    async fn until(&self, done: impl Fn() -> bool) {
+        poll_fn(|cx| {
+            if done() {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
 impl Role for Subscriber {
     fn on_packet(&self, p: Packet, out: &Outbox) {
         match p {
@@ -333,33 +348,15 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
                 let _ = connect_hist.record((t.elapsed().as_micros() as u64).max(1));
                 connected += 1;
                 c.out.push(&subscribe_packet(&plan, j));
-                poll_fn(|cx| {
-                    if role.subacked.get() || c.out.is_closed() {
-                        Poll::Ready(())
-                    } else {
-                        role.waker.set(Some(cx.waker().clone()));
-                        Poll::Pending
-                    }
-                })
-                .await;
+                role.until(|| role.subacked.get() || c.out.is_closed())
+                    .await;
                 if plan.scenario == Scenario::Backlog {
                     // Offline only once the broker has taken the DISCONNECT
                     // (it closes the connection then): a publish that came
                     // first would go to the client, not to the backlog.
                     c.out.push(&Packet::Disconnect(Default::default()));
-                    let wait = async {
-                        poll_fn(|cx| {
-                            if role.closed.get() {
-                                Poll::Ready(())
-                            } else {
-                                role.waker.set(Some(cx.waker().clone()));
-                                Poll::Pending
-                            }
-                        })
-                        .await;
-                    };
                     let _ = glommio::timer::timeout(Duration::from_secs(5), async {
-                        wait.await;
+                        role.until(|| role.closed.get()).await;
                         Ok(())
                     })
                     .await;
