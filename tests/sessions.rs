@@ -290,3 +290,42 @@ fn retained_will() {
     assert!(m.retain);
     assert_eq!(&m.payload[..], b"gone");
 }
+
+// [v3:MQTT-3.1.2-6] [v5:MQTT-3.1.2-4] [v5:MQTT-3.1.4-3] a takeover that ends
+// the old session (either side clean) publishes the old connection's will;
+// one that resumes a persistent session does not ([v3:MQTT-3.1.2-4]
+// [v5:MQTT-3.1.2-5]). The same cases as Mosquitto's 07-will-takeover test.
+// The new connection's own publish follows the will from the same shard, so
+// the first message the watcher gets says which: no waiting for silence.
+#[test]
+fn a_takeover_that_ends_the_session_publishes_the_old_will() {
+    let b = start(2);
+    let (mut w, _) = Raw::connect(b.addr, V311, "wt-watch", true);
+    w.subscribe(1, &[("will/t", QoS::AtMostOnce)]);
+    for v in [V311, V5] {
+        for (clean1, clean2) in [(true, true), (false, true), (true, false), (false, false)] {
+            let id = format!("wt-{v:?}-{clean1}-{clean2}");
+            let mut first = with_will(v, &id, None);
+            first.clean_start = clean1;
+            let mut second = connect_packet(v, &id, clean2);
+            if v == V5 {
+                first.properties.session_expiry_interval = Some(if clean1 { 0 } else { 60 });
+                second.properties.session_expiry_interval = Some(if clean2 { 0 } else { 60 });
+            }
+            let (mut old, _) = Raw::connect_with(b.addr, first);
+            let (mut new, ack) = Raw::connect_with(b.addr, second);
+            assert_eq!(ack.session_present, !clean1 && !clean2, "{id}");
+            old.expect_closed();
+            new.publish("will/t", b"ready", QoS::AtMostOnce, 0, false);
+            let first_seen = w.recv_publish();
+            if clean1 || clean2 {
+                assert_eq!(&first_seen.payload[..], b"gone", "{id}");
+                assert_eq!(&w.recv_publish().payload[..], b"ready", "{id}");
+            } else {
+                assert_eq!(&first_seen.payload[..], b"ready", "{id}");
+            }
+            new.send(&Packet::Disconnect(Disconnect::default()));
+            new.expect_closed();
+        }
+    }
+}

@@ -1,5 +1,9 @@
 //! Sessions: the sans-IO state machine of one client's MQTT session.
 //!
+//! A [`Life`] holds what a session is: its client id, expiry and will, and
+//! decides takeover, will delay, expiry and recovery as effects for the
+//! shard to carry out.
+//!
 //! A [`Session`] holds the subscriptions' outbound half: the inflight window
 //! of QoS 1/2 messages sent and not yet acknowledged, the pending queue behind
 //! it (bounded, with a drop policy), packet identifiers, and the inbound QoS 2
@@ -8,8 +12,11 @@
 //! an output vector that the shard encodes and writes.
 
 mod chunked;
+mod life;
 pub(crate) mod pending;
 mod queue;
+
+pub use life::{connect_expiry, Effect, Life, Takeover, Timer, TimerKind};
 
 pub use queue::{
     Backlog, BacklogEntry, Decode, Delivery, DropReason, Held, Journal, Limits, Logged, Session,

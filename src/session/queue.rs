@@ -391,8 +391,9 @@ pub struct Session {
     blocked: bool,
     /// The outbox was empty when the room was set.
     idle: bool,
-    /// Inbound QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
-    pub awaiting_rel: HashSet<u16>,
+    /// Inbound QoS 2 packet ids for which PUBREC was sent and PUBREL not yet
+    /// received (read by checkpoints, set by recovery).
+    pub(crate) awaiting_rel: HashSet<u16>,
     /// Messages dropped since the session began.
     pub dropped: u64,
     /// What happened to logged deliveries since the shard last took it.
@@ -415,6 +416,25 @@ impl Session {
             dropped: 0,
             journal: Vec::new(),
         }
+    }
+
+    /// True while inbound QoS 2 `packet_id` waits for its PUBREL: a resent
+    /// PUBLISH with it is acknowledged, not delivered again ([v5:MQTT-4.3.3-10]).
+    pub fn awaits_rel(&self, packet_id: u16) -> bool {
+        self.awaiting_rel.contains(&packet_id)
+    }
+
+    /// Inbound QoS 2 `packet_id` was accepted and PUBREC is due: it now
+    /// waits for PUBREL. True when it was new (then it must be logged).
+    pub fn await_rel(&mut self, packet_id: u16) -> bool {
+        self.awaiting_rel.insert(packet_id)
+    }
+
+    /// PUBREL for `packet_id` arrived, or its PUBREC refused it (after a
+    /// PUBREC of 0x80 or more the id is new again, [v5:MQTT-4.3.3-9]). True
+    /// when it was waiting (then its release must be logged).
+    pub fn release_rel(&mut self, packet_id: u16) -> bool {
+        self.awaiting_rel.remove(&packet_id)
     }
 
     /// Sets the inflight window (the smaller of the broker's and the client's

@@ -1,15 +1,14 @@
 //! CONNECT: validation, takeover, session resume or creation, CONNACK.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::protocol::{
     ConnAck, ConnAckProperties, Connect, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode,
 };
-use crate::session::{Limits, Session};
+use crate::session::{connect_expiry, Life, Limits, Session, Takeover};
 
 use super::{Conn, Flow, SessionEntry, Shard, TOPIC_ALIAS_MAX};
 
@@ -93,16 +92,7 @@ impl Shard {
         if self.shared.connections.load(Ordering::Relaxed) > self.config.max_connections {
             return self.refuse(conn, ReasonCode::SERVER_BUSY);
         }
-        let expiry = if v5 {
-            match c.properties.session_expiry_interval.unwrap_or(0) {
-                u32::MAX => None,
-                s => Some(Duration::from_secs(u64::from(s))),
-            }
-        } else if c.clean_start {
-            Some(Duration::ZERO)
-        } else {
-            self.config.v3_session_expiry
-        };
+        let expiry = connect_expiry(&c, self.config.v3_session_expiry);
         let window = self
             .config
             .max_inflight
@@ -112,7 +102,15 @@ impl Shard {
         // (every connection of a client id is handled here, on its owner).
         let mut existing = self.by_client.get(&client_id).copied();
         if let Some(key) = existing {
-            if let Some(old) = self.entry(key).and_then(|e| e.conn.take()) {
+            let mut fx = Vec::new();
+            let e = self
+                .entry(key)
+                .expect("invariant: by_client names live slots");
+            let old = e.conn.take();
+            if e.life.takeover(c.clean_start, &mut fx) == Takeover::Replace {
+                existing = None;
+            }
+            if let Some(old) = old {
                 old.session.set(None);
                 old.close_reason.set(Some(ReasonCode::SESSION_TAKEN_OVER));
                 if let Some(held) = self.log_limits.takeover.allow(now) {
@@ -133,43 +131,29 @@ impl Shard {
                 }
                 old.close();
             }
-            if c.clean_start {
-                self.remove_session(key);
-                existing = None;
-            }
+            self.apply(key, fx, now);
         }
         let present = existing.is_some();
         let key = match existing {
             Some(k) => k,
             None => {
                 let limits = self.limits();
-                self.alloc_session(SessionEntry {
-                    client_id: client_id.clone(),
-                    version: c.protocol,
-                    session: Session::new(limits, window),
-                    subscriptions: HashMap::new(),
-                    conn: None,
-                    generation: 0,
-                    expiry,
-                    will: None,
-                    drop_logged: false,
-                    sid: 0,
-                })
+                let life = Life::new(client_id.clone(), c.protocol, expiry);
+                self.alloc_session(SessionEntry::new(life, Session::new(limits, window), 0))
             }
         };
         let max_keepalive = self.config.max_keepalive;
         let generation = self.next_generation();
+        let mut fx = Vec::new();
         let e = self
             .entry(key)
             .expect("invariant: session just found or created");
         e.conn = Some(conn.clone());
-        e.generation = generation;
-        e.expiry = expiry;
-        e.will = c.will;
-        e.version = c.protocol;
+        e.life
+            .attach(generation, c.protocol, expiry, c.will, &mut fx);
         e.session.set_window(window);
         conn.session.set(Some(key));
-        self.log_session(key);
+        self.apply(key, fx, now);
         if v5 {
             if c.keep_alive > max_keepalive {
                 props.server_keep_alive = Some(max_keepalive);

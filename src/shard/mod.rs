@@ -41,12 +41,12 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode};
-use crate::session::{Delivery, Message, Session};
+use crate::protocol::{Disconnect, LastWill, Packet, QoS, ReasonCode};
+use crate::session::{Delivery, Effect, Life, Message, Session, Timer};
 use crate::timer::DeadlineQueue;
 use crate::topic::{RetainedIndex, SubscriptionTrie, TopicFilter};
 
@@ -132,22 +132,14 @@ pub(crate) struct SubEntry {
     pub opts: SubOpts,
 }
 
-/// One session slot.
+/// One session slot: the session's life and queue, and what the shard keeps
+/// beside them (its subscriptions as the trie holds them, its connection).
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
-    pub client_id: Arc<str>,
-    pub version: ProtocolVersion,
+    pub life: Life,
     pub session: Session,
     pub subscriptions: HashMap<TopicFilter, SubOpts>,
     pub conn: Option<Rc<Conn>>,
-    /// Set from the shard's [`Shard::next_generation`] at every
-    /// (re)connection and never repeated on this shard, even when the slot
-    /// is reused, so a timer armed for an earlier session or connection in
-    /// this slot is recognised as stale.
-    pub generation: u64,
-    /// How long the session outlives its connection (`None`: forever).
-    pub expiry: Option<Duration>,
-    pub will: Option<LastWill>,
     /// Set after a drop was logged, cleared when the queue drains: one log
     /// line per burst of drops.
     pub drop_logged: bool,
@@ -156,10 +148,26 @@ pub(crate) struct SessionEntry {
     pub sid: u64,
 }
 
+impl SessionEntry {
+    /// A slot for `life`, with an empty queue and no subscriptions.
+    pub(crate) fn new(life: Life, session: Session, sid: u64) -> SessionEntry {
+        SessionEntry {
+            life,
+            session,
+            subscriptions: HashMap::new(),
+            conn: None,
+            drop_logged: false,
+            sid,
+        }
+    }
+}
+
+/// A session timer in the shard's deadline queue: the slot, and the timer
+/// its [`Life`] armed (whose generation makes a stale one harmless).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum TimerKey {
-    Will { session: u32, generation: u64 },
-    Expire { session: u32, generation: u64 },
+pub(crate) struct TimerKey {
+    pub session: u32,
+    pub timer: Timer,
 }
 
 /// What an acknowledgement waits for: every shard applied broadcast
@@ -322,7 +330,7 @@ impl Shard {
 
     pub(crate) fn alloc_session(&mut self, e: SessionEntry) -> u32 {
         self.metrics.sessions += 1;
-        let client = e.client_id.clone();
+        let client = e.life.client_id.clone();
         let key = if let Some(k) = self.free_sessions.pop() {
             self.sessions[k as usize] = Some(e);
             k
@@ -342,7 +350,7 @@ impl Shard {
         };
         self.metrics.sessions -= 1;
         self.log_session_end(e.sid);
-        self.by_client.remove(&e.client_id);
+        self.by_client.remove(&e.life.client_id);
         for filter in e.subscriptions.keys() {
             self.subs.remove(filter, |s| s.session == key);
             self.release_filter(filter);
@@ -417,78 +425,48 @@ impl Shard {
         let Some(key) = conn.session.take() else {
             return;
         };
+        let mut fx = Vec::new();
         let Some(e) = self.entry(key) else {
             return;
         };
         e.conn = None;
-        let generation = e.generation;
-        let expiry = e.expiry;
-        let will = e.will.take();
-        let client = e.client_id.clone();
-        let ends_now = expiry == Some(Duration::ZERO);
-        if let Some(will) = will {
-            let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || ends_now {
-                self.publish_will(&client, will, now);
-            } else if let Some(e) = self.entry(key) {
-                e.will = Some(will);
-                let at = now
-                    + Duration::from_secs(u64::from(delay)).min(expiry.unwrap_or(Duration::MAX));
-                self.timers.insert(
-                    at,
-                    TimerKey::Will {
-                        session: key,
-                        generation,
-                    },
-                );
-            }
-        }
-        match expiry {
-            Some(d) if d.is_zero() => self.remove_session(key),
-            Some(d) => self.timers.insert(
-                now + d,
-                TimerKey::Expire {
-                    session: key,
-                    generation,
-                },
-            ),
-            None => {}
-        }
-        if expiry != Some(Duration::ZERO) {
-            self.log_session(key);
-        }
+        e.life.detach(now, &mut fx);
+        self.apply(key, fx, now);
     }
 
     fn on_timer(&mut self, key: TimerKey, now: Instant) {
-        match key {
-            TimerKey::Will {
-                session,
-                generation,
-            } => {
-                let Some(e) = self.entry(session) else { return };
-                if e.generation != generation || e.conn.is_some() {
-                    return; // [MQTT-3.1.3-9] the client came back in time.
-                }
-                let client = e.client_id.clone();
-                if let Some(will) = e.will.take() {
-                    self.publish_will(&client, will, now);
-                    self.log_session(session);
-                }
-            }
-            TimerKey::Expire {
-                session,
-                generation,
-            } => {
-                let Some(e) = self.entry(session) else { return };
-                if e.generation != generation || e.conn.is_some() {
-                    return;
-                }
-                let client = e.client_id.clone();
-                if let Some(will) = e.will.take() {
+        let mut fx = Vec::new();
+        let Some(e) = self.entry(key.session) else {
+            return;
+        };
+        e.life.fire(key.timer, &mut fx);
+        self.apply(key.session, fx, now);
+    }
+
+    /// Carries out what session `key`'s [`Life`] decided, in its order.
+    pub(crate) fn apply(&mut self, key: u32, effects: Vec<Effect>, now: Instant) {
+        for fx in effects {
+            match fx {
+                Effect::PublishWill(will) => {
+                    let Some(client) = self.entry(key).map(|e| e.life.client_id.clone()) else {
+                        continue;
+                    };
                     self.publish_will(&client, will, now);
                 }
-                tracing::debug!(client_id = %client, "session expired");
-                self.remove_session(session);
+                Effect::Arm { at, timer } => self.timers.insert(
+                    at,
+                    TimerKey {
+                        session: key,
+                        timer,
+                    },
+                ),
+                Effect::Persist => self.log_session(key),
+                Effect::End => {
+                    if let Some(e) = self.entry(key) {
+                        tracing::debug!(client_id = %e.life.client_id, "session ended");
+                    }
+                    self.remove_session(key);
+                }
             }
         }
     }

@@ -61,7 +61,7 @@ impl Shard {
             }
             Packet::PubRel(a) => {
                 let (known, sid) = self.entry(key).map_or((false, 0), |e| {
-                    (e.session.awaiting_rel.remove(&a.packet_id.get()), e.sid)
+                    (e.session.release_rel(a.packet_id.get()), e.sid)
                 });
                 if known {
                     self.log_rel(sid, a.packet_id.get(), false);
@@ -98,21 +98,11 @@ impl Shard {
         let Some(e) = self.entry(key) else {
             return Flow::Close;
         };
-        // [MQTT-3.14.4-3] a normal DISCONNECT discards the will; 0x04 keeps it.
-        if d.reason != ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
-            e.will = None;
-        }
-        if let Some(s) = d.properties.session_expiry_interval {
-            if e.expiry == Some(Duration::ZERO) && s != 0 {
-                // MQTT 5 (3.14.2.2.2): a session whose CONNECT expiry was 0 may not
-                // be given a non-zero expiry at DISCONNECT: protocol error.
-                return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR);
-            }
-            e.expiry = if s == u32::MAX {
-                None
-            } else {
-                Some(Duration::from_secs(u64::from(s)))
-            };
+        if let Err(reason) = e
+            .life
+            .on_disconnect(d.reason, d.properties.session_expiry_interval)
+        {
+            return self.protocol_error(conn, reason);
         }
         conn.clean_disconnect.set(true);
         conn.close_reason.set(Some(d.reason));
@@ -152,12 +142,12 @@ impl Shard {
         let Some(e) = self.entry(key) else {
             return Flow::Close;
         };
-        let publisher = e.client_id.clone();
+        let publisher = e.life.client_id.clone();
         let sid = e.sid;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             // [MQTT-4.3.3-10] (v5): until PUBREL, a resent QoS 2 PUBLISH is
             // acknowledged, not delivered again.
-            if e.session.awaiting_rel.contains(&id.get()) {
+            if e.session.awaits_rel(id.get()) {
                 let ack = Packet::PubRec(Ack::new(id));
                 self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
                 return Flow::Continue;
@@ -169,10 +159,12 @@ impl Shard {
             return self.refuse_for_log(conn, key, topic.as_str(), p.qos, p.packet_id, now);
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-            if let Some(e) = self.entry(key) {
-                e.session.awaiting_rel.insert(id.get());
+            if self
+                .entry(key)
+                .is_some_and(|e| e.session.await_rel(id.get()))
+            {
+                self.log_rel(sid, id.get(), true);
             }
-            self.log_rel(sid, id.get(), true);
         }
         let expires_at = p
             .properties
@@ -204,7 +196,7 @@ impl Shard {
             if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
                 // After a PUBREC of 0x80 or more the id is new again ([v5:MQTT-4.3.3-9]).
                 if let Some(e) = self.entry(key) {
-                    e.session.awaiting_rel.remove(&id.get());
+                    e.session.release_rel(id.get());
                 }
             }
             return self.refuse_for_log(conn, key, p.topic.as_str(), p.qos, p.packet_id, now);
@@ -279,8 +271,11 @@ impl Shard {
         if qos == QoS::ExactlyOnce {
             // Its resend must be taken as new, not as a duplicate.
             let sid = self.entry(key).map_or(0, |e| {
-                e.session.awaiting_rel.remove(&id.get());
-                e.sid
+                if e.session.release_rel(id.get()) {
+                    e.sid
+                } else {
+                    0
+                }
             });
             self.log_rel(sid, id.get(), false);
         }
@@ -386,7 +381,7 @@ impl Shard {
                         self.sessions
                             .get(key as usize)
                             .and_then(Option::as_ref)
-                            .is_some_and(|e| *e.client_id == *msg.publisher)
+                            .is_some_and(|e| *e.life.client_id == *msg.publisher)
                     })
                 {
                     continue;
@@ -442,7 +437,7 @@ impl Shard {
         if let Some(reason) = dropped {
             if !e.drop_logged {
                 e.drop_logged = true;
-                tracing::warn!(client_id = %e.client_id, ?reason, "dropping messages for session");
+                tracing::warn!(client_id = %e.life.client_id, ?reason, "dropping messages for session");
             }
         } else if e.session.pending_len() == 0 {
             e.drop_logged = false;

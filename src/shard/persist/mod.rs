@@ -30,11 +30,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SyncMode;
-use crate::session::{Delivery, Held, Journal, Message, Session};
+use crate::session::{Delivery, Effect, Held, Journal, Life, Message, Session};
 use crate::storage::{AppendError, Log};
 use crate::topic::{TopicFilter, TopicName};
 
-use super::{owner_of, SessionEntry, Shard, ShardMsg, SubOpts, TimerKey};
+use super::{owner_of, SessionEntry, Shard, ShardMsg, SubOpts};
 use records::{wall_ms, wall_of, W};
 
 /// Where a checkpoint takes a message from.
@@ -160,7 +160,7 @@ impl Shard {
         let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
             return;
         };
-        if !self.is_durable(e.expiry) {
+        if !self.is_durable(e.life.expiry) {
             if e.sid != 0 {
                 let sid = e.sid;
                 self.log_session_end(sid);
@@ -198,10 +198,10 @@ impl Shard {
         };
         let offline = if e.conn.is_some() { 0 } else { wall_ms() };
         let (client, version, expiry, will) = (
-            e.client_id.clone(),
-            e.version.level(),
-            records::expiry_ms(e.expiry),
-            e.will.clone(),
+            e.life.client_id.clone(),
+            e.life.version.level(),
+            records::expiry_ms(e.life.expiry),
+            e.life.will.clone(),
         );
         self.append(records::SESSION, |w| {
             w.u64(sid).str(&client).u8(version).u64(expiry).u64(offline);
@@ -555,38 +555,28 @@ impl Shard {
         self.metrics.retained = self.retained.len() as u64;
         let limits = self.limits();
         for (sid, s) in rec.sessions {
-            let was_online = s.offline_since == 0;
             // Time spent down counts against the expiry and the will delay.
-            let down = if was_online {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(wall.saturating_sub(s.offline_since))
-            };
-            if s.expiry.is_some_and(|e| down >= e) {
+            let offline = (s.offline_since != 0)
+                .then(|| Duration::from_millis(wall.saturating_sub(s.offline_since)));
+            let mut life = Life::new(s.client_id, s.version, s.expiry);
+            life.will = s.will;
+            let mut fx = Vec::new();
+            life.recover(self.next_generation(), offline, now, &mut fx);
+            if fx.contains(&Effect::End) {
                 // Expired while the broker was down: gone before any client
                 // can resume it; its will goes once every shard routes.
                 self.log_session_end(sid);
-                if let Some(w) = s.will {
-                    self.overdue_wills.push((s.client_id, w));
+                for f in fx {
+                    if let Effect::PublishWill(w) = f {
+                        self.overdue_wills.push((life.client_id.clone(), w));
+                    }
                 }
                 continue;
             }
             let mut session = Session::new(limits, self.config.max_inflight);
             session.restore_backlog(s.queue);
             session.awaiting_rel = s.awaiting_rel;
-            let generation = self.next_generation();
-            let key = self.alloc_session(SessionEntry {
-                client_id: s.client_id,
-                version: s.version,
-                session,
-                subscriptions: HashMap::new(),
-                conn: None,
-                generation,
-                expiry: s.expiry,
-                will: s.will,
-                drop_logged: false,
-                sid,
-            });
+            let key = self.alloc_session(SessionEntry::new(life, session, sid));
             for (filter, opts) in s.subs {
                 if self
                     .subs
@@ -600,10 +590,24 @@ impl Shard {
                     }
                 }
             }
-            self.arm_offline_timers(key, down, now);
-            if was_online {
-                self.log_session(key);
+            // A will due already waits, like an expired session's, until
+            // every shard has its interest back.
+            let mut rest = Vec::new();
+            for f in fx {
+                match f {
+                    Effect::PublishWill(w) => {
+                        let client = self.entry(key).map(|e| e.life.client_id.clone());
+                        if let Some(client) = client {
+                            self.overdue_wills.push((client, w));
+                            if !rest.contains(&Effect::Persist) {
+                                rest.push(Effect::Persist);
+                            }
+                        }
+                    }
+                    f => rest.push(f),
+                }
             }
+            self.apply(key, rest, now);
         }
     }
 
@@ -611,38 +615,6 @@ impl Shard {
     pub(crate) fn publish_overdue_wills(&mut self, now: Instant) {
         for (client, will) in std::mem::take(&mut self.overdue_wills) {
             self.publish_will(&client, will, now);
-        }
-    }
-
-    /// Arms the will and expiry timers of offline session `key`, which went
-    /// offline `down` ago.
-    fn arm_offline_timers(&mut self, key: u32, down: Duration, now: Instant) {
-        let Some(e) = self.entry(key) else { return };
-        let generation = e.generation;
-        let expiry = e.expiry;
-        if let Some(w) = &e.will {
-            let delay =
-                Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)));
-            let at = now
-                + delay
-                    .min(expiry.unwrap_or(Duration::MAX))
-                    .saturating_sub(down);
-            self.timers.insert(
-                at,
-                TimerKey::Will {
-                    session: key,
-                    generation,
-                },
-            );
-        }
-        if let Some(d) = expiry {
-            self.timers.insert(
-                now + d.saturating_sub(down),
-                TimerKey::Expire {
-                    session: key,
-                    generation,
-                },
-            );
         }
     }
 }
