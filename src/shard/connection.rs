@@ -7,7 +7,7 @@
 //! and shuts the socket down when the shard closes the connection.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -124,6 +124,7 @@ pub async fn run(start: ShardStart) {
         }
     }
     glommio::spawn_local(stuck_watchdog(shard.clone())).detach();
+    glommio::spawn_local(timer_loop(shard.clone())).detach();
     let mut commit = None;
     let thread = shard.borrow().store.as_ref().and_then(|s| s.thread.clone());
     if let Some(t) = thread {
@@ -218,6 +219,38 @@ pub async fn run(start: ShardStart) {
         if let Err(e) = st.log.take_sync_batch().run() {
             tracing::error!(shard = id, error = %e, "log msync at shutdown failed");
         }
+    }
+}
+
+/// Sleeps until the shard's earliest session deadline, fires what is due,
+/// and sleeps again: one task and one glommio timer per shard, however many
+/// timers are armed. Arming an earlier deadline wakes it (`Shard::arm`), so
+/// a will or an expiry fires on time rather than at the next tick.
+async fn timer_loop(shard: Rc<RefCell<Shard>>) {
+    loop {
+        let at = {
+            let mut s = shard.borrow_mut();
+            let at = s.timers.next_deadline();
+            s.timer_at = at;
+            at
+        };
+        let mut sleep =
+            at.map(|at| glommio::timer::Timer::new(at.saturating_duration_since(Instant::now())));
+        poll_fn(|cx| {
+            if let Some(t) = sleep.as_mut() {
+                if std::pin::Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            let mut s = shard.borrow_mut();
+            if s.timers.next_deadline() != at {
+                return Poll::Ready(()); // an earlier deadline was armed
+            }
+            s.timer_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        shard.borrow_mut().fire_timers(Instant::now());
     }
 }
 

@@ -217,6 +217,10 @@ pub struct Shard {
     pub(crate) interest: SubscriptionTrie<u16>,
     pub(crate) retained: RetainedIndex<Arc<Message>>,
     pub(crate) timers: DeadlineQueue<TimerKey>,
+    /// The deadline the timer task sleeps until, and its waker: arming an
+    /// earlier one wakes it to sleep again until that.
+    pub(crate) timer_at: Option<Instant>,
+    pub(crate) timer_waker: Option<std::task::Waker>,
     /// This shard's counters.
     pub metrics: Metrics,
     pub(crate) peer_metrics: Vec<Metrics>,
@@ -286,6 +290,8 @@ impl Shard {
             interest: SubscriptionTrie::new(),
             retained: RetainedIndex::default(),
             timers: DeadlineQueue::default(),
+            timer_at: None,
+            timer_waker: None,
             metrics: Metrics::default(),
             peer_metrics: vec![Metrics::default(); nr_shards],
             outgoing: (0..nr_shards).map(|_| Vec::new()).collect(),
@@ -443,6 +449,24 @@ impl Shard {
         self.apply(key.session, fx, now);
     }
 
+    /// Arms `key` for `at`, waking the timer task if it sleeps past `at`.
+    fn arm(&mut self, at: Instant, key: TimerKey) {
+        self.timers.insert(at, key);
+        if self.timer_at.is_none_or(|t| at < t) {
+            if let Some(w) = self.timer_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Fires every session timer due at `now` (the timer task calls this
+    /// when the earliest deadline passes).
+    pub fn fire_timers(&mut self, now: Instant) {
+        for key in self.timers.pop_expired(now) {
+            self.on_timer(key, now);
+        }
+    }
+
     /// Carries out what session `key`'s [`Life`] decided, in its order.
     pub(crate) fn apply(&mut self, key: u32, effects: Vec<Effect>, now: Instant) {
         for fx in effects {
@@ -453,7 +477,7 @@ impl Shard {
                     };
                     self.publish_will(&client, will, now);
                 }
-                Effect::Arm { at, timer } => self.timers.insert(
+                Effect::Arm { at, timer } => self.arm(
                     at,
                     TimerKey {
                         session: key,
@@ -471,7 +495,8 @@ impl Shard {
         }
     }
 
-    /// Periodic work: keep-alive, timers, `$SYS`, shutdown.
+    /// Periodic work: keep-alive, `$SYS`, checkpoints, shutdown. Session
+    /// timers have their own task ([`Shard::fire_timers`]).
     pub fn tick(&mut self, now: Instant) {
         if self.shared.stopping() && !self.stopping {
             self.begin_shutdown();
@@ -504,9 +529,6 @@ impl Shard {
                 );
             }
             c.close_for(ReasonCode::KEEP_ALIVE_TIMEOUT);
-        }
-        for key in self.timers.pop_expired(now) {
-            self.on_timer(key, now);
         }
         self.maybe_checkpoint();
         self.retry_log_space();
