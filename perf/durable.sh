@@ -10,6 +10,7 @@
 #  3. Acknowledged but lost: ringmq-bench kills each broker (SIGKILL) while
 #     it takes a backlog, restarts it and counts what never came back.
 # Usage: perf/durable.sh [RUNS=3] [DURATION=8s] [QUEUED=1000000] [KILLED=1000000]
+#   LABELS="" skips section 1, KILL_LABELS="" section 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -118,12 +119,14 @@ grep "log recovered" "$work/restart.log" | sed 's/^.*log recovered/- recovered:/
 # persistent session, starts it again and counts what was acknowledged and
 # never delivered.
 KILLED=${KILLED:-1000000}
+kill_labels=${KILL_LABELS-"none always mosquitto-persist"}
+[ -z "$kill_labels" ] && exit 0
 echo
 echo "## Acknowledged but lost across kill -9 (backlog of up to $KILLED QoS 1, killed 1 s into publishing)"
 echo
 echo "| broker | acknowledged | lost | restart s |"
 echo "|---|---|---|---|"
-for label in ${KILL_LABELS:-none always mosquitto-persist}; do
+for label in $kill_labels; do
   rm -rf "$work/data" "$work/mosq"
   case $label in
     mosquitto-persist)
