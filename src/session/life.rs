@@ -132,11 +132,13 @@ impl Life {
     }
 
     /// A CONNECT arrived for this session's client id (`clean_start` is
-    /// Clean Session in 3.1.1). A live connection is taken over; its will
-    /// goes only if the session ends here and the will had no delay, as
-    /// Mosquitto does: the new connection comes before any delay runs out
-    /// ([MQTT-3.1.3-9]). A will waiting for its delay while the session was
-    /// offline is discarded by any new connection ([MQTT-3.1.3-9]).
+    /// Clean Session in 3.1.1). A live connection is taken over and closed
+    /// first, so a session with expiry 0 ends there, before the new Clean
+    /// Start is processed (3.1.4's order; Mosquitto does the same). The old
+    /// will goes only if the session ends here and the will had no delay:
+    /// the new connection comes before any delay runs out ([MQTT-3.1.3-9]).
+    /// A will waiting for its delay while the session was offline is
+    /// discarded by any new connection ([MQTT-3.1.3-9]).
     pub fn takeover(&mut self, clean_start: bool, out: &mut Vec<Effect>) -> Takeover {
         let ends = clean_start || (self.online && self.ends_with_connection());
         let will = self.will.take();
