@@ -859,17 +859,20 @@ impl Session {
 
     /// Points logged deliveries at where a checkpoint rewrote their records
     /// (`moved(stored id)`), so that the segments before it can go.
-    pub fn relocate(&mut self, moved: impl Fn(u64) -> Option<RecordRef>) {
+    pub fn relocate(&mut self, mut moved: impl FnMut(u64) -> Option<RecordRef>) {
         let decode = self.limits.decode;
         self.pending.for_each_mut(|e| {
             if let Entry::Log(l) = e {
-                if let Some(r) = decode.and_then(|c| (c.id)(l.rec.body())).and_then(&moved) {
+                if let Some(r) = decode
+                    .and_then(|c| (c.id)(l.rec.body()))
+                    .and_then(&mut moved)
+                {
                     l.rec = r;
                 }
             }
         });
         for f in &mut self.inflight {
-            if let Some(r) = f.delivery.stored.and_then(&moved) {
+            if let Some(r) = f.delivery.stored.and_then(&mut moved) {
                 f.delivery.rec = Some(r);
             }
         }
