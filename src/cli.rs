@@ -98,6 +98,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_inflight: u16,
 
+    /// Inbound QoS 1/2 messages a client may have unacknowledged (the Receive
+    /// Maximum in CONNACK; a v5 client past it is disconnected with 0x93).
+    /// Also bounds each session's QoS 2 messages awaiting PUBREL.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_inflight_in: u16,
+
     /// Messages queued per session behind the inflight window; past it the oldest
     /// QoS 0 message, then the oldest message, is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
@@ -168,6 +174,7 @@ impl Cli {
             max_connections: self.max_connections,
             max_packet_bytes: self.max_packet_size,
             max_inflight: self.max_inflight,
+            max_inflight_in: self.max_inflight_in,
             max_queued_messages: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
             max_keepalive: self.max_keepalive,

@@ -85,6 +85,9 @@ pub struct Config {
     pub max_packet_bytes: usize,
     /// Outbound QoS 1/2 window per session (the client's Receive Maximum wins if smaller).
     pub max_inflight: u16,
+    /// Inbound QoS 1/2 PUBLISHes a client may have unanswered (the Receive
+    /// Maximum in CONNACK); also bounds a session's QoS 2 ids awaiting PUBREL.
+    pub max_inflight_in: u16,
     /// Messages queued per session beyond the inflight window.
     pub max_queued_messages: usize,
     /// Bytes queued per session beyond the inflight window (see `Delivery::held_bytes`).
@@ -124,6 +127,7 @@ impl Default for Config {
             max_connections: 100_000,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight: 64,
+            max_inflight_in: 1024,
             max_queued_messages: 100_000,
             max_queued_bytes: 100 << 20,
             max_keepalive: u16::MAX,
@@ -192,6 +196,7 @@ impl Config {
         for (flag, v) in [
             ("max-connections", self.max_connections),
             ("max-inflight", usize::from(self.max_inflight)),
+            ("max-inflight-in", usize::from(self.max_inflight_in)),
             ("max-queued-messages", self.max_queued_messages),
             ("max-queued-bytes", self.max_queued_bytes),
             ("max-keepalive", usize::from(self.max_keepalive)),

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub slow_consumer_drops: u64,
     /// Times an online client's full-ish queue held its shard's publishers.
     pub queue_holds: u64,
+    /// Clients disconnected for more unanswered QoS 1/2 PUBLISHes than the
+    /// Receive Maximum (or, 3.1.1, QoS 2 ids awaiting PUBREL).
+    pub receive_maximum_exceeded: u64,
     pub log_append_errors: u64,
     pub log_refused: u64,
     /// QoS 1/2 messages written to the log (once per shard that queued them).
@@ -66,6 +69,7 @@ impl Metrics {
         self.slow_consumers += o.slow_consumers;
         self.slow_consumer_drops += o.slow_consumer_drops;
         self.queue_holds += o.queue_holds;
+        self.receive_maximum_exceeded += o.receive_maximum_exceeded;
         self.log_append_errors += o.log_append_errors;
         self.log_refused += o.log_refused;
         self.log_messages += o.log_messages;
@@ -73,7 +77,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 25] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 26] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -99,6 +103,7 @@ impl Metrics {
                 self.slow_consumer_drops,
             ),
             ("clients/queue_holds", self.queue_holds),
+            ("errors/receive_maximum", self.receive_maximum_exceeded),
             ("log/append_errors", self.log_append_errors),
             ("log/publishes_refused", self.log_refused),
             ("log/messages", self.log_messages),

@@ -414,3 +414,43 @@ fn v5_publish_properties_forwarded_and_aliases_per_connection() {
     );
     sub.expect_silence(Duration::from_millis(200));
 }
+
+// [v5:MQTT-3.3.4-7] CONNACK announces the Receive Maximum (--max-inflight-in)
+// and a client with more unanswered QoS 2 PUBLISHes than that is
+// disconnected with 0x93; one that completes each flow is never cut off.
+// 3.1.1 has no Receive Maximum, but a session's QoS 2 ids awaiting PUBREL
+// are bounded all the same: past them the connection is closed.
+#[test]
+fn inbound_qos2_past_the_receive_maximum_is_refused() {
+    let mut cfg = config(2);
+    cfg.max_inflight_in = 5;
+    let b = start_with(cfg);
+    let (mut good, ack) = Raw::connect(b.addr, V5, "rm-good", true);
+    assert_eq!(ack.properties.receive_maximum, Some(5));
+    for id in 1..=20u16 {
+        good.publish("rm/t", b"x", QoS::ExactlyOnce, id, false);
+        assert!(matches!(good.recv(), Packet::PubRec(_)));
+        good.send(&Packet::PubRel(Ack::new(pid(id))));
+        assert!(matches!(good.recv(), Packet::PubComp(_)));
+    }
+    for v in [V5, V311] {
+        let (mut c, _) = Raw::connect(b.addr, v, &format!("rm-{v:?}"), true);
+        for id in 1..=5u16 {
+            c.publish("rm/t", b"x", QoS::ExactlyOnce, id, false);
+            assert!(matches!(c.recv(), Packet::PubRec(_)), "{v:?} {id}");
+        }
+        // A resend of one still awaiting PUBREL is not a new one.
+        c.publish("rm/t", b"x", QoS::ExactlyOnce, 3, false);
+        assert!(matches!(c.recv(), Packet::PubRec(_)), "{v:?} resend");
+        c.publish("rm/t", b"x", QoS::ExactlyOnce, 6, false);
+        let rest = c.expect_closed();
+        if v == V5 {
+            assert!(
+                matches!(rest.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+                "{rest:?}"
+            );
+        } else {
+            assert!(rest.is_empty(), "{rest:?}");
+        }
+    }
+}

@@ -424,6 +424,11 @@ impl Session {
         self.awaiting_rel.contains(&packet_id)
     }
 
+    /// Inbound QoS 2 ids awaiting PUBREL.
+    pub fn rel_pending(&self) -> usize {
+        self.awaiting_rel.len()
+    }
+
     /// Inbound QoS 2 `packet_id` was accepted and PUBREC is due: it now
     /// waits for PUBREL. True when it was new (then it must be logged).
     pub fn await_rel(&mut self, packet_id: u16) -> bool {

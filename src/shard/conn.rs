@@ -160,6 +160,10 @@ pub struct Conn {
     /// Set when a drain of the session's queue stopped for room; the writer
     /// clears it and asks the shard for more once it has written enough.
     pub drain_blocked: Cell<bool>,
+    /// QoS 1 PUBLISHes from the client whose PUBACK waits at its gate:
+    /// with the session's QoS 2 ids awaiting PUBREL, what counts against
+    /// the Receive Maximum the broker announced.
+    pub acks_held: Cell<u32>,
     /// Why the connection ended, once known (`None` at close: the peer
     /// closed it or the socket failed).
     pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,
@@ -217,6 +221,7 @@ impl Conn {
             client_id: RefCell::new(None),
             close_reason: Cell::new(None),
             drain_blocked: Cell::new(false),
+            acks_held: Cell::new(0),
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),

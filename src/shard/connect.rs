@@ -160,6 +160,7 @@ impl Shard {
             }
             props.maximum_packet_size = u32::try_from(self.config.max_packet_bytes).ok();
             props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+            props.receive_maximum = Some(self.config.max_inflight_in);
             props.shared_subscription_available = Some(false);
         }
         // [MQTT-3.2.2-2] / [MQTT-3.2.2-3]: session present only for a resumed session.

@@ -153,6 +153,22 @@ impl Shard {
                 return Flow::Continue;
             }
         }
+        if p.qos != QoS::AtMostOnce {
+            // [v5:MQTT-3.3.4-7] no more unanswered QoS 1/2 PUBLISHes than the
+            // Receive Maximum in CONNACK; 3.1.1 has none to announce, so
+            // there only the QoS 2 ids a session keeps are bounded.
+            let held = if conn.version.is_v5() {
+                conn.acks_held.get() as usize + e.session.rel_pending()
+            } else if p.qos == QoS::ExactlyOnce {
+                e.session.rel_pending()
+            } else {
+                0
+            };
+            if held >= usize::from(self.config.max_inflight_in) {
+                self.metrics.receive_maximum_exceeded += 1;
+                return self.protocol_error(conn, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+            }
+        }
         if p.qos != QoS::AtMostOnce && self.log_refuses(&topic) {
             // A log this message needs is out of space: refused, not
             // acknowledged and then lost.

@@ -128,6 +128,9 @@ impl Shard {
             return self.answer_subscribe(conn, key, &ack, retained, now);
         }
         let ticket = gate.ticket;
+        if matches!(ack, Packet::PubAck(_)) {
+            conn.acks_held.set(conn.acks_held.get() + 1);
+        }
         self.deferred
             .entry(conn.id)
             .or_default()
@@ -269,6 +272,11 @@ impl Shard {
         });
         self.deferred = queues;
         for d in ready {
+            if matches!(d.ack, Packet::PubAck(_)) {
+                d.conn
+                    .acks_held
+                    .set(d.conn.acks_held.get().saturating_sub(1));
+            }
             let mut refused = false;
             for &(peer, n) in &d.gate.remote {
                 refused |= self.delivers_failed[peer].remove(&n);
