@@ -219,6 +219,25 @@ fn malformed_packet_closes_with_reason() {
     assert!(c.expect_closed().is_empty());
 }
 
+// [v5:MQTT-3.8.3-2] [v5:MQTT-3.10.3-2] a SUBSCRIBE or UNSUBSCRIBE with no
+// topic filter is a Protocol Error: DISCONNECT 0x82, not 0x81.
+#[test]
+fn empty_subscribe_and_unsubscribe_are_protocol_errors() {
+    let b = start(2);
+    // SUBSCRIBE: packet id 1, empty properties, no filters; UNSUBSCRIBE alike.
+    for frame in [[0x82u8, 0x03, 0, 1, 0], [0xa2, 0x03, 0, 1, 0]] {
+        let (mut c, _) = Raw::connect(b.addr, V5, "empty-sub", true);
+        c.send_bytes(&frame);
+        assert_eq!(
+            c.expect_closed(),
+            vec![Packet::Disconnect(Disconnect::new(
+                ReasonCode::PROTOCOL_ERROR
+            ))],
+            "{frame:02x?}"
+        );
+    }
+}
+
 // An oversize packet is refused from its header: v5 gets 0x95.
 #[test]
 fn oversize_packet_closes() {

@@ -153,7 +153,11 @@ impl DecodeError {
             DecodeError::FirstPacketNotConnect { .. }
             | DecodeError::DuplicateProperty { .. }
             | DecodeError::InvalidPropertyValue { .. }
-            | DecodeError::PropertyNotAllowed { .. } => ReasonCode::PROTOCOL_ERROR,
+            | DecodeError::PropertyNotAllowed { .. }
+            // 3.8.3 / 3.10.3: a SUBSCRIBE or UNSUBSCRIBE with no payload is
+            // a Protocol Error, not a malformed packet.
+            | DecodeError::NoTopicFilters
+            | DecodeError::NoUnsubscribeTopicFilters => ReasonCode::PROTOCOL_ERROR,
             DecodeError::TopicAliasZero => ReasonCode::TOPIC_ALIAS_INVALID,
             DecodeError::WildcardInTopicName | DecodeError::EmptyTopicName => {
                 ReasonCode::TOPIC_NAME_INVALID

@@ -1389,6 +1389,12 @@ fn errors_map_to_reason_codes() {
         DecodeError::WildcardInTopicName.reason_code(),
         ReasonCode::TOPIC_NAME_INVALID
     );
+    for e in [
+        DecodeError::NoTopicFilters,
+        DecodeError::NoUnsubscribeTopicFilters,
+    ] {
+        assert_eq!(e.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    }
 }
 
 // ---------------------------------------------------------------- framing
