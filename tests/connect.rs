@@ -370,9 +370,12 @@ fn v5_clean_start_0_without_session_starts_fresh() {
 }
 
 // [v5:MQTT-3.1.2-26] [v5:MQTT-3.1.2-27] the server never sends a Topic
-// Alias above the client's Topic Alias Maximum, and none when it is absent.
+// Alias above the client's Topic Alias Maximum, and none when it is absent;
+// [v5:MQTT-3.3.2-12] it sends the topic with an alias the first time, and the
+// alias alone once the client knows it. With room for two aliases and four
+// topics the least recently used alias is taken for the next topic.
 #[test]
-fn v5_server_sends_no_topic_alias_beyond_the_clients_maximum() {
+fn v5_server_assigns_topic_aliases_within_the_clients_maximum() {
     let b = start(2);
     let (mut none, _) = Raw::connect(b.addr, V5, &id_on_shard("ta-none", 0, 2), true);
     let mut c = connect_packet(V5, &id_on_shard("ta-two", 1, 2), true);
@@ -381,18 +384,35 @@ fn v5_server_sends_no_topic_alias_beyond_the_clients_maximum() {
     none.subscribe(1, &[("ta/+", QoS::AtMostOnce)]);
     two.subscribe(1, &[("ta/+", QoS::AtMostOnce)]);
     let (mut publ, _) = Raw::connect(b.addr, V5, "ta-pub", true);
-    for i in 0..20 {
-        publ.publish(&format!("ta/{}", i % 4), b"x", QoS::AtMostOnce, 0, false);
+    let topics = [
+        "ta/a", "ta/b", "ta/a", "ta/b", "ta/c", "ta/a", "ta/c", "ta/c",
+    ];
+    for t in topics {
+        publ.publish(t, b"x", QoS::AtMostOnce, 0, false);
     }
-    for _ in 0..20 {
+    // (alias, topic sent with it): LRU over two aliases.
+    let expected = [
+        (1, "ta/a"),
+        (2, "ta/b"),
+        (1, ""),
+        (2, ""),
+        (1, "ta/c"),
+        (2, "ta/a"),
+        (1, ""),
+        (1, ""),
+    ];
+    let mut known = std::collections::HashMap::new();
+    for (t, (alias, sent)) in topics.iter().zip(expected) {
         let m = none.recv_publish();
         assert_eq!(m.properties.topic_alias, None);
+        assert_eq!(m.topic.as_str(), *t);
         let m = two.recv_publish();
-        assert!(m.properties.topic_alias.is_none_or(|a| a <= 2));
-        assert!(
-            !m.topic.is_empty(),
-            "an alias we never set up cannot be used alone"
-        );
+        assert_eq!(m.properties.topic_alias, Some(alias), "{t}");
+        assert_eq!(m.topic.as_str(), sent, "{t}");
+        if !sent.is_empty() {
+            known.insert(alias, sent.to_string());
+        }
+        assert_eq!(known.get(&alias).map(String::as_str), Some(*t));
     }
 }
 

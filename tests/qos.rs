@@ -256,6 +256,76 @@ fn rumqttc_v4_and_v5_exchange_messages() {
     });
 }
 
+// [v5:MQTT-3.3.2-12] outbound topic aliases through an independent client:
+// a rumqttc v5 subscriber that allows 3 aliases accepts every one it is sent
+// (rumqttc fails the connection on an alias it was never given) and each
+// resolves to the topic published, while 6 topics take turns in runs,
+// across shards.
+#[test]
+fn rumqttc_v5_resolves_the_topic_aliases_it_is_sent() {
+    let b = start(2);
+    let rt = rt();
+    rt.block_on(async {
+        use rumqttc::v5::mqttbytes::v5::Packet as P;
+        use rumqttc::v5::mqttbytes::QoS as Q;
+        use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+        let mut opts = MqttOptions::new(id_on_shard("ra-sub", 0, 2), "127.0.0.1", b.addr.port());
+        opts.set_topic_alias_max(Some(3));
+        let (sub, mut sub_loop) = AsyncClient::new(opts, 100);
+        sub.subscribe("ra/#", Q::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        loop {
+            let ev = tokio::time::timeout(TIMEOUT, sub_loop.poll())
+                .await
+                .expect("in time");
+            if let Ok(Event::Incoming(P::SubAck(_))) = ev {
+                break;
+            }
+        }
+        let (mut publ, _) = Raw::connect(b.addr, V5, &id_on_shard("ra-pub", 1, 2), true);
+        // Runs of three: the first of a run sets an alias up (evicting one),
+        // the other two send it alone.
+        let sent: Vec<String> = (0..60).map(|i| format!("ra/{}", (i / 3) % 6)).collect();
+        for (i, t) in sent.iter().enumerate() {
+            publ.publish(
+                t,
+                format!("{i}").as_bytes(),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+                false,
+            );
+            assert!(matches!(publ.recv(), Packet::PubAck(_)));
+        }
+        let mut got = Vec::new();
+        let mut aliases = std::collections::HashMap::new();
+        while got.len() < sent.len() {
+            let ev = tokio::time::timeout(TIMEOUT, sub_loop.poll())
+                .await
+                .expect("in time")
+                .expect("no protocol error");
+            if let Event::Incoming(P::Publish(p)) = ev {
+                // rumqttc checks each alias it gets but hands the packet on
+                // as it came: resolve it here from what it decoded.
+                let alias = p.properties.as_ref().and_then(|q| q.topic_alias);
+                let topic = String::from_utf8(p.topic.to_vec()).expect("utf-8");
+                if topic.is_empty() {
+                    let a = alias.expect("an empty topic comes with an alias");
+                    got.push(aliases.get(&a).cloned().expect("an alias set up before"));
+                } else {
+                    if let Some(a) = alias {
+                        assert!(a <= 3, "alias {a} past the client's maximum");
+                        aliases.insert(a, topic.clone());
+                    }
+                    got.push(topic);
+                }
+            }
+        }
+        assert_eq!(got, sent);
+        assert_eq!(aliases.len(), 3, "every alias the client allowed was used");
+    });
+}
+
 // A connection's read buffer starts small and grows while reads fill it:
 // payloads far larger than it, between small ones, arrive whole and in
 // order, across shards. [v3:MQTT-2.3.1-6] [v5:MQTT-2.2.1-5] each PUBACK

@@ -164,6 +164,8 @@ pub struct Conn {
     /// with the session's QoS 2 ids awaiting PUBREL, what counts against
     /// the Receive Maximum the broker announced.
     pub acks_held: Cell<u32>,
+    /// Topic aliases the broker sends with (MQTT 5, when the client allows).
+    pub out_aliases: RefCell<Option<super::aliases::OutAliases>>,
     /// Why the connection ended, once known (`None` at close: the peer
     /// closed it or the socket failed).
     pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,
@@ -222,6 +224,7 @@ impl Conn {
             close_reason: Cell::new(None),
             drain_blocked: Cell::new(false),
             acks_held: Cell::new(0),
+            out_aliases: RefCell::new(None),
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
@@ -364,6 +367,35 @@ impl Conn {
         }
         self.wake();
         Ok(n)
+    }
+
+    /// Puts a topic alias on `p` when the client allows them: the alias
+    /// alone once the client knows it. Returns the topic when this PUBLISH
+    /// sets the alias up, for [`Conn::unsent_alias`] if it is not sent.
+    pub fn alias_topic(
+        &self,
+        p: &mut crate::protocol::Publish,
+    ) -> Option<crate::protocol::MqttStr> {
+        let mut aliases = self.out_aliases.borrow_mut();
+        let a = aliases.as_mut()?;
+        match a.assign(&p.topic) {
+            super::aliases::Alias::Known(n) => {
+                p.properties.topic_alias = Some(n);
+                p.topic = crate::protocol::MqttStr::default();
+                None
+            }
+            super::aliases::Alias::New(n) => {
+                p.properties.topic_alias = Some(n);
+                Some(p.topic.clone())
+            }
+        }
+    }
+
+    /// The PUBLISH that set up `topic`'s alias was not sent.
+    pub fn unsent_alias(&self, topic: &crate::protocol::MqttStr) {
+        if let Some(a) = self.out_aliases.borrow_mut().as_mut() {
+            a.forget(topic);
+        }
     }
 
     /// Unsent bytes: queued, and handed to the writer but not yet written.

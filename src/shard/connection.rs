@@ -538,6 +538,10 @@ async fn adopt(
         congestion.clone(),
     ));
     conn.peer.set(stream.peer_addr().ok());
+    if version.is_v5() {
+        *conn.out_aliases.borrow_mut() =
+            super::aliases::OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
+    }
     glommio::spawn_local(write_loop(shard.clone(), conn.clone(), writer)).detach();
     let flow = {
         let mut s = shard.borrow_mut();

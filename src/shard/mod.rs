@@ -12,6 +12,7 @@
 //! interested shard in that shard's batch → its [`Shard::on_mesh`] → local
 //! delivery there.
 
+pub mod aliases;
 mod conn;
 mod connect;
 mod connection;

@@ -507,7 +507,11 @@ impl Shard {
                 return;
             };
             let mut retry = Vec::new();
-            for p in out.drain(..) {
+            for mut p in out.drain(..) {
+                let new_alias = match &mut p {
+                    Packet::Publish(pb) => conn.alias_topic(pb),
+                    _ => None,
+                };
                 match conn.send(&p) {
                     Ok(n) => {
                         self.metrics.messages_sent += 1;
@@ -517,6 +521,9 @@ impl Shard {
                         }
                     }
                     Err(err) => {
+                        if let Some(topic) = new_alias {
+                            conn.unsent_alias(&topic);
+                        }
                         self.metrics.publishes_dropped += 1;
                         tracing::debug!(conn = conn.id, error = %err, "packet discarded");
                         if let Packet::Publish(crate::protocol::Publish {
