@@ -163,12 +163,14 @@ impl SessionEntry {
     }
 }
 
-/// A session timer in the shard's deadline queue: the slot, and the timer
-/// its [`Life`] armed (whose generation makes a stale one harmless).
+/// What a deadline in the shard's queue is for.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct TimerKey {
-    pub session: u32,
-    pub timer: Timer,
+pub(crate) enum TimerKey {
+    /// A timer session slot `session`'s [`Life`] armed (its generation makes
+    /// a stale one harmless).
+    Session { session: u32, timer: Timer },
+    /// Connection `conn`'s keep-alive may have run out (ids never repeat).
+    KeepAlive { conn: u64 },
 }
 
 /// What an acknowledgement waits for: every shard applied broadcast
@@ -442,12 +444,56 @@ impl Shard {
     }
 
     fn on_timer(&mut self, key: TimerKey, now: Instant) {
-        let mut fx = Vec::new();
-        let Some(e) = self.entry(key.session) else {
-            return;
+        match key {
+            TimerKey::Session { session, timer } => {
+                let mut fx = Vec::new();
+                let Some(e) = self.entry(session) else {
+                    return;
+                };
+                e.life.fire(timer, &mut fx);
+                self.apply(session, fx, now);
+            }
+            TimerKey::KeepAlive { conn } => self.check_keep_alive(conn, now),
+        }
+    }
+
+    /// Arms `conn`'s keep-alive check: 1.5 × Keep Alive after it was last
+    /// heard from ([v5:MQTT-3.1.2-22] / [v3:MQTT-3.1.2-24]). A packet
+    /// arriving moves nothing; the check re-arms from the latest packet, so
+    /// each connection costs one deadline per interval, not one per packet.
+    pub(crate) fn arm_keep_alive(&mut self, conn: &Conn) {
+        if !conn.keep_alive.is_zero() {
+            let at = conn.last_seen.get() + conn.keep_alive * 3 / 2;
+            self.arm(at, TimerKey::KeepAlive { conn: conn.id });
+        }
+    }
+
+    fn check_keep_alive(&mut self, id: u64, now: Instant) {
+        let Some(c) = self.conns.get(&id).cloned() else {
+            return; // closed since
         };
-        e.life.fire(key.timer, &mut fx);
-        self.apply(key.session, fx, now);
+        if c.is_closing() {
+            return;
+        }
+        if now < c.last_seen.get() + c.keep_alive * 3 / 2 {
+            return self.arm_keep_alive(&c);
+        }
+        self.metrics.keepalive_timeouts += 1;
+        if let Some(held) = self.log_limits.keepalive.allow(now) {
+            tracing::info!(
+                client_id = c.client_id.borrow().as_deref().unwrap_or(""),
+                peer = %c.peer_str(),
+                held_back = held,
+                "keep alive timeout"
+            );
+        }
+        if c.version.is_v5() {
+            self.send(
+                &c,
+                &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)),
+            );
+        }
+        c.close_for(ReasonCode::KEEP_ALIVE_TIMEOUT);
     }
 
     /// Arms `key` for `at`, waking the timer task if it sleeps past `at`.
@@ -460,7 +506,8 @@ impl Shard {
         }
     }
 
-    /// Fires every session timer due at `now` (the timer task calls this
+    /// Fires every timer due at `now`: session timers and keep-alive checks
+    /// (the timer task calls this
     /// when the earliest deadline passes).
     pub fn fire_timers(&mut self, now: Instant) {
         for key in self.timers.pop_expired(now) {
@@ -480,7 +527,7 @@ impl Shard {
                 }
                 Effect::Arm { at, timer } => self.arm(
                     at,
-                    TimerKey {
+                    TimerKey::Session {
                         session: key,
                         timer,
                     },
@@ -496,41 +543,13 @@ impl Shard {
         }
     }
 
-    /// Periodic work: keep-alive, `$SYS`, checkpoints, shutdown. Session
-    /// timers have their own task ([`Shard::fire_timers`]).
+    /// Periodic work: `$SYS`, checkpoints, shutdown. Session timers and
+    /// keep-alive have their own task ([`Shard::fire_timers`]).
     pub fn tick(&mut self, now: Instant) {
         if self.shared.stopping() && !self.stopping {
             self.begin_shutdown();
         }
         self.check_congested(now);
-        let mut expired = Vec::new();
-        for c in self.conns.values() {
-            // [MQTT-3.1.2-22] (v5) / [MQTT-3.1.2-24] (v3): 1.5 × keep alive.
-            if !c.keep_alive.is_zero()
-                && !c.is_closing()
-                && now.saturating_duration_since(c.last_seen.get()) > c.keep_alive * 3 / 2
-            {
-                expired.push(c.clone());
-            }
-        }
-        for c in expired {
-            self.metrics.keepalive_timeouts += 1;
-            if let Some(held) = self.log_limits.keepalive.allow(now) {
-                tracing::info!(
-                    client_id = c.client_id.borrow().as_deref().unwrap_or(""),
-                    peer = %c.peer_str(),
-                    held_back = held,
-                    "keep alive timeout"
-                );
-            }
-            if c.version.is_v5() {
-                self.send(
-                    &c,
-                    &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)),
-                );
-            }
-            c.close_for(ReasonCode::KEEP_ALIVE_TIMEOUT);
-        }
         self.maybe_checkpoint();
         self.retry_log_space();
         if let (Some(at), Some(every)) = (self.next_sys, self.config.sys_interval) {
@@ -589,6 +608,7 @@ impl Shard {
             .fetch_max(live, Ordering::Relaxed);
         self.metrics.clients_connected += 1;
         self.metrics.clients_total += 1;
+        self.arm_keep_alive(&conn);
         // This shard's own peak, for `$SYS/broker/shard/K/...`.
         self.metrics.clients_maximum = self
             .metrics
