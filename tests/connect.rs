@@ -177,9 +177,15 @@ fn takeover_closes_old_connection() {
     // connections on the same shard in some and on different ones in others.
     for (round, v) in [V311, V5].into_iter().cycle().take(8).enumerate() {
         let id = format!("takeover-{v:?}-{round}");
-        let (mut old, _) = Raw::connect(b.addr, v, &id, false);
+        // A persistent session (v5: with an expiry; one with expiry 0
+        // ends when its connection is taken over).
+        let mut c = connect_packet(v, &id, false);
+        if v == V5 {
+            c.properties.session_expiry_interval = Some(60);
+        }
+        let (mut old, _) = Raw::connect_with(b.addr, c.clone());
         old.subscribe(1, &[("tk/#", QoS::AtLeastOnce)]);
-        let (mut new, ack) = Raw::connect(b.addr, v, &id, false);
+        let (mut new, ack) = Raw::connect_with(b.addr, c);
         // [v3:MQTT-3.2.2-2] [v5:MQTT-3.2.2-3] the session was resumed.
         assert!(ack.session_present);
         let got = old.expect_closed();
