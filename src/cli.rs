@@ -123,6 +123,16 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "never", value_parser = duration_or_never)]
     pub v3_session_expiry: MaybeDuration,
 
+    /// 3.1 and 3.1.1 connections only: resend an unacknowledged QoS 1/2
+    /// message with DUP after this long on the same connection ("off": only
+    /// on reconnect, as MQTT 5 requires of its clients).
+    #[arg(long, value_name = "DURATION", default_value = "off", value_parser = duration_or_never)]
+    pub resend_interval: MaybeDuration,
+
+    /// Resends on a live connection before a message is dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_resends: u16,
+
     /// Period of $SYS publication ("off" to disable).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_or_never)]
     pub sys_interval: MaybeDuration,
@@ -175,6 +185,8 @@ impl Cli {
             max_packet_bytes: self.max_packet_size,
             max_inflight: self.max_inflight,
             max_inflight_in: self.max_inflight_in,
+            resend_interval: self.resend_interval.0.filter(|d| !d.is_zero()),
+            max_resends: self.max_resends,
             max_queued_messages: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
             max_keepalive: self.max_keepalive,

@@ -88,6 +88,11 @@ pub struct Config {
     /// Inbound QoS 1/2 PUBLISHes a client may have unanswered (the Receive
     /// Maximum in CONNACK); also bounds a session's QoS 2 ids awaiting PUBREL.
     pub max_inflight_in: u16,
+    /// 3.1/3.1.1 only: resend an unanswered QoS 1/2 message on a live
+    /// connection after this long (`None`: only on reconnect).
+    pub resend_interval: Option<Duration>,
+    /// Resends on a live connection before the message is dropped.
+    pub max_resends: u16,
     /// Messages queued per session beyond the inflight window.
     pub max_queued_messages: usize,
     /// Bytes queued per session beyond the inflight window (see `Delivery::held_bytes`).
@@ -128,6 +133,8 @@ impl Default for Config {
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight: 64,
             max_inflight_in: 1024,
+            resend_interval: None,
+            max_resends: 10,
             max_queued_messages: 100_000,
             max_queued_bytes: 100 << 20,
             max_keepalive: u16::MAX,

@@ -32,6 +32,10 @@ pub struct Metrics {
     /// Clients disconnected for more unanswered QoS 1/2 PUBLISHes than the
     /// Receive Maximum (or, 3.1.1, QoS 2 ids awaiting PUBREL).
     pub receive_maximum_exceeded: u64,
+    /// Messages resent on a live 3.1.1 connection, and dropped after the
+    /// last resend (`--resend-interval`, `--max-resends`).
+    pub resends: u64,
+    pub resend_drops: u64,
     pub log_append_errors: u64,
     pub log_refused: u64,
     /// QoS 1/2 messages written to the log (once per shard that queued them).
@@ -70,6 +74,8 @@ impl Metrics {
         self.slow_consumer_drops += o.slow_consumer_drops;
         self.queue_holds += o.queue_holds;
         self.receive_maximum_exceeded += o.receive_maximum_exceeded;
+        self.resends += o.resends;
+        self.resend_drops += o.resend_drops;
         self.log_append_errors += o.log_append_errors;
         self.log_refused += o.log_refused;
         self.log_messages += o.log_messages;
@@ -77,7 +83,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 26] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 28] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -104,6 +110,8 @@ impl Metrics {
             ),
             ("clients/queue_holds", self.queue_holds),
             ("errors/receive_maximum", self.receive_maximum_exceeded),
+            ("publish/messages/resent", self.resends),
+            ("publish/messages/dropped_after_resends", self.resend_drops),
             ("log/append_errors", self.log_append_errors),
             ("log/publishes_refused", self.log_refused),
             ("log/messages", self.log_messages),

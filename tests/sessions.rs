@@ -329,3 +329,43 @@ fn a_takeover_that_ends_the_session_publishes_the_old_will() {
         }
     }
 }
+
+// --resend-interval: on a live 3.1.1 connection an unacknowledged QoS 1
+// message goes again with DUP and its packet id, at most --max-resends
+// times; then it is dropped and the window takes the next message. MQTT 5
+// connections are never resent to while connected (5.0 4.4: resends only on
+// reconnect, [v5:MQTT-4.4.0-1]).
+#[test]
+fn unacknowledged_messages_are_resent_on_a_live_v3_connection_only() {
+    let mut cfg = config(2);
+    cfg.resend_interval = Some(Duration::from_millis(200));
+    cfg.max_resends = 2;
+    cfg.max_inflight = 1;
+    let b = start_with(cfg);
+    let (mut v3, _) = Raw::connect(b.addr, V311, "rs-v3", true);
+    v3.subscribe(1, &[("rs/t", QoS::AtLeastOnce)]);
+    let (mut v5, _) = Raw::connect(b.addr, V5, "rs-v5", true);
+    v5.subscribe(1, &[("rs/t", QoS::AtLeastOnce)]);
+    let (mut p, _) = Raw::connect(b.addr, V311, "rs-pub", true);
+    for (i, body) in [&b"one"[..], b"two"].into_iter().enumerate() {
+        p.publish("rs/t", body, QoS::AtLeastOnce, i as u16 + 1, false);
+        assert!(matches!(p.recv(), Packet::PubAck(_)));
+    }
+    let first = v3.recv_publish();
+    assert_eq!((&first.payload[..], first.dup), (&b"one"[..], false));
+    for _ in 0..2 {
+        let again = v3.recv_publish();
+        assert_eq!(&again.payload[..], b"one");
+        assert!(again.dup);
+        assert_eq!(again.packet_id, first.packet_id);
+    }
+    // Dropped after its second resend: the window (1) takes "two".
+    let next = v3.recv_publish();
+    assert_eq!((&next.payload[..], next.dup), (&b"two"[..], false));
+    v3.send(&Packet::PubAck(Ack::new(next.packet_id.expect("id"))));
+    v3.expect_silence(Duration::from_millis(500));
+    // The v5 subscriber gets "one" once and nothing more until it acks.
+    let m = v5.recv_publish();
+    assert_eq!((&m.payload[..], m.dup), (&b"one"[..], false));
+    v5.expect_silence(Duration::from_millis(700));
+}

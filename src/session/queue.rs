@@ -371,6 +371,11 @@ struct Inflight {
     id: PacketId,
     stage: Awaiting,
     delivery: Delivery,
+    /// When it last went to the client (`None`: read back from the log and
+    /// not sent on this connection yet).
+    sent_at: Option<Instant>,
+    /// Resends on a live connection so far (see [`Session::resend_due`]).
+    resends: u16,
 }
 
 /// The outbound state of one MQTT session.
@@ -658,6 +663,8 @@ impl Session {
             id,
             stage,
             delivery: d,
+            sent_at: Some(now),
+            resends: 0,
         });
     }
 
@@ -826,6 +833,8 @@ impl Session {
                     Awaiting::PubRec
                 },
                 delivery: d,
+                sent_at: None,
+                resends: 0,
             }),
             None => {
                 let e = self.entry_of(d);
@@ -903,14 +912,68 @@ impl Session {
     /// PUBREL for those received ([MQTT-4.4.0-1]), then fill the window.
     pub fn resume(&mut self, now: Instant, out: &mut Vec<Packet>) {
         for f in &self.inflight {
-            match f.stage {
-                Awaiting::PubAck | Awaiting::PubRec => {
-                    out.push(self.publish(&f.delivery, Some(f.id), true, now))
-                }
-                Awaiting::PubComp => out.push(Packet::PubRel(Ack::new(f.id))),
-            }
+            out.push(self.resend(f, now));
+        }
+        for f in &mut self.inflight {
+            f.sent_at = Some(now);
+            f.resends = 0;
         }
         self.drain(now, out);
+    }
+
+    /// The packet that sends `f` again: PUBLISH with DUP until the client
+    /// received it, PUBREL after.
+    fn resend(&self, f: &Inflight, now: Instant) -> Packet {
+        match f.stage {
+            Awaiting::PubAck | Awaiting::PubRec => self.publish(&f.delivery, Some(f.id), true, now),
+            Awaiting::PubComp => Packet::PubRel(Ack::new(f.id)),
+        }
+    }
+
+    /// When the oldest inflight message went out, if any did.
+    pub fn oldest_sent(&self) -> Option<Instant> {
+        self.inflight.iter().filter_map(|f| f.sent_at).min()
+    }
+
+    /// Resends on a live connection (3.1 and 3.1.1 only: MQTT 5 forbids it,
+    /// [v5:MQTT-4.4.0-1]) every inflight message unanswered for `every`,
+    /// DUP set; one already resent `max` times is dropped instead (settled
+    /// and counted), and the window refills. Returns how many were resent
+    /// and how many dropped.
+    pub fn resend_due(
+        &mut self,
+        now: Instant,
+        every: std::time::Duration,
+        max: u16,
+        out: &mut Vec<Packet>,
+    ) -> (usize, usize) {
+        let (mut resent, mut dropped) = (0, 0);
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let f = &self.inflight[i];
+            if f.sent_at.is_none_or(|t| now < t + every) {
+                i += 1;
+                continue;
+            }
+            if f.resends >= max {
+                if let Some(f) = self.inflight.remove(i) {
+                    self.done(&f.delivery);
+                    self.dropped += 1;
+                    dropped += 1;
+                }
+                continue;
+            }
+            out.push(self.resend(f, now));
+            let f = &mut self.inflight[i];
+            f.sent_at = Some(now);
+            f.resends += 1;
+            resent += 1;
+            i += 1;
+        }
+        if dropped > 0 {
+            self.drain(now, out);
+        }
+        (resent, dropped)
     }
 }
 

@@ -164,6 +164,8 @@ pub struct Conn {
     /// with the session's QoS 2 ids awaiting PUBREL, what counts against
     /// the Receive Maximum the broker announced.
     pub acks_held: Cell<u32>,
+    /// Set while a resend check is armed for this connection.
+    pub resend_armed: Cell<bool>,
     /// Topic aliases the broker sends with (MQTT 5, when the client allows).
     pub out_aliases: RefCell<Option<super::aliases::OutAliases>>,
     /// Why the connection ended, once known (`None` at close: the peer
@@ -224,6 +226,7 @@ impl Conn {
             close_reason: Cell::new(None),
             drain_blocked: Cell::new(false),
             acks_held: Cell::new(0),
+            resend_armed: Cell::new(false),
             out_aliases: RefCell::new(None),
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),

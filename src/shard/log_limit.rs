@@ -69,6 +69,8 @@ pub struct LogLimits {
     pub slow_consumer: LogLimit,
     /// The log failing to append (full disk).
     pub log_errors: LogLimit,
+    /// Messages dropped after their last resend.
+    pub resend_drops: LogLimit,
 }
 
 impl Default for LogLimits {
@@ -85,6 +87,7 @@ impl Default for LogLimits {
             // reconnect storm.
             connects: LogLimit::new(100),
             slow_consumer: LogLimit::new(5),
+            resend_drops: LogLimit::new(5),
         }
     }
 }

@@ -171,6 +171,9 @@ pub(crate) enum TimerKey {
     Session { session: u32, timer: Timer },
     /// Connection `conn`'s keep-alive may have run out (ids never repeat).
     KeepAlive { conn: u64 },
+    /// Connection `conn` (3.1.1, `--resend-interval`) may have messages to
+    /// resend for session slot `session`.
+    Resend { session: u32, conn: u64 },
 }
 
 /// What an acknowledgement waits for: every shard applied broadcast
@@ -454,7 +457,65 @@ impl Shard {
                 self.apply(session, fx, now);
             }
             TimerKey::KeepAlive { conn } => self.check_keep_alive(conn, now),
+            TimerKey::Resend { session, conn } => self.resend_due(session, conn, now),
         }
+    }
+
+    /// Arms session `key`'s resend check when its 3.1.1 connection has
+    /// messages in flight and none is armed: one deadline per connection,
+    /// at the oldest unanswered send plus `--resend-interval`.
+    pub(crate) fn arm_resend(&mut self, key: u32) {
+        let Some(every) = self.config.resend_interval else {
+            return;
+        };
+        let Some(e) = self.entry(key) else { return };
+        let Some(conn) = e.conn.clone() else { return };
+        if conn.version.is_v5() || conn.resend_armed.get() {
+            return;
+        }
+        if let Some(oldest) = e.session.oldest_sent() {
+            conn.resend_armed.set(true);
+            self.arm(
+                oldest + every,
+                TimerKey::Resend {
+                    session: key,
+                    conn: conn.id,
+                },
+            );
+        }
+    }
+
+    fn resend_due(&mut self, key: u32, conn: u64, now: Instant) {
+        let Some(every) = self.config.resend_interval else {
+            return;
+        };
+        let max = self.config.max_resends;
+        let Some(e) = self.entry(key) else { return };
+        // Only for the connection it was armed for, while it holds the session.
+        let Some(c) = e.conn.clone().filter(|c| c.id == conn) else {
+            return;
+        };
+        c.resend_armed.set(false);
+        let mut out = std::mem::take(&mut self.scratch_packets);
+        let Some(e) = self.sending(key) else { return };
+        let (resent, dropped) = e.session.resend_due(now, every, max, &mut out);
+        self.metrics.resends += resent as u64;
+        self.metrics.resend_drops += dropped as u64;
+        self.metrics.publishes_dropped += dropped as u64;
+        if dropped > 0 {
+            if let Some(held) = self.log_limits.resend_drops.allow(now) {
+                tracing::warn!(
+                    client_id = c.client_id.borrow().as_deref().unwrap_or(""),
+                    dropped,
+                    max_resends = max,
+                    held_back = held,
+                    "messages dropped: never acknowledged after the last resend"
+                );
+            }
+        }
+        // flush_packets arms the next check.
+        self.flush_packets(key, &mut out, now);
+        self.scratch_packets = out;
     }
 
     /// Arms `conn`'s keep-alive check: 1.5 × Keep Alive after it was last

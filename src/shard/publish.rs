@@ -494,6 +494,7 @@ impl Shard {
             self.log_journal(key);
         }
         self.check_queue_hold(key, now);
+        self.arm_resend(key);
         if let Some(e) = self.entry(key) {
             if e.session.take_blocked() {
                 if let Some(c) = &e.conn {

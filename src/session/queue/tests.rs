@@ -118,6 +118,62 @@ fn resume_resends_inflight_with_dup_then_drains_queue() {
     assert_eq!(publishes(&out), vec![("c".into(), Some(3), false)]);
 }
 
+// Resends on a live 3.1.1 connection (--resend-interval): each message
+// unanswered for the interval goes again with DUP and its packet id, a
+// received QoS 2 one as PUBREL; past --max-resends it is dropped, counted,
+// and the window takes the next one.
+#[test]
+fn unanswered_messages_are_resent_then_dropped_after_the_last_resend() {
+    let t0 = Instant::now();
+    let every = Duration::from_secs(5);
+    let mut s = Session::new(LIMITS, 2);
+    let mut out = Vec::new();
+    s.deliver(d("a", QoS::AtLeastOnce), true, t0, &mut out);
+    s.deliver(
+        d("b", QoS::ExactlyOnce),
+        true,
+        t0 + Duration::from_secs(1),
+        &mut out,
+    );
+    s.deliver(d("c", QoS::AtLeastOnce), true, t0, &mut out);
+    out.clear();
+    assert!(s.on_pubrec(id(2), ReasonCode::SUCCESS, t0, &mut out));
+    out.clear();
+    assert_eq!(s.oldest_sent(), Some(t0));
+    // Not yet due.
+    assert_eq!(
+        s.resend_due(t0 + Duration::from_secs(4), every, 2, &mut out),
+        (0, 0)
+    );
+    assert!(out.is_empty());
+    // "a" is due, "b" (sent a second later) not yet.
+    let t5 = t0 + every;
+    assert_eq!(s.resend_due(t5, every, 2, &mut out), (1, 0));
+    assert_eq!(publishes(&out), vec![("a".into(), Some(1), true)]);
+    out.clear();
+    let t6 = t0 + Duration::from_secs(6);
+    assert_eq!(s.resend_due(t6, every, 2, &mut out), (1, 0));
+    assert_eq!(out, vec![Packet::PubRel(crate::protocol::Ack::new(id(2)))]);
+    out.clear();
+    // Second resend of "a"; then it has had its two.
+    assert_eq!(s.resend_due(t5 + every, every, 2, &mut out), (1, 0));
+    assert_eq!(publishes(&out), vec![("a".into(), Some(1), true)]);
+    out.clear();
+    assert_eq!(s.resend_due(t5 + every * 2, every, 2, &mut out), (1, 1));
+    // "a" dropped, "b" resent once more, "c" takes the free slot.
+    assert_eq!(publishes(&out), vec![("c".into(), Some(3), false)]);
+    assert!(out.contains(&Packet::PubRel(crate::protocol::Ack::new(id(2)))));
+    assert_eq!(s.dropped, 1);
+    assert!(
+        !s.on_puback(id(1), t5, &mut out),
+        "a late PUBACK is ignored"
+    );
+    // A reconnect resends everything and starts the count again.
+    out.clear();
+    s.resume(t5 + every * 3, &mut out);
+    assert_eq!(s.oldest_sent(), Some(t5 + every * 3));
+}
+
 // QoS 2 outbound: PUBREC is answered with PUBREL; after a reconnect the
 // PUBREL (not the PUBLISH) is resent; PUBCOMP completes.
 #[test]
