@@ -129,6 +129,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "off", value_parser = duration_or_never)]
     pub resend_interval: MaybeDuration,
 
+    /// A QoS 1/2 message unresolved this long for a session, queued or in
+    /// flight, is dropped and counted ("off": kept until acknowledged, or
+    /// until its Message Expiry Interval, which wins where shorter).
+    #[arg(long, value_name = "DURATION", default_value = "off", value_parser = duration_or_never)]
+    pub inflight_ttl: MaybeDuration,
+
     /// Resends on a live connection before a message is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub max_resends: u16,
@@ -187,6 +193,7 @@ impl Cli {
             max_inflight_in: self.max_inflight_in,
             resend_interval: self.resend_interval.0.filter(|d| !d.is_zero()),
             max_resends: self.max_resends,
+            inflight_ttl: self.inflight_ttl.0.filter(|d| !d.is_zero()),
             max_queued_messages: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
             max_keepalive: self.max_keepalive,

@@ -93,6 +93,9 @@ pub struct Config {
     pub resend_interval: Option<Duration>,
     /// Resends on a live connection before the message is dropped.
     pub max_resends: u16,
+    /// A QoS 1/2 message unresolved this long for a session, queued or in
+    /// flight, is dropped (`None`: kept until acknowledged or expired).
+    pub inflight_ttl: Option<Duration>,
     /// Messages queued per session beyond the inflight window.
     pub max_queued_messages: usize,
     /// Bytes queued per session beyond the inflight window (see `Delivery::held_bytes`).
@@ -135,6 +138,7 @@ impl Default for Config {
             max_inflight_in: 1024,
             resend_interval: None,
             max_resends: 10,
+            inflight_ttl: None,
             max_queued_messages: 100_000,
             max_queued_bytes: 100 << 20,
             max_keepalive: u16::MAX,

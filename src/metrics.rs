@@ -36,6 +36,8 @@ pub struct Metrics {
     /// last resend (`--resend-interval`, `--max-resends`).
     pub resends: u64,
     pub resend_drops: u64,
+    /// Messages dropped unresolved after `--inflight-ttl`.
+    pub ttl_drops: u64,
     pub log_append_errors: u64,
     pub log_refused: u64,
     /// QoS 1/2 messages written to the log (once per shard that queued them).
@@ -76,6 +78,7 @@ impl Metrics {
         self.receive_maximum_exceeded += o.receive_maximum_exceeded;
         self.resends += o.resends;
         self.resend_drops += o.resend_drops;
+        self.ttl_drops += o.ttl_drops;
         self.log_append_errors += o.log_append_errors;
         self.log_refused += o.log_refused;
         self.log_messages += o.log_messages;
@@ -83,7 +86,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 28] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 29] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -112,6 +115,7 @@ impl Metrics {
             ("errors/receive_maximum", self.receive_maximum_exceeded),
             ("publish/messages/resent", self.resends),
             ("publish/messages/dropped_after_resends", self.resend_drops),
+            ("publish/messages/dropped_inflight_ttl", self.ttl_drops),
             ("log/append_errors", self.log_append_errors),
             ("log/publishes_refused", self.log_refused),
             ("log/messages", self.log_messages),

@@ -369,3 +369,34 @@ fn unacknowledged_messages_are_resent_on_a_live_v3_connection_only() {
     assert_eq!((&m.payload[..], m.dup), (&b"one"[..], false));
     v5.expect_silence(Duration::from_millis(700));
 }
+
+// --inflight-ttl: messages queued for a persistent session that does not
+// come back in time are dropped (within TTL/8), one in flight included;
+// what arrives after that is delivered as usual.
+#[test]
+fn messages_unresolved_past_the_inflight_ttl_are_dropped() {
+    let mut cfg = config(2);
+    cfg.inflight_ttl = Some(Duration::from_millis(400));
+    let b = start_with(cfg);
+    let (mut sub, _) = Raw::connect(b.addr, V311, "ttl-sub", false);
+    sub.subscribe(1, &[("ttl/t", QoS::AtLeastOnce)]);
+    let (mut p, _) = Raw::connect(b.addr, V311, "ttl-pub", true);
+    // One goes in flight and is never acknowledged; then the client leaves.
+    p.publish("ttl/t", b"in-flight", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    assert_eq!(&sub.recv_publish().payload[..], b"in-flight");
+    drop(sub);
+    b.wait_connections(1);
+    for i in 0..5u16 {
+        p.publish("ttl/t", b"queued", QoS::AtLeastOnce, i + 2, false);
+        assert!(matches!(p.recv(), Packet::PubAck(_)));
+    }
+    // TTL plus its 1/8 of lateness, with room for a slow machine.
+    std::thread::sleep(Duration::from_millis(900));
+    let (mut sub, ack) = Raw::connect(b.addr, V311, "ttl-sub", false);
+    assert!(ack.session_present);
+    p.publish("ttl/t", b"fresh", QoS::AtLeastOnce, 9, false);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    let m = sub.recv_publish();
+    assert_eq!((&m.payload[..], m.dup), (&b"fresh"[..], false));
+}

@@ -8,6 +8,7 @@
 //! outnumber live entries, so every operation is O(1) amortized.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::protocol::QoS;
 
@@ -44,6 +45,11 @@ pub(crate) struct Pending<E = Delivery> {
     qos0: VecDeque<u64>,
     live: usize,
     bytes: usize,
+    /// Arrival times for the inflight TTL, oldest first: `(seq, t)` says
+    /// entry `seq` arrived at `t`, and those after it (to the next mark)
+    /// within one spacing of it (see [`Pending::note_arrival`]). One per
+    /// TTL/16 at most, so a few dozen per queue.
+    marks: VecDeque<(u64, Instant)>,
 }
 
 impl<E> Default for Pending<E> {
@@ -54,6 +60,7 @@ impl<E> Default for Pending<E> {
             qos0: VecDeque::new(),
             live: 0,
             bytes: 0,
+            marks: VecDeque::new(),
         }
     }
 }
@@ -86,6 +93,52 @@ impl<E: Queued> Pending<E> {
         self.live += 1;
         self.bytes += d.held_bytes();
         self.slots.push_back(Some(d));
+    }
+
+    /// The entry just pushed arrived at `now`. Marked once per `every`: the
+    /// entries from one mark to the next then all arrived within `every` of
+    /// the first mark's time.
+    pub(crate) fn note_arrival(&mut self, now: Instant, every: Duration) {
+        let seq = self.head + self.slots.len() as u64 - 1;
+        if self
+            .marks
+            .back()
+            .is_none_or(|&(_, t)| now.saturating_duration_since(t) >= every)
+        {
+            self.marks.push_back((seq, now));
+        }
+    }
+
+    /// Entries queued before any mark (read back from the log after a
+    /// restart) count as arriving at `now`: later than they did, so none
+    /// goes early.
+    pub(crate) fn mark_unmarked(&mut self, now: Instant) {
+        if !self.is_empty() && self.marks.front().is_none_or(|&(s, _)| s > self.head) {
+            self.marks.push_front((self.head, now));
+        }
+    }
+
+    /// Removes the front entry if it surely arrived `ttl` or more before
+    /// `now`: by the last mark at or before it, plus `every` (the marks'
+    /// spacing). Entries before the first mark arrived before it, so that
+    /// mark bounds them too.
+    pub(crate) fn pop_older_than(
+        &mut self,
+        now: Instant,
+        ttl: Duration,
+        every: Duration,
+    ) -> Option<E> {
+        if self.is_empty() {
+            return None;
+        }
+        while self.marks.len() >= 2 && self.marks[1].0 <= self.head {
+            self.marks.pop_front();
+        }
+        let &(_, t) = self.marks.front()?;
+        if now.saturating_duration_since(t + every) < ttl {
+            return None;
+        }
+        self.pop_front()
     }
 
     pub(crate) fn for_each(&self, mut f: impl FnMut(&E)) {
@@ -212,8 +265,24 @@ impl<E: Queued> Pending<E> {
         }
     }
 
-    /// Squeezes the holes out and renumbers from `head`.
+    /// Squeezes the holes out and renumbers from `head`; each arrival bound
+    /// moves with the entries it counts.
     fn compact(&mut self) {
+        if !self.marks.is_empty() {
+            let mut live = 0u64;
+            let mut m = 0;
+            for (i, slot) in self.slots.iter().enumerate() {
+                let seq = self.head + i as u64;
+                while m < self.marks.len() && self.marks[m].0 == seq {
+                    self.marks[m].0 = self.head + live;
+                    m += 1;
+                }
+                live += u64::from(slot.is_some());
+            }
+            for mark in self.marks.iter_mut().skip(m) {
+                mark.0 = self.head + live;
+            }
+        }
         self.slots.retain(Option::is_some);
         self.index_qos0();
     }
@@ -226,5 +295,90 @@ impl<E: Queued> Pending<E> {
                 self.qos0.push_back(self.head + i as u64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue entry: its QoS and when it arrived (seconds after t0).
+    #[derive(Debug, PartialEq)]
+    struct E(QoS, u64);
+
+    impl Queued for E {
+        fn qos(&self) -> QoS {
+            self.0
+        }
+        fn held_bytes(&self) -> usize {
+            1
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    // The inflight TTL's arrival marks: an entry goes once it surely arrived
+    // a TTL ago (its mark's time plus the spacing), never before, also after
+    // a compaction renumbered the queue under the marks.
+    #[test]
+    fn entries_go_a_ttl_after_they_arrived_and_never_before() {
+        let t0 = Instant::now();
+        let (ttl, every) = (secs(16), secs(1));
+        let mut p = Pending::default();
+        // Old QoS 1 entries, then many QoS 0 ones that are dropped from the
+        // middle (compacting the queue), then later QoS 1 entries.
+        for i in 0..3 {
+            p.push_back(E(QoS::AtLeastOnce, i));
+            p.note_arrival(t0 + secs(i), every);
+        }
+        for _ in 0..3000 {
+            p.push_back(E(QoS::AtMostOnce, 5));
+            p.note_arrival(t0 + secs(5), every);
+        }
+        for i in 10..13 {
+            p.push_back(E(QoS::AtLeastOnce, i));
+            p.note_arrival(t0 + secs(i), every);
+        }
+        // Drop every QoS 0 entry: they sit behind the old ones, so each
+        // leaves a hole, and the holes force compactions.
+        for _ in 0..3000 {
+            assert_eq!(p.drop_one().map(|e| e.0), Some(QoS::AtMostOnce));
+        }
+        assert_eq!(p.len(), 6);
+        let mut gone = Vec::new();
+        for now in 0..40 {
+            while let Some(e) = p.pop_older_than(t0 + secs(now), ttl, every) {
+                assert!(now >= e.1 + 16, "entry of {}s dropped at {now}s", e.1);
+                assert!(now <= e.1 + 17, "entry of {}s kept until {now}s", e.1);
+                gone.push(e.1);
+            }
+        }
+        assert_eq!(gone, vec![0, 1, 2, 10, 11, 12]);
+    }
+
+    // Entries read back from the log after a restart have no mark: they
+    // count from the restart (or from the first mark after them).
+    #[test]
+    fn unmarked_entries_count_from_the_first_mark() {
+        let t0 = Instant::now();
+        let (ttl, every) = (secs(16), secs(1));
+        let mut p = Pending::default();
+        p.push_back(E(QoS::AtLeastOnce, 0));
+        assert_eq!(p.pop_older_than(t0 + secs(100), ttl, every), None);
+        p.mark_unmarked(t0 + secs(50));
+        p.push_back(E(QoS::AtLeastOnce, 60));
+        p.note_arrival(t0 + secs(60), every);
+        assert_eq!(p.pop_older_than(t0 + secs(66), ttl, every), None);
+        assert_eq!(
+            p.pop_older_than(t0 + secs(67), ttl, every),
+            Some(E(QoS::AtLeastOnce, 0))
+        );
+        assert_eq!(p.pop_older_than(t0 + secs(76), ttl, every), None);
+        assert_eq!(
+            p.pop_older_than(t0 + secs(77), ttl, every),
+            Some(E(QoS::AtLeastOnce, 60))
+        );
     }
 }

@@ -38,6 +38,9 @@ pub struct Limits {
     /// delivery waits in the pending queue as a [`Logged`] reference (24
     /// bytes of RAM) instead of holding its message.
     pub decode: Option<Decode>,
+    /// `--inflight-ttl`: a QoS 1/2 message unresolved this long, queued or
+    /// in flight, is dropped by [`Session::expire_unresolved`].
+    pub inflight_ttl: Option<std::time::Duration>,
 }
 
 /// One message on its way to this session's client.
@@ -376,6 +379,9 @@ struct Inflight {
     sent_at: Option<Instant>,
     /// Resends on a live connection so far (see [`Session::resend_due`]).
     resends: u16,
+    /// When it was first sent (`None`: read back from the log), from which
+    /// the inflight TTL counts once it left the queue.
+    first_sent: Option<Instant>,
 }
 
 /// The outbound state of one MQTT session.
@@ -558,14 +564,14 @@ impl Session {
         now: Instant,
         out: &mut Vec<Packet>,
     ) -> Option<DropReason> {
-        let dropped = self.enqueue(d, online);
+        let dropped = self.enqueue(d, online, now);
         if online {
             self.drain(now, out);
         }
         dropped
     }
 
-    fn enqueue(&mut self, d: Delivery, online: bool) -> Option<DropReason> {
+    fn enqueue(&mut self, d: Delivery, online: bool, now: Instant) -> Option<DropReason> {
         let mut dropped = None;
         let len = d.held_bytes();
         if len > self.limits.max_queued_bytes {
@@ -593,7 +599,61 @@ impl Session {
             self.entry_of(d)
         };
         self.pending.push_back(e);
+        if let Some(ttl) = self.limits.inflight_ttl {
+            self.pending.note_arrival(now, ttl / 16);
+        }
         dropped
+    }
+
+    /// After a restart: what was read back from the log counts towards the
+    /// inflight TTL from `now` (its queueing time is not logged), and what
+    /// is in flight from when it is sent again.
+    pub fn restarted(&mut self, now: Instant) {
+        if self.limits.inflight_ttl.is_some() {
+            self.pending.mark_unmarked(now);
+        }
+        for f in &mut self.inflight {
+            f.first_sent.get_or_insert(now);
+        }
+    }
+
+    /// `--inflight-ttl`: drops every QoS 1/2 message unresolved for the TTL,
+    /// in flight (counted from its first send) or queued (from when it was
+    /// queued, within 1/16 of the TTL); they are settled in the log and
+    /// counted, and (`online`) the window refills. Returns how many went.
+    pub fn expire_unresolved(
+        &mut self,
+        now: Instant,
+        online: bool,
+        out: &mut Vec<Packet>,
+    ) -> usize {
+        let Some(ttl) = self.limits.inflight_ttl else {
+            return 0;
+        };
+        let mut n = 0;
+        let mut i = 0;
+        while i < self.inflight.len() {
+            if self.inflight[i]
+                .first_sent
+                .is_some_and(|t| now.saturating_duration_since(t) >= ttl)
+            {
+                if let Some(f) = self.inflight.remove(i) {
+                    self.done(&f.delivery);
+                    n += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        while let Some(e) = self.pending.pop_older_than(now, ttl, ttl / 16) {
+            self.done_stored(e.stored(self.limits.decode));
+            n += 1;
+        }
+        self.dropped += n as u64;
+        if n > 0 && online {
+            self.drain(now, out);
+        }
+        n
     }
 
     /// A delivery as the pending queue keeps it: a logged one as a
@@ -665,6 +725,7 @@ impl Session {
             delivery: d,
             sent_at: Some(now),
             resends: 0,
+            first_sent: Some(now),
         });
     }
 
@@ -835,6 +896,7 @@ impl Session {
                 delivery: d,
                 sent_at: None,
                 resends: 0,
+                first_sent: None,
             }),
             None => {
                 let e = self.entry_of(d);

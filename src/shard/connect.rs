@@ -40,6 +40,7 @@ impl Shard {
             max_queued_bytes: self.config.max_queued_bytes,
             queue_qos0: self.config.queue_qos0,
             decode: self.store.is_some().then_some(super::persist::DECODE),
+            inflight_ttl: self.config.inflight_ttl,
         }
     }
 

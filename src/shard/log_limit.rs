@@ -71,6 +71,8 @@ pub struct LogLimits {
     pub log_errors: LogLimit,
     /// Messages dropped after their last resend.
     pub resend_drops: LogLimit,
+    /// Messages dropped for `--inflight-ttl`.
+    pub ttl_drops: LogLimit,
 }
 
 impl Default for LogLimits {
@@ -88,6 +90,7 @@ impl Default for LogLimits {
             connects: LogLimit::new(100),
             slow_consumer: LogLimit::new(5),
             resend_drops: LogLimit::new(5),
+            ttl_drops: LogLimit::new(5),
         }
     }
 }

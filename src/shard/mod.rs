@@ -174,6 +174,8 @@ pub(crate) enum TimerKey {
     /// Connection `conn` (3.1.1, `--resend-interval`) may have messages to
     /// resend for session slot `session`.
     Resend { session: u32, conn: u64 },
+    /// Sweep every session for messages past `--inflight-ttl`.
+    InflightTtl,
 }
 
 /// What an acknowledgement waits for: every shard applied broadcast
@@ -458,7 +460,50 @@ impl Shard {
             }
             TimerKey::KeepAlive { conn } => self.check_keep_alive(conn, now),
             TimerKey::Resend { session, conn } => self.resend_due(session, conn, now),
+            TimerKey::InflightTtl => self.expire_unresolved(now),
         }
+    }
+
+    /// Arms the next `--inflight-ttl` sweep, 1/16 of the TTL away (at least
+    /// 10 ms): a message goes at most 1/8 of the TTL late.
+    pub(crate) fn arm_inflight_ttl(&mut self, now: Instant) {
+        if let Some(ttl) = self.config.inflight_ttl {
+            let every = (ttl / 16).max(std::time::Duration::from_millis(10));
+            self.arm(now + every, TimerKey::InflightTtl);
+        }
+    }
+
+    /// Drops what `--inflight-ttl` says is too old, in every session (each
+    /// checks only its queue's front and its window), then arms the next sweep.
+    fn expire_unresolved(&mut self, now: Instant) {
+        let mut total = 0;
+        for key in 0..self.sessions.len() as u32 {
+            let mut out = std::mem::take(&mut self.scratch_packets);
+            let Some(e) = self.sending(key) else {
+                self.scratch_packets = out;
+                continue;
+            };
+            let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
+            let n = e.session.expire_unresolved(now, online, &mut out);
+            if n > 0 || !out.is_empty() {
+                total += n;
+                self.flush_packets(key, &mut out, now);
+            }
+            self.scratch_packets = out;
+        }
+        if total > 0 {
+            self.metrics.ttl_drops += total as u64;
+            self.metrics.publishes_dropped += total as u64;
+            if let Some(held) = self.log_limits.ttl_drops.allow(now) {
+                tracing::warn!(
+                    dropped = total,
+                    ttl = ?self.config.inflight_ttl,
+                    held_back = held,
+                    "messages dropped: unresolved past the inflight TTL"
+                );
+            }
+        }
+        self.arm_inflight_ttl(now);
     }
 
     /// Arms session `key`'s resend check when its 3.1.1 connection has

@@ -15,6 +15,7 @@ const LIMITS: Limits = Limits {
     max_queued_bytes: 1 << 20,
     queue_qos0: false,
     decode: None,
+    inflight_ttl: None,
 };
 
 fn msg(payload: &'static str, qos: QoS) -> Arc<Message> {
@@ -172,6 +173,73 @@ fn unanswered_messages_are_resent_then_dropped_after_the_last_resend() {
     out.clear();
     s.resume(t5 + every * 3, &mut out);
     assert_eq!(s.oldest_sent(), Some(t5 + every * 3));
+}
+
+// --inflight-ttl: a message unresolved for the TTL goes, in flight (from its
+// first send) or queued (from its arrival, within TTL/16), is counted, and
+// the window takes the next one.
+#[test]
+fn messages_unresolved_past_the_inflight_ttl_are_dropped() {
+    let t0 = Instant::now();
+    let s16 = Duration::from_secs(16);
+    let limits = Limits {
+        inflight_ttl: Some(s16),
+        ..LIMITS
+    };
+    let mut s = Session::new(limits, 1);
+    let mut out = Vec::new();
+    // "a" goes out at once; "b" waits behind it; "c" arrives 10 s later.
+    s.deliver(d("a", QoS::AtLeastOnce), true, t0, &mut out);
+    s.deliver(d("b", QoS::AtLeastOnce), true, t0, &mut out);
+    s.deliver(
+        d("c", QoS::AtLeastOnce),
+        true,
+        t0 + Duration::from_secs(10),
+        &mut out,
+    );
+    out.clear();
+    assert_eq!(
+        s.expire_unresolved(t0 + Duration::from_secs(15), true, &mut out),
+        0
+    );
+    // At 16 s "a" (sent at 0) has been in flight for the TTL; "b" (queued at
+    // 0, marked within 1 s) goes by 17 s at the latest; the window then
+    // takes "c".
+    assert_eq!(s.expire_unresolved(t0 + s16, true, &mut out), 1);
+    assert_eq!(publishes(&out), vec![("b".into(), Some(2), false)]);
+    out.clear();
+    // "c", queued at 10 s, is past the TTL by 27 s while still queued; "b"
+    // was sent at 16 s and its time in flight counts from there.
+    assert_eq!(
+        s.expire_unresolved(t0 + Duration::from_secs(26), true, &mut out),
+        0
+    );
+    assert_eq!(
+        s.expire_unresolved(t0 + Duration::from_secs(27), true, &mut out),
+        1
+    );
+    assert_eq!(s.pending_len(), 0);
+    assert_eq!(s.inflight_len(), 1);
+    assert_eq!(
+        s.expire_unresolved(t0 + Duration::from_secs(31), true, &mut out),
+        0
+    );
+    assert_eq!(
+        s.expire_unresolved(t0 + Duration::from_secs(32), true, &mut out),
+        1
+    );
+    assert!(out.is_empty());
+    assert_eq!(s.dropped, 3);
+    // Offline, nothing is sent: the queue only shrinks.
+    let mut s = Session::new(limits, 1);
+    s.deliver(d("x", QoS::AtLeastOnce), false, t0, &mut out);
+    out.clear();
+    assert_eq!(
+        s.expire_unresolved(t0 + Duration::from_secs(17), false, &mut out),
+        1
+    );
+    assert!(out.is_empty());
+    assert_eq!(s.pending_len(), 0);
 }
 
 // QoS 2 outbound: PUBREC is answered with PUBREL; after a reconnect the
@@ -363,6 +431,7 @@ fn overflow_of_a_full_queue_is_constant_time() {
         max_queued_bytes: usize::MAX,
         queue_qos0: true,
         decode: None,
+        inflight_ttl: None,
     };
     let started = Instant::now();
     let mut s = Session::new(limits, 1);

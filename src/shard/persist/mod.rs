@@ -609,6 +609,7 @@ impl Shard {
             }
             let mut session = Session::new(limits, self.config.max_inflight);
             session.restore_backlog(s.queue);
+            session.restarted(now);
             session.awaiting_rel = s.awaiting_rel;
             let key = self.alloc_session(SessionEntry::new(life, session, sid));
             for (filter, opts) in s.subs {
@@ -666,6 +667,7 @@ mod tests {
         max_queued_bytes: 1 << 20,
         queue_qos0: false,
         decode: Some(DECODE),
+        inflight_ttl: None,
     };
 
     /// An empty log of 1 MiB segments in a temporary directory.
