@@ -169,6 +169,17 @@ pub struct Log {
     pub stalls: u64,
 }
 
+/// A segment still being prepared finishes before the log goes: its helper
+/// thread must not create files in a directory that a new log (a restart
+/// in the same process, a test) is opening.
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Some(Next::Preparing(rx)) = self.next.take() {
+            let _ = rx.recv();
+        }
+    }
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, replaying every record of its
     /// newest complete checkpoint and after into `apply`, in order.
@@ -191,7 +202,10 @@ impl Log {
             let name = name.to_string_lossy();
             if name.ends_with(".tmp") {
                 // A segment whose creation did not finish: never held data.
-                std::fs::remove_file(entry.path())?;
+                match std::fs::remove_file(entry.path()) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             } else if let Some(seq) = segment::parse_name(&name) {
                 seqs.push(seq);
             }
