@@ -7,10 +7,25 @@
 //! trie or the log, so every rule below is a unit test with an explicit
 //! clock (see `life/tests.rs`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Connect, LastWill, ProtocolVersion, ReasonCode};
+use crate::protocol::{Connect, LastWill, ProtocolVersion, QoS, ReasonCode};
+use crate::topic::TopicFilter;
+
+/// Options of one subscription, as the router needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOpts {
+    /// Granted QoS.
+    pub qos: QoS,
+    /// MQTT 5 No Local.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published.
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier.
+    pub id: Option<u32>,
+}
 
 /// Which of a session's two timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +87,8 @@ pub struct Life {
     pub expiry: Option<Duration>,
     /// The latest connection's will, until it is published or discarded.
     pub will: Option<LastWill>,
+    /// Its subscriptions (the shard's trie holds the same, for routing).
+    pub subscriptions: HashMap<TopicFilter, SubOpts>,
     /// The latest connection's generation.
     generation: u64,
     online: bool,
@@ -111,6 +128,7 @@ impl Life {
             version,
             expiry,
             will: None,
+            subscriptions: HashMap::new(),
             generation: 0,
             online: false,
         }

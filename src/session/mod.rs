@@ -16,7 +16,7 @@ mod life;
 pub(crate) mod pending;
 mod queue;
 
-pub use life::{connect_expiry, Effect, Life, Takeover, Timer, TimerKind};
+pub use life::{connect_expiry, Effect, Life, SubOpts, Takeover, Timer, TimerKind};
 
 pub use queue::{
     Backlog, BacklogEntry, Decode, Delivery, DropReason, Held, Journal, Limits, Logged, Session,

@@ -46,7 +46,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{Disconnect, LastWill, Packet, QoS, ReasonCode};
+use crate::protocol::{Disconnect, LastWill, Packet, ReasonCode};
 use crate::session::{Delivery, Effect, Life, Message, Session, Timer};
 use crate::timer::DeadlineQueue;
 use crate::topic::{RetainedIndex, SubscriptionTrie, TopicFilter};
@@ -117,14 +117,7 @@ pub enum Flow {
     Close,
 }
 
-/// Options of one subscription, as the router needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SubOpts {
-    pub qos: QoS,
-    pub no_local: bool,
-    pub retain_as_published: bool,
-    pub id: Option<u32>,
-}
+pub(crate) use crate::session::SubOpts;
 
 /// A subscription in the local trie.
 #[derive(Debug, Clone, Copy)]
@@ -134,12 +127,11 @@ pub(crate) struct SubEntry {
 }
 
 /// One session slot: the session's life and queue, and what the shard keeps
-/// beside them (its subscriptions as the trie holds them, its connection).
+/// beside them (its connection, its log id).
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
     pub life: Life,
     pub session: Session,
-    pub subscriptions: HashMap<TopicFilter, SubOpts>,
     pub conn: Option<Rc<Conn>>,
     /// Set after a drop was logged, cleared when the queue drains: one log
     /// line per burst of drops.
@@ -155,7 +147,6 @@ impl SessionEntry {
         SessionEntry {
             life,
             session,
-            subscriptions: HashMap::new(),
             conn: None,
             drop_logged: false,
             sid,
@@ -365,7 +356,7 @@ impl Shard {
         self.metrics.sessions -= 1;
         self.log_session_end(e.sid);
         self.by_client.remove(&e.life.client_id);
-        for filter in e.subscriptions.keys() {
+        for filter in e.life.subscriptions.keys() {
             self.subs.remove(filter, |s| s.session == key);
             self.release_filter(filter);
         }

@@ -58,7 +58,7 @@ impl Shard {
             };
             let sid = e.sid;
             // [MQTT-3.8.4-3] an identical filter replaces the subscription.
-            let existed = e.subscriptions.insert(filter.clone(), opts).is_some();
+            let existed = e.life.subscriptions.insert(filter.clone(), opts).is_some();
             if existed {
                 if let Some(entries) = self.subs.get_mut(&filter) {
                     for s in entries.iter_mut().filter(|s| s.session == key) {
@@ -71,7 +71,7 @@ impl Shard {
                 .is_err()
             {
                 if let Some(e) = self.entry(key) {
-                    e.subscriptions.remove(&filter);
+                    e.life.subscriptions.remove(&filter);
                 }
                 reasons.push(if v5 {
                     ReasonCode::TOPIC_FILTER_INVALID
@@ -302,7 +302,7 @@ impl Shard {
             };
             let removed = self
                 .entry(key)
-                .is_some_and(|e| e.subscriptions.remove(&filter).is_some());
+                .is_some_and(|e| e.life.subscriptions.remove(&filter).is_some());
             if removed {
                 let sid = self.entry(key).map_or(0, |e| e.sid);
                 self.log_sub(sid, &filter, None);

@@ -201,7 +201,8 @@ impl Shard {
         // it already has (none today: a session with expiry 0 ends at a
         // takeover rather than becoming persistent, see `Life::takeover`).
         let subs: Vec<(TopicFilter, SubOpts)> = if fresh {
-            e.subscriptions
+            e.life
+                .subscriptions
                 .iter()
                 .map(|(f, o)| (f.clone(), *o))
                 .collect()
@@ -454,6 +455,7 @@ impl Shard {
             self.log_session(key);
             let e = self.sessions[key as usize].as_ref().expect("filtered");
             let subs: Vec<(TopicFilter, SubOpts)> = e
+                .life
                 .subscriptions
                 .iter()
                 .map(|(f, o)| (f.clone(), *o))
@@ -621,7 +623,7 @@ impl Shard {
                     self.metrics.subscriptions += 1;
                     self.hold_filter(&filter);
                     if let Some(e) = self.entry(key) {
-                        e.subscriptions.insert(filter, opts);
+                        e.life.subscriptions.insert(filter, opts);
                     }
                 }
             }
