@@ -98,6 +98,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_inflight: u16,
 
+    /// Topic aliases an MQTT 5 client may set up towards the broker (the Topic
+    /// Alias Maximum in CONNACK; each holds a topic name); 0 refuses them.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_topic_alias: u16,
+
     /// Inbound QoS 1/2 messages a client may have unacknowledged (the Receive
     /// Maximum in CONNACK; a v5 client past it is disconnected with 0x93).
     /// Also bounds each session's QoS 2 messages awaiting PUBREL.
@@ -191,6 +196,7 @@ impl Cli {
             max_packet_bytes: self.max_packet_size,
             max_inflight: self.max_inflight,
             max_inflight_in: self.max_inflight_in,
+            max_topic_alias: self.max_topic_alias,
             resend_interval: self.resend_interval.0.filter(|d| !d.is_zero()),
             max_resends: self.max_resends,
             inflight_ttl: self.inflight_ttl.0.filter(|d| !d.is_zero()),

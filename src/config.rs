@@ -85,6 +85,9 @@ pub struct Config {
     pub max_packet_bytes: usize,
     /// Outbound QoS 1/2 window per session (the client's Receive Maximum wins if smaller).
     pub max_inflight: u16,
+    /// Topic aliases a client may set up towards the broker (MQTT 5 Topic
+    /// Alias Maximum in CONNACK); 0 refuses them.
+    pub max_topic_alias: u16,
     /// Inbound QoS 1/2 PUBLISHes a client may have unanswered (the Receive
     /// Maximum in CONNACK); also bounds a session's QoS 2 ids awaiting PUBREL.
     pub max_inflight_in: u16,
@@ -136,6 +139,7 @@ impl Default for Config {
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_inflight: 64,
             max_inflight_in: 1024,
+            max_topic_alias: 64,
             resend_interval: None,
             max_resends: 10,
             inflight_ttl: None,

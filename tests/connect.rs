@@ -442,3 +442,35 @@ fn binds_a_port_with_connections_in_time_wait() {
     let (_c, ack) = Raw::connect(b.addr, V311, "time-wait", true);
     assert_eq!(ack.reason, ReasonCode::SUCCESS);
 }
+
+// --max-topic-alias is the Topic Alias Maximum in CONNACK; a client that
+// goes past it ([v5:MQTT-3.2.2-17] [v5:MQTT-3.3.2-9]) is disconnected with
+// 0x94, and one within it publishes by alias.
+#[test]
+fn inbound_topic_aliases_are_capped_by_max_topic_alias() {
+    let mut cfg = config(2);
+    cfg.max_topic_alias = 2;
+    let b = start_with(cfg);
+    let (mut sub, _) = Raw::connect(b.addr, V5, "tam-sub", true);
+    sub.subscribe(1, &[("tam/t", QoS::AtMostOnce)]);
+    let (mut c, ack) = Raw::connect(b.addr, V5, "tam-pub", true);
+    assert_eq!(ack.properties.topic_alias_maximum, Some(2));
+    let mut p = ringmq::protocol::Publish::new(s("tam/t"), bytes::Bytes::from_static(b"1"));
+    p.properties.topic_alias = Some(2);
+    c.send(&Packet::Publish(p));
+    let mut p = ringmq::protocol::Publish::new(s(""), bytes::Bytes::from_static(b"2"));
+    p.properties.topic_alias = Some(2);
+    c.send(&Packet::Publish(p));
+    assert_eq!(&sub.recv_publish().payload[..], b"1");
+    let m = sub.recv_publish();
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("tam/t", &b"2"[..]));
+    let mut p = ringmq::protocol::Publish::new(s("tam/t"), bytes::Bytes::from_static(b"3"));
+    p.properties.topic_alias = Some(3);
+    c.send(&Packet::Publish(p));
+    assert_eq!(
+        c.expect_closed(),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::TOPIC_ALIAS_INVALID
+        ))]
+    );
+}

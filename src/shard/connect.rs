@@ -10,7 +10,7 @@ use crate::protocol::{
 };
 use crate::session::{connect_expiry, Life, Limits, Session, Takeover};
 
-use super::{Conn, Flow, SessionEntry, Shard, TOPIC_ALIAS_MAX};
+use super::{Conn, Flow, SessionEntry, Shard};
 
 impl Shard {
     fn refuse(&mut self, conn: &Conn, reason: ReasonCode) -> Flow {
@@ -160,7 +160,8 @@ impl Shard {
                 props.server_keep_alive = Some(max_keepalive);
             }
             props.maximum_packet_size = u32::try_from(self.config.max_packet_bytes).ok();
-            props.topic_alias_maximum = Some(TOPIC_ALIAS_MAX);
+            // [v5:MQTT-3.2.2-17] a client may not go past it.
+            props.topic_alias_maximum = Some(self.config.max_topic_alias);
             props.receive_maximum = Some(self.config.max_inflight_in);
             props.shared_subscription_available = Some(false);
         }

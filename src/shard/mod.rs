@@ -191,9 +191,6 @@ pub(crate) struct Deferred {
     pub retained: Vec<Delivery>,
 }
 
-/// Topic aliases a client may use towards the broker (MQTT 5).
-pub const TOPIC_ALIAS_MAX: u16 = 64;
-
 /// One shard's state. See the module docs.
 #[derive(Debug)]
 pub struct Shard {

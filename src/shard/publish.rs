@@ -11,7 +11,7 @@ use crate::protocol::{Ack, LastWill, MqttStr, Packet, PublishProperties, QoS, Re
 use crate::session::{Delivery, Message};
 use crate::topic::TopicName;
 
-use super::{Conn, Flow, Gate, Shard, ShardMsg, TOPIC_ALIAS_MAX};
+use super::{Conn, Flow, Gate, Shard, ShardMsg};
 
 /// A set of shard indexes (up to [`crate::config::MAX_CORES`]).
 #[derive(Default)]
@@ -118,7 +118,8 @@ impl Shard {
     ) -> Flow {
         self.metrics.publishes_received += 1;
         let topic = match p.properties.topic_alias {
-            Some(alias) if alias > TOPIC_ALIAS_MAX => {
+            // [v5:MQTT-3.3.2-9] 0 or above what CONNACK allowed.
+            Some(alias) if alias > self.config.max_topic_alias => {
                 return self.protocol_error(conn, ReasonCode::TOPIC_ALIAS_INVALID);
             }
             Some(alias) if p.topic.is_empty() => match conn.topic_aliases.borrow().get(&alias) {
