@@ -705,3 +705,42 @@ fn sys_topics_count_logged_messages_and_group_commits() {
     // one msync per message.
     assert!(syncs >= Some(20), "{syncs:?}");
 }
+
+// A persistent member of a shared subscription is a member again after a
+// kill -9, on whichever shard owns it: its share of what comes next reaches
+// it, and the group's other member (on the other shard) gets the rest.
+#[test]
+fn shared_subscriptions_survive_a_kill() {
+    let dir = TempDir::new("restart-shared");
+    let mut b = BinBroker::spawn_in(&dir.0, &["--cores", "2"]);
+    let ids = [id_on_shard("rs-m0", 0, 2), id_on_shard("rs-m1", 1, 2)];
+    for id in &ids {
+        let (mut c, _) = Raw::connect(b.addr, ProtocolVersion::V311, id, false);
+        c.subscribe(1, &[("$share/g/rs/t", QoS::AtLeastOnce)]);
+        drop(c);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    b.kill9();
+    let b = BinBroker::spawn_in(&dir.0, &["--cores", "2"]);
+    let mut members: Vec<Raw> = ids
+        .iter()
+        .map(|id| {
+            let (c, ack) = Raw::connect(b.addr, ProtocolVersion::V311, id, false);
+            assert!(ack.session_present);
+            c
+        })
+        .collect();
+    let (mut p, _) = Raw::connect(b.addr, ProtocolVersion::V311, "rs-pub", true);
+    publish_all(&mut p, "rs/t", QoS::AtLeastOnce, 20);
+    let mut got = Vec::new();
+    for m in &mut members {
+        let before = got.len();
+        while let Some(Packet::Publish(x)) = m.recv_within(Duration::from_millis(500)) {
+            m.send(&Packet::PubAck(Ack::new(x.packet_id.expect("id"))));
+            got.push(String::from_utf8_lossy(&x.payload).to_string());
+        }
+        assert!(got.len() > before, "each member has its share");
+    }
+    got.sort_by_key(|s| s.parse::<u16>().unwrap_or(0));
+    assert_eq!(got, numbers(20));
+}

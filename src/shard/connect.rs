@@ -154,6 +154,7 @@ impl Shard {
             .attach(generation, c.protocol, expiry, c.will, &mut fx);
         e.session.set_window(window);
         conn.session.set(Some(key));
+        self.shared_presence_changed(key);
         self.apply(key, fx, now);
         if v5 {
             if c.keep_alive > max_keepalive {
@@ -163,7 +164,7 @@ impl Shard {
             // [v5:MQTT-3.2.2-17] a client may not go past it.
             props.topic_alias_maximum = Some(self.config.max_topic_alias);
             props.receive_maximum = Some(self.config.max_inflight_in);
-            props.shared_subscription_available = Some(false);
+            props.shared_subscription_available = Some(true);
         }
         // [MQTT-3.2.2-2] / [MQTT-3.2.2-3]: session present only for a resumed session.
         *conn.client_id.borrow_mut() = Some(client_id.clone());

@@ -40,6 +40,24 @@ pub const MESH_PAUSE_MSGS: usize = 8 * 1024;
 pub enum ShardMsg {
     /// Deliver to the receiving shard's matching sessions.
     Deliver(Arc<Message>),
+    /// Deliver to one of the receiving shard's members of shared
+    /// subscription `key` (counted with `Deliver` for `Stored`).
+    DeliverShared {
+        /// The message.
+        msg: Arc<Message>,
+        /// The shared subscription, `$share/{group}/{filter}`.
+        key: TopicFilter,
+    },
+    /// The sender has `total` members of shared subscription `key`, `online`
+    /// of them connected (answered with `Applied`).
+    SharedMembers {
+        /// The shared subscription.
+        key: TopicFilter,
+        /// Members on the sender.
+        total: u32,
+        /// Of which online.
+        online: u32,
+    },
     /// The sender gained its first (`add`) or lost its last local
     /// subscription to `filter`.
     Interest {
@@ -147,7 +165,8 @@ pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: Pi
                 let mut s = shard.borrow_mut();
                 let now = Instant::now();
                 for m in batch.by_ref() {
-                    let deliver = matches!(m, ShardMsg::Deliver(_));
+                    let deliver =
+                        matches!(m, ShardMsg::Deliver(_) | ShardMsg::DeliverShared { .. });
                     match m {
                         ShardMsg::Adopt { .. } if !s.stopping => adopts.push(m),
                         other => s.on_mesh(from, other, now),

@@ -22,6 +22,7 @@ pub mod persist;
 pub mod pipe;
 mod publish;
 mod read_buf;
+mod shared;
 mod subscribe;
 
 pub use conn::{
@@ -211,6 +212,8 @@ pub struct Shard {
     pub(crate) subs: SubscriptionTrie<SubEntry>,
     pub(crate) filter_refs: HashMap<TopicFilter, u32>,
     pub(crate) interest: SubscriptionTrie<u16>,
+    /// Shared subscriptions: local members, everyone's counts.
+    pub(crate) shared_subs: shared::SharedSubs,
     pub(crate) retained: RetainedIndex<Arc<Message>>,
     pub(crate) timers: DeadlineQueue<TimerKey>,
     /// The deadline the timer task sleeps until, and its waker: arming an
@@ -284,6 +287,7 @@ impl Shard {
             subs: SubscriptionTrie::new(),
             filter_refs: HashMap::new(),
             interest: SubscriptionTrie::new(),
+            shared_subs: shared::SharedSubs::default(),
             retained: RetainedIndex::default(),
             timers: DeadlineQueue::default(),
             timer_at: None,
@@ -354,6 +358,10 @@ impl Shard {
         self.log_session_end(e.sid);
         self.by_client.remove(&e.life.client_id);
         for filter in e.life.subscriptions.keys() {
+            if shared::is_shared(filter) {
+                self.leave_shared(filter, key);
+                continue;
+            }
             self.subs.remove(filter, |s| s.session == key);
             self.release_filter(filter);
         }
@@ -433,6 +441,7 @@ impl Shard {
         };
         e.conn = None;
         e.life.detach(now, &mut fx);
+        self.shared_presence_changed(key);
         self.apply(key, fx, now);
     }
 

@@ -366,6 +366,7 @@ impl Shard {
                 self.mesh_send(s, ShardMsg::Deliver(msg.clone()));
             }
         }
+        self.route_shared(&msg, now);
     }
 
     /// Delivers `msg` to this shard's matching sessions: one copy per
@@ -644,6 +645,19 @@ impl Shard {
     /// A mesh message from shard `from` (everything but connection handoffs).
     pub fn on_mesh(&mut self, from: usize, msg: ShardMsg, now: Instant) {
         match msg {
+            ShardMsg::DeliverShared { msg, key } => {
+                self.delivers_received[from] += 1;
+                if self.store.is_some() && msg.qos != QoS::AtMostOnce {
+                    self.report_due[from] = true;
+                }
+                self.deliver_shared(&msg, &key, now);
+                if std::mem::take(&mut self.log_failed) {
+                    self.failed_from[from].push(self.delivers_received[from]);
+                }
+            }
+            ShardMsg::SharedMembers { key, total, online } => {
+                self.on_shared_members(from, &key, total, online);
+            }
             ShardMsg::Deliver(m) => {
                 self.delivers_received[from] += 1;
                 if self.store.is_some() && m.qos != QoS::AtMostOnce {

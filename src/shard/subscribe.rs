@@ -30,11 +30,33 @@ impl Shard {
             let parsed = match SubscriptionFilter::parse(&f.filter) {
                 Ok(p) if p.share_group.is_none() => p,
                 Ok(_) => {
-                    reasons.push(if v5 {
-                        ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-                    } else {
-                        ReasonCode::UNSPECIFIED_ERROR
-                    });
+                    // [v5:MQTT-3.8.3-4] No Local on a shared subscription.
+                    if f.options.no_local {
+                        return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR);
+                    }
+                    let Ok(shared_key) = TopicFilter::new(f.filter.clone()) else {
+                        reasons.push(if v5 {
+                            ReasonCode::TOPIC_FILTER_INVALID
+                        } else {
+                            ReasonCode::UNSPECIFIED_ERROR
+                        });
+                        continue;
+                    };
+                    let opts = SubOpts {
+                        qos: f.options.qos,
+                        no_local: false,
+                        retain_as_published: f.options.retain_as_published,
+                        id: sub_id,
+                    };
+                    let Some(e) = self.entry(key) else {
+                        return Flow::Close;
+                    };
+                    let sid = e.sid;
+                    e.life.subscriptions.insert(shared_key.clone(), opts);
+                    barrier = Some(self.join_shared(&shared_key, key, opts));
+                    self.log_sub(sid, &shared_key, Some(&opts));
+                    // No retained messages on a shared subscription (4.8.2).
+                    reasons.push(ReasonCode(f.options.qos as u8));
                     continue;
                 }
                 Err(_) => {
@@ -303,6 +325,13 @@ impl Shard {
             let removed = self
                 .entry(key)
                 .is_some_and(|e| e.life.subscriptions.remove(&filter).is_some());
+            if removed && super::shared::is_shared(&filter) {
+                let sid = self.entry(key).map_or(0, |e| e.sid);
+                self.log_sub(sid, &filter, None);
+                self.leave_shared(&filter, key);
+                reasons.push(ReasonCode::SUCCESS);
+                continue;
+            }
             if removed {
                 let sid = self.entry(key).map_or(0, |e| e.sid);
                 self.log_sub(sid, &filter, None);

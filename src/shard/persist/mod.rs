@@ -615,6 +615,13 @@ impl Shard {
             session.awaiting_rel = s.awaiting_rel;
             let key = self.alloc_session(SessionEntry::new(life, session, sid));
             for (filter, opts) in s.subs {
+                if super::shared::is_shared(&filter) {
+                    if let Some(e) = self.entry(key) {
+                        e.life.subscriptions.insert(filter.clone(), opts);
+                    }
+                    self.join_shared(&filter, key, opts);
+                    continue;
+                }
                 if self
                     .subs
                     .insert(&filter, super::SubEntry { session: key, opts })
