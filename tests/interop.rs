@@ -168,3 +168,78 @@ fn paho_clients_exchange_messages() {
         }
     }
 }
+
+const PAHO_SHARED: &str = r#"
+import sys, time, json, threading
+import paho.mqtt.client as mqtt
+port = int(sys.argv[1])
+members = []
+for i, proto in enumerate((mqtt.MQTTv5, mqtt.MQTTv311, mqtt.MQTTv5)):
+    got, subscribed = [], threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-share-%d" % i, protocol=proto)
+    c.on_message = lambda cl, u, m, got=got: got.append(m.payload.decode())
+    c.on_subscribe = lambda cl, u, mid, rc, props=None, ev=subscribed: ev.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.subscribe("$share/workers/paho/jobs", qos=1)
+    assert subscribed.wait(10), "no SUBACK"
+    members.append((c, got))
+pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-share-pub", protocol=mqtt.MQTTv5)
+pub.connect("127.0.0.1", port)
+pub.loop_start()
+for i in range(300):
+    pub.publish("paho/jobs", str(i), qos=1).wait_for_publish(10)
+deadline = time.time() + 10
+while sum(len(g) for _, g in members) < 300 and time.time() < deadline:
+    time.sleep(0.02)
+time.sleep(0.3)
+print(json.dumps([g for _, g in members]))
+for c, _ in members:
+    c.disconnect()
+    c.loop_stop()
+pub.disconnect()
+pub.loop_stop()
+"#;
+
+// paho-mqtt members (3.1.1 and 5.0) of one shared subscription on both
+// shards: each of 300 QoS 1 messages reaches exactly one of them, and each
+// gets its share.
+#[test]
+fn paho_members_share_a_subscription() {
+    need("python3");
+    let b = start(2);
+    let out = Command::new("python3")
+        .args(["-c", PAHO_SHARED, &b.addr.port().to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let members: Vec<Vec<u32>> = text
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split("], [")
+        .map(|m| {
+            m.trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .filter(|x| !x.is_empty())
+                .map(|x| x.trim_matches('"').parse().expect("a number"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(members.len(), 3, "{text}");
+    let mut all: Vec<u32> = members.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..300).collect::<Vec<_>>(),
+        "each exactly once: {text}"
+    );
+    for m in &members {
+        assert!(m.len() >= 60, "every member gets a share: {text}");
+    }
+}
