@@ -96,6 +96,22 @@ fn mosquitto_clients_exchange_messages() {
     }
 }
 
+/// Runs a paho-mqtt script against `b` (its port as the one argument) and
+/// returns what it printed.
+fn paho(script: &str, b: &Broker) -> String {
+    need("python3");
+    let out = Command::new("python3")
+        .args(["-c", script, &b.addr.port().to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 const PAHO: &str = r#"
 import sys, time, json, threading
 import paho.mqtt.client as mqtt
@@ -130,18 +146,8 @@ print(json.dumps(out))
 // paho-mqtt (3.1.1 and 5.0): retained message on subscribe, then QoS 0/1/2 in order.
 #[test]
 fn paho_clients_exchange_messages() {
-    need("python3");
     let b = start(2);
-    let out = Command::new("python3")
-        .args(["-c", PAHO, &b.addr.port().to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = paho(PAHO, &b);
     // paho hands a QoS 2 message to the application on PUBREL, so across QoS
     // levels its callbacks may run out of order: compare per QoS level.
     for name in ["v311", "v5"] {
@@ -206,18 +212,8 @@ pub.loop_stop()
 // gets its share.
 #[test]
 fn paho_members_share_a_subscription() {
-    need("python3");
     let b = start(2);
-    let out = Command::new("python3")
-        .args(["-c", PAHO_SHARED, &b.addr.port().to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = paho(PAHO_SHARED, &b);
     let members: Vec<Vec<u32>> = text
         .trim()
         .trim_start_matches('[')
