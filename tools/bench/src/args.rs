@@ -122,6 +122,11 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// fan-out and fan-in: the subscribers are the members of one shared
+    /// subscription, `$share/GROUP/<filter>`: each message is expected once
+    /// for the group, and the report says how evenly the members shared.
+    #[arg(long, value_name = "GROUP")]
+    pub shared: Option<String>,
     /// Subscribers to the same filter that never read after their SUBACK
     /// (slow-consumer: default 1; others: 0). Not counted in the report.
     #[arg(long)]
@@ -161,6 +166,8 @@ pub struct Plan {
     pub restart_cmd: Option<String>,
     /// backlog: when to kill it, into publishing.
     pub kill_after: Option<Duration>,
+    /// The share group the subscribers form, if any.
+    pub shared: Option<String>,
 }
 
 /// Stamp bytes: publisher id (4), sequence (8), send time in ns (8).
@@ -226,6 +233,14 @@ impl Args {
         if self.kill_after.is_some() && self.restart_cmd.is_none() {
             return Err("--kill-after needs --restart-cmd".into());
         }
+        if let Some(g) = &self.shared {
+            if !matches!(s, FanOut | FanIn) {
+                return Err("--shared goes with fan-out or fan-in".into());
+            }
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err("--shared GROUP must be non-empty, without '/', '+' or '#'".into());
+            }
+        }
         if count == Some(0) || self.duration.is_zero() {
             return Err("--count and --duration must be positive".into());
         }
@@ -271,6 +286,7 @@ impl Args {
             leave_backlog: self.leave_backlog,
             restart_cmd: self.restart_cmd,
             kill_after: self.kill_after,
+            shared: self.shared,
         })
     }
 }

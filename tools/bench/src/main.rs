@@ -138,7 +138,9 @@ fn main() {
     }
     let publish_time = t0.elapsed();
     // Drain: wait for what subscribers should still receive.
-    let factor = if matches!(plan.scenario, Scenario::FanOut | Scenario::SlowConsumer) {
+    let factor = if plan.shared.is_none()
+        && matches!(plan.scenario, Scenario::FanOut | Scenario::SlowConsumer)
+    {
         plan.subscribers as u64
     } else {
         1
@@ -232,6 +234,14 @@ fn main() {
         }
     }
     let (sent, acked, received) = ctl.totals();
+    // Members of one shared subscription: what counts is what the group got.
+    let members: Vec<u64> = logs
+        .iter()
+        .map(|l| l.values().map(|t| t.unique + t.duplicates).sum())
+        .collect();
+    if plan.shared.is_some() {
+        logs = vec![track::merge(&logs)];
+    }
     let integrity = track::integrity(&logs, plan.publishers, |s, p| {
         let topic = plan.pub_topic.replace("{i}", &p.to_string());
         // Left in the broker on purpose: not expected here, so not lost.
@@ -266,6 +276,11 @@ fn main() {
         killed_after,
         restart_time,
         sent_by_publisher: published.iter().map(|&(sent, _)| sent).collect(),
+        received_by_member: if plan.shared.is_some() {
+            members
+        } else {
+            Vec::new()
+        },
         plan,
     };
     if let Some(path) = hdr_out {

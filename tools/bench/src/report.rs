@@ -31,6 +31,8 @@ pub struct Report {
     pub restart_time: Option<Duration>,
     /// Messages each publisher sent, by publisher index.
     pub sent_by_publisher: Vec<u64>,
+    /// `--shared`: messages each member of the group received.
+    pub received_by_member: Vec<u64>,
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -130,6 +132,13 @@ impl Report {
                 "per publisher sent: min {min}  max {max}   (fairness: how evenly the broker reads its publishers)"
             );
         }
+        if !self.received_by_member.is_empty() {
+            let (min, max) = self.member_range();
+            let _ = writeln!(
+                s,
+                "per member received: min {min}  max {max}   (shared subscription: how evenly the broker spreads the group's messages)"
+            );
+        }
         if let (Some(k), Some(r)) = (self.killed_after, self.restart_time) {
             let _ = writeln!(
                 s,
@@ -162,6 +171,14 @@ impl Report {
     fn sent_range(&self) -> (u64, u64) {
         let min = self.sent_by_publisher.iter().copied().min().unwrap_or(0);
         let max = self.sent_by_publisher.iter().copied().max().unwrap_or(0);
+        (min, max)
+    }
+
+    /// Fewest and most messages any one member of a shared group received
+    /// (zeros without `--shared`).
+    fn member_range(&self) -> (u64, u64) {
+        let min = self.received_by_member.iter().copied().min().unwrap_or(0);
+        let max = self.received_by_member.iter().copied().max().unwrap_or(0);
         (min, max)
     }
 
@@ -198,7 +215,8 @@ impl Report {
                 "\"connected\":{},\"connect_us\":{{{}}},\"drain_seconds\":{},",
                 "\"failures\":{},\"error\":{},\"sent_min_per_publisher\":{},",
                 "\"sent_max_per_publisher\":{},\"killed_after_seconds\":{},",
-                "\"restart_seconds\":{}}}"
+                "\"restart_seconds\":{},\"received_min_per_member\":{},",
+                "\"received_max_per_member\":{}}}"
             ),
             name(p.scenario),
             p.broker,
@@ -228,7 +246,9 @@ impl Report {
             self.sent_range().0,
             self.sent_range().1,
             secs(self.killed_after),
-            secs(self.restart_time)
+            secs(self.restart_time),
+            self.member_range().0,
+            self.member_range().1
         )
     }
 }

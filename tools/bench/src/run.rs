@@ -500,7 +500,11 @@ pub(crate) fn subscribe_packet(plan: &Plan, j: usize) -> Packet {
         packet_id: PacketId::new(1).expect("non-zero"),
         properties: Default::default(),
         filters: vec![SubscribeFilter {
-            filter: MqttStr::try_from(filter_of(plan, j)).unwrap_or_default(),
+            filter: MqttStr::try_from(match &plan.shared {
+                Some(g) => format!("$share/{g}/{}", filter_of(plan, j)),
+                None => filter_of(plan, j),
+            })
+            .unwrap_or_default(),
             options: SubscriptionOptions {
                 qos: plan.qos,
                 ..Default::default()

@@ -18,6 +18,9 @@ struct Faults {
     drop_every: u64,
     dup_every: u64,
     swap_every: u64,
+    /// Act as one shared subscription: each message to one subscriber in
+    /// turn, and a duplicate to the next one.
+    shared: bool,
 }
 
 /// A tiny broker: accepts, acknowledges, and forwards every PUBLISH to every
@@ -93,11 +96,20 @@ fn serve(
                             frames.push(h);
                         }
                     }
-                    for frame in frames {
-                        for sub in subs.lock().expect("lock").iter_mut() {
-                            let _ = sub.write_all(&frame);
+                    let mut subs = subs.lock().expect("lock");
+                    for (k, frame) in frames.iter().enumerate() {
+                        if f.shared {
+                            if !subs.is_empty() {
+                                let at = (n as usize + k) % subs.len();
+                                let _ = subs[at].write_all(frame);
+                            }
+                        } else {
+                            for sub in subs.iter_mut() {
+                                let _ = sub.write_all(frame);
+                            }
                         }
                     }
+                    drop(subs);
                     match (p.qos, p.packet_id) {
                         (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(Ack::new(id))),
                         (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(Ack::new(id))),
@@ -152,7 +164,7 @@ fn loss_and_duplicates_are_counted_exactly() {
     let addr = fake_broker(Faults {
         drop_every: 10,
         dup_every: 7,
-        swap_every: 0,
+        ..Faults::default()
     })
     .to_string();
     let (ok, out) = bench(&[
@@ -176,6 +188,45 @@ fn loss_and_duplicates_are_counted_exactly() {
     // Multiples of 7 that were not dropped (multiples of 70 were).
     assert_eq!(field(&out, "duplicates"), 142 - 14, "{out}");
     assert_eq!(field(&out, "reordered"), 0, "{out}");
+}
+
+// --shared: the subscribers are one group, so a message is expected once
+// for all of them; one dropped is lost, one sent to two members a duplicate.
+#[test]
+fn a_shared_group_is_counted_as_one() {
+    let addr = fake_broker(Faults {
+        drop_every: 10,
+        dup_every: 7,
+        shared: true,
+        ..Faults::default()
+    })
+    .to_string();
+    let (ok, out) = bench(&[
+        "fan-out",
+        "--broker",
+        &addr,
+        "--subscribers",
+        "3",
+        "--shared",
+        "g",
+        "--qos",
+        "1",
+        "--count",
+        "999",
+        "--threads",
+        "1",
+        "--drain",
+        "1s",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "acked"), 999, "{out}");
+    assert_eq!(field(&out, "expected"), 999, "{out}");
+    assert_eq!(field(&out, "lost"), 99, "{out}");
+    assert_eq!(field(&out, "duplicates"), 142 - 14, "{out}");
+    // 900 forwarded plus 128 duplicates, in turn over three members.
+    assert_eq!(field(&out, "received"), 1028, "{out}");
+    assert!(field(&out, "received_min_per_member") >= 330, "{out}");
+    assert!(field(&out, "received_max_per_member") <= 360, "{out}");
 }
 
 #[test]
@@ -216,6 +267,8 @@ fn nonsense_flags_are_refused() {
         vec!["backlog", "--kill-after", "1s"],
         vec!["pairs", "--restart-cmd", "ringmq"],
         vec!["backlog", "--leave-backlog", "--restart-cmd", "ringmq"],
+        vec!["pairs", "--shared", "g"],
+        vec!["fan-out", "--shared", "a/b"],
         vec!["nonsense"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
@@ -258,6 +311,21 @@ fn every_scenario_runs_against_ringmq() {
         (
             "fan-out",
             vec!["--subscribers", "4", "--rate", "2000", "--qos", "1"],
+        ),
+        // Four members of one shared subscription on both shards: each
+        // message reaches the group exactly once.
+        (
+            "fan-out",
+            vec![
+                "--subscribers",
+                "4",
+                "--shared",
+                "g",
+                "--rate",
+                "2000",
+                "--qos",
+                "1",
+            ],
         ),
         (
             "pairs",
