@@ -375,8 +375,9 @@ fn v5_clean_start_0_without_session_starts_fresh() {
     assert_eq!(ack.properties.response_information, None);
 }
 
-// [v5:MQTT-3.1.2-26] [v5:MQTT-3.1.2-27] the server never sends a Topic
-// Alias above the client's Topic Alias Maximum, and none when it is absent;
+// [v5:MQTT-3.1.2-26] [v5:MQTT-3.1.2-27] [v5:MQTT-3.3.2-11] the server never
+// sends a Topic Alias above the client's Topic Alias Maximum, and none when
+// it is absent;
 // [v5:MQTT-3.3.2-12] it sends the topic with an alias the first time, and the
 // alias alone once the client knows it. With room for two aliases and four
 // topics the least recently used alias is taken for the next topic.

@@ -236,8 +236,8 @@ fn a_takeover_of_a_persistent_session_resumes_it_without_the_will() {
     assert!(l.will.is_none());
 }
 
-// [v3:MQTT-3.1.2-6] [v5:MQTT-3.1.2-4] a takeover with a clean start ends the
-// old session; its live connection's will goes then, as in Mosquitto
+// [v3:MQTT-3.1.2-6] [v5:MQTT-3.1.2-4] [v5:MQTT-3.1.4-4] a takeover with a
+// clean start ends the old session; its live connection's will goes then, as in Mosquitto
 // (07-will-takeover), unless the will was to wait for a delay.
 #[test]
 fn a_takeover_that_ends_the_session_publishes_the_old_will() {
