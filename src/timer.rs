@@ -8,6 +8,26 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// When a connection last heard from at `last_seen` with `keep_alive` times
+/// out: 1.5 × Keep Alive later ([v5:MQTT-3.1.2-22] / [v3:MQTT-3.1.2-24]);
+/// never for Keep Alive 0. `Ok` if it has at `now`, else `Err` with when to
+/// look again (a packet since moves that on: the check re-arms from it).
+pub fn keep_alive_expired(
+    last_seen: Instant,
+    keep_alive: std::time::Duration,
+    now: Instant,
+) -> Result<(), Option<Instant>> {
+    if keep_alive.is_zero() {
+        return Err(None);
+    }
+    let deadline = last_seen + keep_alive * 3 / 2;
+    if now < deadline {
+        Err(Some(deadline))
+    } else {
+        Ok(())
+    }
+}
+
 /// Deadlines with their keys, earliest first.
 #[derive(Debug)]
 pub struct DeadlineQueue<K> {
@@ -77,6 +97,31 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q.pop_expired(t0 + Duration::from_secs(3)), vec!["c"]);
         assert!(q.is_empty());
+    }
+
+    // [v5:MQTT-3.1.2-22] [v3:MQTT-3.1.2-24] one and a half times the Keep
+    // Alive after the last packet, never for 0; a packet in between moves it.
+    #[test]
+    fn keep_alive_runs_out_one_and_a_half_intervals_after_the_last_packet() {
+        let t0 = Instant::now();
+        let ka = Duration::from_secs(10);
+        assert_eq!(
+            keep_alive_expired(t0, ka, t0 + Duration::from_secs(14)),
+            Err(Some(t0 + Duration::from_secs(15)))
+        );
+        assert_eq!(
+            keep_alive_expired(t0, ka, t0 + Duration::from_secs(15)),
+            Ok(())
+        );
+        let later = t0 + Duration::from_secs(9);
+        assert_eq!(
+            keep_alive_expired(later, ka, t0 + Duration::from_secs(15)),
+            Err(Some(later + Duration::from_secs(15)))
+        );
+        assert_eq!(
+            keep_alive_expired(t0, Duration::ZERO, t0 + Duration::from_secs(1 << 20)),
+            Err(None)
+        );
     }
 
     #[test]

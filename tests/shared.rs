@@ -41,7 +41,7 @@ fn publish_n(p: &mut Raw, topic: &str, from: usize, n: usize) {
     }
 }
 
-// [v5:MQTT-4.8.2-1] [v5:MQTT-4.8.2-2] [v5:MQTT-4.8.2-3] each message goes to
+// [v5:MQTT-4.8.2-1] [v5:MQTT-4.8.2-2] [v5:MQTT-4.8.2-3] each of 10,000 messages goes to
 // exactly one member of the group, wherever the members live, at the QoS
 // each was granted, and the members share the load evenly (within 10 %);
 // a plain subscription to the same filter still gets every message.
@@ -67,7 +67,7 @@ fn each_message_goes_to_one_member_and_members_share_evenly() {
         .map(|c| std::thread::spawn(move || drain(c, Duration::from_secs(2)).1))
         .collect();
     let (mut p, _) = Raw::connect(b.addr, V311, &id_on_shard("sh-pub", 0, 2), true);
-    const N: usize = 2000;
+    const N: usize = 10_000;
     publish_n(&mut p, "sh/x", 0, N);
     let mut got: Vec<Vec<String>> = readers
         .into_iter()

@@ -125,6 +125,7 @@ pub async fn run(start: ShardStart) {
     }
     glommio::spawn_local(stuck_watchdog(shard.clone())).detach();
     shard.borrow_mut().arm_inflight_ttl(Instant::now());
+    shard.borrow_mut().arm_sys(Instant::now());
     glommio::spawn_local(timer_loop(shard.clone())).detach();
     let mut commit = None;
     let thread = shard.borrow().store.as_ref().and_then(|s| s.thread.clone());

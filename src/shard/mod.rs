@@ -168,6 +168,8 @@ pub(crate) enum TimerKey {
     Resend { session: u32, conn: u64 },
     /// Sweep every session for messages past `--inflight-ttl`.
     InflightTtl,
+    /// Publish `$SYS` (every `--sys-interval`).
+    Sys,
 }
 
 /// What an acknowledgement waits for: every shard applied broadcast
@@ -223,7 +225,6 @@ pub struct Shard {
     /// This shard's counters.
     pub metrics: Metrics,
     pub(crate) peer_metrics: Vec<Metrics>,
-    next_sys: Option<Instant>,
     /// Outgoing mesh batches, one per destination shard.
     pub(crate) outgoing: Vec<Vec<ShardMsg>>,
     pub(crate) mesh_wakers: Vec<Option<std::task::Waker>>,
@@ -274,7 +275,6 @@ impl Shard {
         Shard {
             id,
             nr_shards,
-            next_sys: config.sys_interval.map(|d| now + d),
             config,
             shared,
             started: now,
@@ -458,6 +458,17 @@ impl Shard {
             TimerKey::KeepAlive { conn } => self.check_keep_alive(conn, now),
             TimerKey::Resend { session, conn } => self.resend_due(session, conn, now),
             TimerKey::InflightTtl => self.expire_unresolved(now),
+            TimerKey::Sys => {
+                self.publish_sys(now);
+                self.arm_sys(now);
+            }
+        }
+    }
+
+    /// Arms the next `$SYS` publication, `--sys-interval` from `now`.
+    pub(crate) fn arm_sys(&mut self, now: Instant) {
+        if let Some(every) = self.config.sys_interval {
+            self.arm(now + every, TimerKey::Sys);
         }
     }
 
@@ -565,8 +576,12 @@ impl Shard {
     /// arriving moves nothing; the check re-arms from the latest packet, so
     /// each connection costs one deadline per interval, not one per packet.
     pub(crate) fn arm_keep_alive(&mut self, conn: &Conn) {
-        if !conn.keep_alive.is_zero() {
-            let at = conn.last_seen.get() + conn.keep_alive * 3 / 2;
+        let expired = crate::timer::keep_alive_expired(
+            conn.last_seen.get(),
+            conn.keep_alive,
+            conn.last_seen.get(),
+        );
+        if let Err(Some(at)) = expired {
             self.arm(at, TimerKey::KeepAlive { conn: conn.id });
         }
     }
@@ -578,7 +593,7 @@ impl Shard {
         if c.is_closing() {
             return;
         }
-        if now < c.last_seen.get() + c.keep_alive * 3 / 2 {
+        if crate::timer::keep_alive_expired(c.last_seen.get(), c.keep_alive, now).is_err() {
             return self.arm_keep_alive(&c);
         }
         self.metrics.keepalive_timeouts += 1;
@@ -646,8 +661,9 @@ impl Shard {
         }
     }
 
-    /// Periodic work: `$SYS`, checkpoints, shutdown. Session timers and
-    /// keep-alive have their own task ([`Shard::fire_timers`]).
+    /// Periodic work: checkpoints, log space, shutdown. Every deadline
+    /// (wills, expiry, keep-alive, resends, TTL, `$SYS`) is on the timer task
+    /// ([`Shard::fire_timers`]).
     pub fn tick(&mut self, now: Instant) {
         if self.shared.stopping() && !self.stopping {
             self.begin_shutdown();
@@ -655,12 +671,6 @@ impl Shard {
         self.check_congested(now);
         self.maybe_checkpoint();
         self.retry_log_space();
-        if let (Some(at), Some(every)) = (self.next_sys, self.config.sys_interval) {
-            if now >= at {
-                self.next_sys = Some(now + every);
-                self.publish_sys(now);
-            }
-        }
     }
 
     /// Marks the congested connections whose writers made no progress for
