@@ -127,7 +127,8 @@ fn pingreq_gets_pingresp() {
     }
 }
 
-// [v3:MQTT-3.1.2-24] [v5:MQTT-3.1.2-22] no packet within 1.5 × keep alive: closed.
+// [v3:MQTT-3.1.2-24] [v5:MQTT-3.1.2-22] no packet within 1.5 × keep alive: closed;
+// [v5:MQTT-3.2.2-22] without a Server Keep Alive, the client's value counts.
 #[test]
 fn keep_alive_timeout_closes() {
     let b = start(2);
@@ -207,7 +208,9 @@ fn takeover_closes_old_connection() {
     }
 }
 
-// [v5:MQTT-4.13.1-1] a malformed packet closes the connection with 0x81;
+// [v5:MQTT-4.13.1-1] a malformed packet closes the connection with 0x81
+// ([v5:MQTT-3.14.4-1] [v5:MQTT-3.14.4-2]: nothing after that DISCONNECT, and
+// the connection closes);
 // [v3:MQTT-2.2.2-2] invalid flags close a 3.1.1 connection.
 #[test]
 fn malformed_packet_closes_with_reason() {

@@ -366,9 +366,10 @@ fn recv_numbered(sub: &mut Raw, n: usize) -> Vec<(u16, ringmq::protocol::PacketI
         .collect()
 }
 
-// [v5:MQTT-3.3.4-9] the outbound window is the smaller of --max-inflight and
-// the client's Receive Maximum; each PUBACK lets exactly one more through,
-// in order. [v5:MQTT-3.3.4-10] a full window does not delay other packets.
+// [v5:MQTT-3.3.4-9] [v5:MQTT-4.9.0-1] [v5:MQTT-4.9.0-2] the outbound window is
+// the smaller of --max-inflight and the client's Receive Maximum; each PUBACK
+// lets exactly one more through, in order. [v5:MQTT-3.3.4-10]
+// [v5:MQTT-4.9.0-3] a full window does not delay other packets.
 // A 3.1.1 client gets the --max-inflight window.
 #[test]
 fn inflight_window_holds_the_rest_until_acked() {

@@ -92,7 +92,9 @@ fn each_message_goes_to_one_member_and_members_share_evenly() {
 }
 
 // A member that leaves gets nothing more; the others take all of it, and
-// nothing published while it leaves is lost for the group (QoS 1).
+// nothing published while it leaves is lost for the group (QoS 1); what went
+// to the leaving member is not sent to another ([v5:MQTT-4.8.2-5]: each
+// message reached the group once).
 #[test]
 fn a_member_that_leaves_loses_nothing_for_the_group() {
     let b = start(2);
