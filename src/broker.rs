@@ -57,7 +57,29 @@ impl BrokerHandle {
 /// A listener that cannot bind, or an executor that cannot start.
 pub fn start(config: Config) -> io::Result<BrokerHandle> {
     let n = config.cores;
-    let shared = Arc::new(Shared::new(n));
+    let mut shared = Shared::new(n);
+    if let Some(path) = &config.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read --password-file {}: {e}", path.display()),
+            )
+        })?;
+        let file = crate::auth::PasswordFile::parse(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("--password-file {}: {e}", path.display()),
+            )
+        })?;
+        tracing::info!(path = %path.display(), users = file.len(), "password file read");
+        shared.passwords = Some(Arc::new(file));
+    }
+    if !config.anonymous_allowed() && shared.passwords.is_none() {
+        tracing::warn!(
+            "anonymous clients are refused and there is no --password-file: nobody can connect"
+        );
+    }
+    let shared = Arc::new(shared);
     let opened = crate::shard::persist::open(&config)?;
     let (mut data, mut storages, rehoming) = match opened {
         Some(o) => (

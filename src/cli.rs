@@ -49,7 +49,8 @@ fn recovery_mode(s: &str) -> Result<crate::storage::RecoveryMode, String> {
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// Address to listen on; repeat for several. Use 0.0.0.0:1883 for every interface.
+    /// Address to listen on; repeat for several. Use 0.0.0.0:1883 for every
+    /// interface (then anonymous clients are refused unless --allow-anonymous).
     #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: Vec<SocketAddr>,
 
@@ -166,6 +167,18 @@ pub struct Cli {
     #[arg(long)]
     pub queue_qos0: bool,
 
+    /// Mosquitto-format password file (lines `user:$7$...` or `user:$6$...`,
+    /// as `mosquitto_passwd` writes them): clients with a user name must
+    /// give its password.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+
+    /// Let in clients without a user name (or, with no password file, any
+    /// client). Default: only while every --listen address is loopback, as
+    /// Mosquitto 2.0 does.
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+
     /// Pin each shard to its own core. Off by default: beside any other busy
     /// process (a load generator, a neighbour) a pinned shard cannot leave a
     /// busy core, and its p99 suffers; pin on a machine the broker has alone.
@@ -209,6 +222,8 @@ impl Cli {
             max_connect_bytes: self.max_connect_size,
             shutdown_timeout: self.shutdown_timeout,
             queue_qos0: self.queue_qos0,
+            password_file: self.password_file,
+            allow_anonymous: self.allow_anonymous,
             pin: self.pin,
         };
         config.validate()?;

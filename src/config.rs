@@ -118,10 +118,24 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0: bool,
+    /// Mosquitto-format password file (`--password-file`).
+    pub password_file: Option<PathBuf>,
+    /// Whether clients without a (verified) user name may connect; `None`:
+    /// only while every listener is loopback, as Mosquitto 2.0 does.
+    pub allow_anonymous: Option<bool>,
     /// Pin each shard to a core (when there are no more shards than cores).
     /// Off by default: on a machine shared with a load generator or any busy
     /// process, a pinned shard cannot leave a busy core (perf/README.md).
     pub pin: bool,
+}
+
+impl Config {
+    /// Whether anonymous clients are let in: `--allow-anonymous`, else only
+    /// while every listener is loopback.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or_else(|| self.listen.iter().all(|a| a.ip().is_loopback()))
+    }
 }
 
 impl Default for Config {
@@ -152,6 +166,8 @@ impl Default for Config {
             max_connect_bytes: DEFAULT_MAX_CONNECT_BYTES,
             shutdown_timeout: Duration::from_secs(5),
             queue_qos0: false,
+            password_file: None,
+            allow_anonymous: None,
             pin: false,
         }
     }

@@ -55,6 +55,7 @@
 //! Start one with [`broker::start`] (embedded) or [`broker::run`] (the binary).
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;

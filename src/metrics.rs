@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Clients disconnected for more unanswered QoS 1/2 PUBLISHes than the
     /// Receive Maximum (or, 3.1.1, QoS 2 ids awaiting PUBREL).
     pub receive_maximum_exceeded: u64,
+    /// CONNECTs refused for their credentials (or for having none).
+    pub auth_refused: u64,
     /// Messages resent on a live 3.1.1 connection, and dropped after the
     /// last resend (`--resend-interval`, `--max-resends`).
     pub resends: u64,
@@ -76,6 +78,7 @@ impl Metrics {
         self.slow_consumer_drops += o.slow_consumer_drops;
         self.queue_holds += o.queue_holds;
         self.receive_maximum_exceeded += o.receive_maximum_exceeded;
+        self.auth_refused += o.auth_refused;
         self.resends += o.resends;
         self.resend_drops += o.resend_drops;
         self.ttl_drops += o.ttl_drops;
@@ -86,7 +89,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 29] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 30] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -113,6 +116,7 @@ impl Metrics {
             ),
             ("clients/queue_holds", self.queue_holds),
             ("errors/receive_maximum", self.receive_maximum_exceeded),
+            ("clients/auth_refused", self.auth_refused),
             ("publish/messages/resent", self.resends),
             ("publish/messages/dropped_after_resends", self.resend_drops),
             ("publish/messages/dropped_inflight_ttl", self.ttl_drops),

@@ -69,6 +69,8 @@ pub struct Shared {
     pub log_full: Vec<AtomicBool>,
     /// How many of `log_full` are set: one load on the publish path.
     pub logs_full: AtomicUsize,
+    /// The password file, read at start (`--password-file`).
+    pub passwords: Option<Arc<crate::auth::PasswordFile>>,
 }
 
 impl Shared {
@@ -263,6 +265,9 @@ pub struct Shard {
     /// Set when this shard's log refused a message of the publish being
     /// handled: its acknowledgement must not say it is safe.
     pub(crate) log_failed: bool,
+    /// User name → SHA-512 of the password last verified for it: reconnects
+    /// skip the password file's PBKDF2 (one entry per user in the file).
+    pub(crate) auth_cache: HashMap<String, [u8; 64]>,
     /// Wills of sessions that expired while the broker was down, published
     /// once every shard has its recovered interest.
     pub(crate) overdue_wills: Vec<(Arc<str>, LastWill)>,
@@ -315,6 +320,7 @@ impl Shard {
             scratch_deliveries: Vec::new(),
             log_failed: false,
             overdue_wills: Vec::new(),
+            auth_cache: HashMap::new(),
         }
     }
 
