@@ -7,6 +7,10 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("passwd") {
+        std::process::exit(ringmq::auth::passwd::main(&args[2..]));
+    }
     let cli = ringmq::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
         eprintln!("ringmq: --log-level '{}': {e}", cli.log_level);

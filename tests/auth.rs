@@ -137,3 +137,43 @@ fn a_bad_password_file_stops_the_start_and_names_the_line() {
     let msg = err.to_string();
     assert!(msg.contains("line 2"), "{msg}");
 }
+
+// `ringmq passwd` writes $7$ lines an independent implementation checks:
+// Python's hashlib derives the same PBKDF2-HMAC-SHA512 hash from the line's
+// iterations and salt (Mosquitto 2.0 reads the same format).
+#[test]
+fn ringmq_passwd_writes_lines_mosquitto_can_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = dir.path().join("pw");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "passwd",
+            "-c",
+            "-b",
+            f.to_str().expect("utf-8"),
+            "dave",
+            "s3cret",
+        ])
+        .status()
+        .expect("ringmq passwd runs");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&f).expect("written");
+    let check = r#"
+import base64, hashlib, sys
+user, h = open(sys.argv[1]).read().strip().split(":", 1)
+_, seven, it, salt, hsh = h.split("$")
+ok = seven == "7" and hashlib.pbkdf2_hmac("sha512", b"s3cret", base64.b64decode(salt), int(it), 64) == base64.b64decode(hsh)
+print(user, len(base64.b64decode(salt)), ok)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", check, f.to_str().expect("utf-8")])
+        .output()
+        .expect("python3 runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "dave 12 True",
+        "{text}"
+    );
+    let file = ringmq::auth::PasswordFile::parse(&text).expect("parses");
+    assert!(file.verify("dave", b"s3cret"));
+}
