@@ -43,6 +43,20 @@ impl BrokerHandle {
         self.shared.shutdown.store(true, Ordering::Relaxed);
     }
 
+    /// Reads the password file again (SIGHUP): connections stay, the next
+    /// CONNECTs are checked against the new file. A file that cannot be read
+    /// leaves the old one in place.
+    ///
+    /// # Errors
+    /// Why the file could not be used; nothing changed then.
+    pub fn reload_passwords(&self, path: &std::path::Path) -> Result<usize, String> {
+        let file = read_passwords(path)?;
+        let users = file.len();
+        self.shared.passwords.store(Some(Arc::new(file)));
+        self.shared.passwords_gen.fetch_add(1, Ordering::Release);
+        Ok(users)
+    }
+
     /// Waits for every shard to stop.
     pub fn join(self) {
         for t in self.threads {
@@ -51,30 +65,27 @@ impl BrokerHandle {
     }
 }
 
+fn read_passwords(path: &std::path::Path) -> Result<crate::auth::PasswordFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --password-file {}: {e}", path.display()))?;
+    crate::auth::PasswordFile::parse(&text)
+        .map_err(|e| format!("--password-file {}: {e}", path.display()))
+}
+
 /// Starts the broker's shards and returns once every listener is bound.
 ///
 /// # Errors
 /// A listener that cannot bind, or an executor that cannot start.
 pub fn start(config: Config) -> io::Result<BrokerHandle> {
     let n = config.cores;
-    let mut shared = Shared::new(n);
+    let shared = Shared::new(n);
     if let Some(path) = &config.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot read --password-file {}: {e}", path.display()),
-            )
-        })?;
-        let file = crate::auth::PasswordFile::parse(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("--password-file {}: {e}", path.display()),
-            )
-        })?;
+        let file =
+            read_passwords(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         tracing::info!(path = %path.display(), users = file.len(), "password file read");
-        shared.passwords = Some(Arc::new(file));
+        shared.passwords.store(Some(Arc::new(file)));
     }
-    if !config.anonymous_allowed() && shared.passwords.is_none() {
+    if !config.anonymous_allowed() && config.password_file.is_none() {
         tracing::warn!(
             "anonymous clients are refused and there is no --password-file: nobody can connect"
         );
@@ -232,7 +243,8 @@ pub const RING_DEPTH: usize = 4096;
 /// minimum instead of its 10 MiB default: 10 MiB less RSS per shard.
 pub const IO_MEMORY: usize = 64 << 10;
 
-/// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully.
+/// Runs the broker until SIGINT or SIGTERM, then shuts down gracefully;
+/// SIGHUP reads the password file again.
 ///
 /// # Errors
 /// As [`start`].
@@ -245,18 +257,32 @@ pub fn run(config: Config) -> io::Result<()> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
     raise_fd_limit();
+    let password_file = config.password_file.clone();
     let handle = start(config)?;
     for a in handle.local_addrs() {
         // One line per listener on stdout, for scripts that asked for port 0.
         println!("ringmq listening on {a}");
     }
     let mut sig: libc::c_int = 0;
-    // SAFETY: waits on the blocked set; `sig` is a valid out pointer.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    loop {
+        // SAFETY: waits on the blocked set; `sig` is a valid out pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        if sig != libc::SIGHUP {
+            break;
+        }
+        match &password_file {
+            Some(path) => match handle.reload_passwords(path) {
+                Ok(users) => tracing::info!(users, "SIGHUP: password file read again"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old password file"),
+            },
+            None => tracing::info!("SIGHUP: no password file to read again"),
+        }
+    }
     tracing::info!(signal = sig, "shutting down");
     handle.shutdown();
     handle.join();

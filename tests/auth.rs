@@ -177,3 +177,46 @@ print(user, len(base64.b64decode(salt)), ok)
     let file = ringmq::auth::PasswordFile::parse(&text).expect("parses");
     assert!(file.verify("dave", b"s3cret"));
 }
+
+// SIGHUP reads the password file again: connected clients stay, the next
+// CONNECTs are checked against the new file (a password verified before is
+// not taken from the cache); a file that no longer parses leaves the old one
+// in place and says why.
+#[test]
+fn sighup_reloads_the_password_file_without_dropping_clients() {
+    let file = password_file(PASSWORDS);
+    let path = file.path().to_str().expect("utf-8").to_string();
+    let b = BinBroker::spawn(&["--password-file", &path, "--allow-anonymous", "false"]);
+    let connect = |id: &str, password: &str| {
+        Raw::connect_with(
+            b.addr,
+            with_credentials(V5, id, Some("alice"), Some(password)),
+        )
+        .1
+        .reason
+    };
+    let (mut kept, ack) = Raw::connect_with(
+        b.addr,
+        with_credentials(V5, "hup-kept", Some("bob"), Some("hunter2")),
+    );
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    assert_eq!(connect("hup-1", "secret"), ReasonCode::SUCCESS);
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["passwd", "-b", &path, "alice", "changed"])
+        .status()
+        .expect("ringmq passwd runs");
+    assert!(st.success());
+    b.signal(libc::SIGHUP);
+    b.wait_log("password file read again");
+    assert_eq!(connect("hup-2", "changed"), ReasonCode::SUCCESS);
+    assert_eq!(
+        connect("hup-3", "secret"),
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+    );
+    std::fs::write(&path, "alice:not-a-hash\n").expect("write");
+    b.signal(libc::SIGHUP);
+    b.wait_log("keeping the old password file");
+    assert_eq!(connect("hup-4", "changed"), ReasonCode::SUCCESS);
+    kept.send(&ringmq::protocol::Packet::PingReq);
+    assert_eq!(kept.recv(), ringmq::protocol::Packet::PingResp);
+}

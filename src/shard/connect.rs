@@ -40,7 +40,12 @@ impl Shard {
     /// Refusals: bad user name or password (v5 0x86, 3.1.1 code 4), not
     /// authorized (0x87, code 5).
     fn authenticate(&mut self, c: &Connect) -> Result<(), ReasonCode> {
-        let passwords = self.shared.passwords.clone();
+        let passwords = self.shared.passwords.load_full();
+        let generation = self.shared.passwords_gen.load(Ordering::Acquire);
+        if generation != self.auth_gen {
+            self.auth_cache.clear();
+            self.auth_gen = generation;
+        }
         match (&passwords, &c.username) {
             (Some(file), Some(user)) => {
                 let password = c.password.as_deref().unwrap_or_default();

@@ -41,7 +41,7 @@ pub mod mesh_types {
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -69,8 +69,10 @@ pub struct Shared {
     pub log_full: Vec<AtomicBool>,
     /// How many of `log_full` are set: one load on the publish path.
     pub logs_full: AtomicUsize,
-    /// The password file, read at start (`--password-file`).
-    pub passwords: Option<Arc<crate::auth::PasswordFile>>,
+    /// The password file (`--password-file`), swapped whole by SIGHUP.
+    pub passwords: arc_swap::ArcSwapOption<crate::auth::PasswordFile>,
+    /// Bumped at each swap: shards then forget the passwords they verified.
+    pub passwords_gen: AtomicU64,
 }
 
 impl Shared {
@@ -268,6 +270,8 @@ pub struct Shard {
     /// User name → SHA-512 of the password last verified for it: reconnects
     /// skip the password file's PBKDF2 (one entry per user in the file).
     pub(crate) auth_cache: HashMap<String, [u8; 64]>,
+    /// The `Shared::passwords_gen` the cache was filled under.
+    pub(crate) auth_gen: u64,
     /// Wills of sessions that expired while the broker was down, published
     /// once every shard has its recovered interest.
     pub(crate) overdue_wills: Vec<(Arc<str>, LastWill)>,
@@ -321,6 +325,7 @@ impl Shard {
             log_failed: false,
             overdue_wills: Vec::new(),
             auth_cache: HashMap::new(),
+            auth_gen: 0,
         }
     }
 
