@@ -17,15 +17,15 @@ pub fn keep_alive_expired(
     keep_alive: std::time::Duration,
     now: Instant,
 ) -> Result<(), Option<Instant>> {
-    if keep_alive.is_zero() {
-        return Err(None);
+    match keep_alive_deadline(last_seen, keep_alive) {
+        Some(deadline) if now >= deadline => Ok(()),
+        deadline => Err(deadline),
     }
-    let deadline = last_seen + keep_alive * 3 / 2;
-    if now < deadline {
-        Err(Some(deadline))
-    } else {
-        Ok(())
-    }
+}
+
+/// When a connection last heard from at `last_seen` times out, if ever.
+pub fn keep_alive_deadline(last_seen: Instant, keep_alive: std::time::Duration) -> Option<Instant> {
+    (!keep_alive.is_zero()).then(|| last_seen + keep_alive * 3 / 2)
 }
 
 /// Deadlines with their keys, earliest first.

@@ -49,11 +49,11 @@ impl Shard {
         match (&passwords, &c.username) {
             (Some(file), Some(user)) => {
                 let password = c.password.as_deref().unwrap_or_default();
-                if self.auth_cache.get(user.as_str()) == Some(&digest(password))
-                    || file.verify(user.as_str(), password)
-                {
-                    self.auth_cache
-                        .insert(user.as_str().to_string(), digest(password));
+                let d = digest(password);
+                if self.auth_cache.get(user.as_str()) == Some(&d) {
+                    Ok(())
+                } else if file.verify(user.as_str(), password) {
+                    self.auth_cache.insert(user.as_str().to_string(), d);
                     Ok(())
                 } else {
                     Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)

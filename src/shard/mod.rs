@@ -157,6 +157,11 @@ impl SessionEntry {
             sid,
         }
     }
+
+    /// True while a connection that is not closing holds the session.
+    pub(crate) fn is_online(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.is_closing())
+    }
 }
 
 /// What a deadline in the shard's queue is for.
@@ -496,20 +501,17 @@ impl Shard {
     /// checks only its queue's front and its window), then arms the next sweep.
     fn expire_unresolved(&mut self, now: Instant) {
         let mut total = 0;
+        let mut out = std::mem::take(&mut self.scratch_packets);
         for key in 0..self.sessions.len() as u32 {
-            let mut out = std::mem::take(&mut self.scratch_packets);
-            let Some(e) = self.sending(key) else {
-                self.scratch_packets = out;
-                continue;
-            };
-            let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
+            let Some(e) = self.sending(key) else { continue };
+            let online = e.is_online();
             let n = e.session.expire_unresolved(now, online, &mut out);
             if n > 0 || !out.is_empty() {
                 total += n;
                 self.flush_packets(key, &mut out, now);
             }
-            self.scratch_packets = out;
         }
+        self.scratch_packets = out;
         if total > 0 {
             self.metrics.ttl_drops += total as u64;
             self.metrics.publishes_dropped += total as u64;
@@ -561,7 +563,9 @@ impl Shard {
         };
         c.resend_armed.set(false);
         let mut out = std::mem::take(&mut self.scratch_packets);
-        let Some(e) = self.sending(key) else { return };
+        let e = self
+            .sending(key)
+            .expect("invariant: the slot was found above");
         let (resent, dropped) = e.session.resend_due(now, every, max, &mut out);
         self.metrics.resends += resent as u64;
         self.metrics.resend_drops += dropped as u64;
@@ -587,12 +591,7 @@ impl Shard {
     /// arriving moves nothing; the check re-arms from the latest packet, so
     /// each connection costs one deadline per interval, not one per packet.
     pub(crate) fn arm_keep_alive(&mut self, conn: &Conn) {
-        let expired = crate::timer::keep_alive_expired(
-            conn.last_seen.get(),
-            conn.keep_alive,
-            conn.last_seen.get(),
-        );
-        if let Err(Some(at)) = expired {
+        if let Some(at) = crate::timer::keep_alive_deadline(conn.last_seen.get(), conn.keep_alive) {
             self.arm(at, TimerKey::KeepAlive { conn: conn.id });
         }
     }

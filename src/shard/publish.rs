@@ -354,19 +354,54 @@ impl Shard {
         let mut shards = ShardSet::default();
         self.interest
             .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
-        let logged = self.store.is_some() && msg.qos != QoS::AtMostOnce;
         for s in shards.iter() {
             if s == self.id {
                 self.deliver_local(&msg, now);
             } else {
-                self.delivers_sent[s] += 1;
-                if logged {
-                    self.routed_remote.push((s, self.delivers_sent[s]));
-                }
-                self.mesh_send(s, ShardMsg::Deliver(msg.clone()));
+                self.send_delivery(s, msg.qos, ShardMsg::Deliver(msg.clone()));
             }
         }
         self.route_shared(&msg, now);
+    }
+
+    /// Sends a delivery (`Deliver` or `DeliverShared`) of a message at `qos`
+    /// to shard `s`, counted for its `Stored` reports: a logged one's
+    /// acknowledgement waits for the peer's log.
+    pub(crate) fn send_delivery(&mut self, s: usize, qos: QoS, m: ShardMsg) {
+        self.delivers_sent[s] += 1;
+        if self.store.is_some() && qos != QoS::AtMostOnce {
+            self.routed_remote.push((s, self.delivers_sent[s]));
+        }
+        self.mesh_send(s, m);
+    }
+
+    /// A peer's delivery arrived: handled by `deliver`, counted for the next
+    /// `Stored` report, with its number if this shard's log refused it.
+    fn on_peer_delivery(&mut self, from: usize, qos: QoS, deliver: impl FnOnce(&mut Self)) {
+        self.delivers_received[from] += 1;
+        if self.store.is_some() && qos != QoS::AtMostOnce {
+            self.report_due[from] = true;
+        }
+        deliver(self);
+        // The log refused it here: the publisher must hear so, however its
+        // own shard fared.
+        if std::mem::take(&mut self.log_failed) {
+            self.failed_from[from].push(self.delivers_received[from]);
+        }
+    }
+
+    /// Logs `msg` once for the deliveries in `ds` that need it, then hands
+    /// each to its session (draining `ds`).
+    pub(crate) fn deliver_all(
+        &mut self,
+        msg: &Arc<Message>,
+        ds: &mut Vec<(u32, Delivery)>,
+        now: Instant,
+    ) {
+        self.log_message(msg, ds);
+        for (key, d) in ds.drain(..) {
+            self.deliver_to(key, d, false, now);
+        }
     }
 
     /// Delivers `msg` to this shard's matching sessions: one copy per
@@ -423,10 +458,7 @@ impl Shard {
             }
         }
         self.scratch_matches = matches;
-        self.log_message(msg, &mut ds);
-        for (key, d) in ds.drain(..) {
-            self.deliver_to(key, d, false, now);
-        }
+        self.deliver_all(msg, &mut ds, now);
         self.scratch_deliveries = ds;
     }
 
@@ -434,7 +466,7 @@ impl Shard {
     /// queue even when it could go at once (retained messages on SUBSCRIBE).
     pub(crate) fn deliver_to(&mut self, key: u32, d: Delivery, queued: bool, now: Instant) {
         let Some(e) = self.entry(key) else { return };
-        let online = e.conn.as_ref().is_some_and(|c| !c.is_closing());
+        let online = e.is_online();
         // A consumer that cannot keep up loses its own QoS 0 messages.
         if d.qos == QoS::AtMostOnce
             && e.conn
@@ -646,29 +678,13 @@ impl Shard {
     pub fn on_mesh(&mut self, from: usize, msg: ShardMsg, now: Instant) {
         match msg {
             ShardMsg::DeliverShared { msg, key } => {
-                self.delivers_received[from] += 1;
-                if self.store.is_some() && msg.qos != QoS::AtMostOnce {
-                    self.report_due[from] = true;
-                }
-                self.deliver_shared(&msg, &key, now);
-                if std::mem::take(&mut self.log_failed) {
-                    self.failed_from[from].push(self.delivers_received[from]);
-                }
+                self.on_peer_delivery(from, msg.qos, |s| s.deliver_shared(&msg, &key, now));
             }
             ShardMsg::SharedMembers { key, total, online } => {
                 self.on_shared_members(from, &key, total, online);
             }
             ShardMsg::Deliver(m) => {
-                self.delivers_received[from] += 1;
-                if self.store.is_some() && m.qos != QoS::AtMostOnce {
-                    self.report_due[from] = true;
-                }
-                self.deliver_local(&m, now);
-                // The log refused it here: the publisher must hear so,
-                // however its own shard fared.
-                if std::mem::take(&mut self.log_failed) {
-                    self.failed_from[from].push(self.delivers_received[from]);
-                }
+                self.on_peer_delivery(from, m.qos, |s| s.deliver_local(&m, now));
             }
             ShardMsg::Stored { upto, failed } => {
                 let s = &mut self.delivers_stored[from];

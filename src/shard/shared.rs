@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::protocol::QoS;
 use crate::session::{Delivery, Message};
 use crate::topic::{SubscriptionFilter, SubscriptionTrie, TopicFilter};
 
@@ -63,7 +62,6 @@ pub(crate) struct SharedSubs {
 impl SharedSubs {
     /// Sets `shard`'s counts for `key`; keeps the trie to keys with members.
     fn set_counts(&mut self, key: &TopicFilter, shard: usize, n: usize, counts: (u32, u32)) {
-        let Some(f) = inner(key) else { return };
         let route = self.routes.entry(key.clone()).or_insert_with(|| Route {
             counts: vec![(0, 0); n],
             next: 0,
@@ -73,11 +71,18 @@ impl SharedSubs {
             *slot = counts;
         }
         let has = route.counts.iter().any(|c| c.0 > 0);
-        if has && !had {
-            let _ = self.trie.insert(&f, key.clone());
-        } else if had && !has {
-            self.trie.remove(&f, |k| k == key);
+        if !has {
+            // No members anywhere: nothing routes to it, nothing is kept.
             self.routes.remove(key);
+        }
+        if has == had {
+            return;
+        }
+        let Some(f) = inner(key) else { return };
+        if has {
+            let _ = self.trie.insert(&f, key.clone());
+        } else {
+            self.trie.remove(&f, |k| k == key);
         }
     }
 
@@ -137,6 +142,11 @@ impl Shard {
 
     /// Session `session` went online or offline: its shared keys' counts change.
     pub(crate) fn shared_presence_changed(&mut self, session: u32) {
+        // Every connect and disconnect passes here: without a local shared
+        // subscription, nothing to look at.
+        if self.shared_subs.local.is_empty() {
+            return;
+        }
         let keys: Vec<TopicFilter> = match self.entry(session) {
             Some(e) => e
                 .life
@@ -175,8 +185,7 @@ impl Shard {
         self.sessions
             .get(session as usize)
             .and_then(Option::as_ref)
-            .and_then(|e| e.conn.as_ref())
-            .is_some_and(|c| !c.is_closing())
+            .is_some_and(super::SessionEntry::is_online)
     }
 
     /// A peer's counts for `key`.
@@ -202,22 +211,15 @@ impl Shard {
         self.shared_subs
             .trie
             .match_topic(&msg.topic, |k| keys.push(k.clone()));
-        let logged = self.store.is_some() && msg.qos != QoS::AtMostOnce;
         for key in keys {
             match self.shared_subs.pick_shard(&key) {
                 Some(s) if s == self.id => self.deliver_shared(msg, &key, now),
                 Some(s) => {
-                    self.delivers_sent[s] += 1;
-                    if logged {
-                        self.routed_remote.push((s, self.delivers_sent[s]));
-                    }
-                    self.mesh_send(
-                        s,
-                        ShardMsg::DeliverShared {
-                            msg: msg.clone(),
-                            key,
-                        },
-                    );
+                    let m = ShardMsg::DeliverShared {
+                        msg: msg.clone(),
+                        key,
+                    };
+                    self.send_delivery(s, msg.qos, m);
                 }
                 None => {}
             }
@@ -258,11 +260,7 @@ impl Shard {
             stored: None,
             rec: None,
         };
-        let mut ds = vec![(session, d)];
-        self.log_message(msg, &mut ds);
-        for (key, d) in ds {
-            self.deliver_to(key, d, false, now);
-        }
+        self.deliver_all(msg, &mut vec![(session, d)], now);
     }
 }
 

@@ -598,15 +598,23 @@ impl Shard {
             life.will = s.will;
             let mut fx = Vec::new();
             life.recover(self.next_generation(), offline, now, &mut fx);
-            if fx.contains(&Effect::End) {
-                // Expired while the broker was down: gone before any client
-                // can resume it; its will goes once every shard routes.
-                self.log_session_end(sid);
-                for f in fx {
-                    if let Effect::PublishWill(w) = f {
+            // A will due already (of a session that expired while the broker
+            // was down, or whose delay ran out) goes once every shard has its
+            // interest back.
+            let mut rest = Vec::with_capacity(fx.len());
+            let mut will_went = false;
+            for f in fx {
+                match f {
+                    Effect::PublishWill(w) => {
                         self.overdue_wills.push((life.client_id.clone(), w));
+                        will_went = true;
                     }
+                    f => rest.push(f),
                 }
+            }
+            if rest.contains(&Effect::End) {
+                // Gone before any client can resume it.
+                self.log_session_end(sid);
                 continue;
             }
             let mut session = Session::new(limits, self.config.max_inflight);
@@ -634,22 +642,9 @@ impl Shard {
                     }
                 }
             }
-            // A will due already waits, like an expired session's, until
-            // every shard has its interest back.
-            let mut rest = Vec::new();
-            for f in fx {
-                match f {
-                    Effect::PublishWill(w) => {
-                        let client = self.entry(key).map(|e| e.life.client_id.clone());
-                        if let Some(client) = client {
-                            self.overdue_wills.push((client, w));
-                            if !rest.contains(&Effect::Persist) {
-                                rest.push(Effect::Persist);
-                            }
-                        }
-                    }
-                    f => rest.push(f),
-                }
+            // The log must hear the will is gone.
+            if will_went && !rest.contains(&Effect::Persist) {
+                rest.push(Effect::Persist);
             }
             self.apply(key, rest, now);
         }

@@ -235,11 +235,12 @@ fn main() {
     }
     let (sent, acked, received) = ctl.totals();
     // Members of one shared subscription: what counts is what the group got.
-    let members: Vec<u64> = logs
-        .iter()
-        .map(|l| l.values().map(|t| t.unique + t.duplicates).sum())
-        .collect();
+    let mut members = Vec::new();
     if plan.shared.is_some() {
+        members = logs
+            .iter()
+            .map(|l| l.values().map(|t| t.unique + t.duplicates).sum())
+            .collect();
         logs = vec![track::merge(&logs)];
     }
     let integrity = track::integrity(&logs, plan.publishers, |s, p| {
@@ -276,11 +277,7 @@ fn main() {
         killed_after,
         restart_time,
         sent_by_publisher: published.iter().map(|&(sent, _)| sent).collect(),
-        received_by_member: if plan.shared.is_some() {
-            members
-        } else {
-            Vec::new()
-        },
+        received_by_member: members,
         plan,
     };
     if let Some(path) = hdr_out {
