@@ -57,6 +57,20 @@ impl BrokerHandle {
         Ok(users)
     }
 
+    /// Reads the ACL file again (SIGHUP): connections stay, and within one
+    /// tick (100 ms) every client, connected or not, is held to the new
+    /// rules. A file that cannot be read leaves the old one in place.
+    ///
+    /// # Errors
+    /// Why the file could not be used; nothing changed then.
+    pub fn reload_acl(&self, path: &std::path::Path) -> Result<usize, String> {
+        let file = read_acl(path)?;
+        let rules = file.len();
+        self.shared.acl.store(Some(Arc::new(file)));
+        self.shared.acl_gen.fetch_add(1, Ordering::Release);
+        Ok(rules)
+    }
+
     /// Waits for every shard to stop.
     pub fn join(self) {
         for t in self.threads {
@@ -72,6 +86,13 @@ fn read_passwords(path: &std::path::Path) -> Result<crate::auth::PasswordFile, S
         .map_err(|e| format!("--password-file {}: {e}", path.display()))
 }
 
+fn read_acl(path: &std::path::Path) -> Result<crate::auth::acl::AclFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --acl-file {}: {e}", path.display()))?;
+    crate::auth::acl::AclFile::parse(&text)
+        .map_err(|e| format!("--acl-file {}: {e}", path.display()))
+}
+
 /// Starts the broker's shards and returns once every listener is bound.
 ///
 /// # Errors
@@ -84,6 +105,11 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             read_passwords(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         tracing::info!(path = %path.display(), users = file.len(), "password file read");
         shared.passwords.store(Some(Arc::new(file)));
+    }
+    if let Some(path) = &config.acl_file {
+        let file = read_acl(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        tracing::info!(path = %path.display(), rules = file.len(), "ACL file read");
+        shared.acl.store(Some(Arc::new(file)));
     }
     if !config.anonymous_allowed() && config.password_file.is_none() {
         tracing::warn!(
@@ -263,6 +289,7 @@ pub fn run(config: Config) -> io::Result<()> {
     };
     raise_fd_limit();
     let password_file = config.password_file.clone();
+    let acl_file = config.acl_file.clone();
     let handle = start(config)?;
     for a in handle.local_addrs() {
         // One line per listener on stdout, for scripts that asked for port 0.
@@ -281,6 +308,12 @@ pub fn run(config: Config) -> io::Result<()> {
                 Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old password file"),
             },
             None => tracing::info!("SIGHUP: no password file to read again"),
+        }
+        if let Some(path) = &acl_file {
+            match handle.reload_acl(path) {
+                Ok(rules) => tracing::info!(rules, "SIGHUP: ACL file read again"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old ACL file"),
+            }
         }
     }
     tracing::info!(signal = sig, "shutting down");

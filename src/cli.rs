@@ -173,6 +173,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
 
+    /// Mosquitto-format ACL file (`topic`, `user` and `pattern` lines with
+    /// `read|write|readwrite|deny`, `%c` and `%u`): what a client may
+    /// publish, subscribe to and receive. A topic no rule grants is denied.
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<std::path::PathBuf>,
+
     /// Let in clients without a user name (or, with no password file, any
     /// client). Default: only while every --listen address is loopback, as
     /// Mosquitto 2.0 does.
@@ -223,6 +229,7 @@ impl Cli {
             shutdown_timeout: self.shutdown_timeout,
             queue_qos0: self.queue_qos0,
             password_file: self.password_file,
+            acl_file: self.acl_file,
             allow_anonymous: self.allow_anonymous,
             pin: self.pin,
         };

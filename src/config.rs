@@ -120,6 +120,9 @@ pub struct Config {
     pub queue_qos0: bool,
     /// Mosquitto-format password file (`--password-file`).
     pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file (`--acl-file`): without one, every client
+    /// may publish and subscribe anywhere but `$SYS`.
+    pub acl_file: Option<PathBuf>,
     /// Whether clients without a (verified) user name may connect; `None`:
     /// only while every listener is loopback, as Mosquitto 2.0 does.
     pub allow_anonymous: Option<bool>,
@@ -167,6 +170,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             queue_qos0: false,
             password_file: None,
+            acl_file: None,
             allow_anonymous: None,
             pin: false,
         }

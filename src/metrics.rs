@@ -34,6 +34,10 @@ pub struct Metrics {
     pub receive_maximum_exceeded: u64,
     /// CONNECTs refused for their credentials (or for having none).
     pub auth_refused: u64,
+    /// Publishes, subscriptions and wills the ACL refused, and deliveries
+    /// it held back.
+    pub acl_denied: u64,
+    pub acl_deliveries_denied: u64,
     /// Messages resent on a live 3.1.1 connection, and dropped after the
     /// last resend (`--resend-interval`, `--max-resends`).
     pub resends: u64,
@@ -79,6 +83,8 @@ impl Metrics {
         self.queue_holds += o.queue_holds;
         self.receive_maximum_exceeded += o.receive_maximum_exceeded;
         self.auth_refused += o.auth_refused;
+        self.acl_denied += o.acl_denied;
+        self.acl_deliveries_denied += o.acl_deliveries_denied;
         self.resends += o.resends;
         self.resend_drops += o.resend_drops;
         self.ttl_drops += o.ttl_drops;
@@ -89,7 +95,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 30] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 32] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -117,6 +123,8 @@ impl Metrics {
             ("clients/queue_holds", self.queue_holds),
             ("errors/receive_maximum", self.receive_maximum_exceeded),
             ("clients/auth_refused", self.auth_refused),
+            ("clients/acl_denied", self.acl_denied),
+            ("publish/messages/acl_denied", self.acl_deliveries_denied),
             ("publish/messages/resent", self.resends),
             ("publish/messages/dropped_after_resends", self.resend_drops),
             ("publish/messages/dropped_inflight_ttl", self.ttl_drops),

@@ -6,6 +6,7 @@
 //! (SHA-512 of password then salt, Mosquitto 1.6 and earlier), salt and
 //! hash in standard base64. Comparisons are constant-time.
 
+pub mod acl;
 pub mod passwd;
 
 use std::collections::HashMap;

@@ -81,6 +81,8 @@ pub enum Takeover {
 pub struct Life {
     /// Its client id.
     pub client_id: Arc<str>,
+    /// The user name of its latest connection (what the ACL grants by).
+    pub username: Option<Arc<str>>,
     /// Protocol of its latest connection.
     pub version: ProtocolVersion,
     /// How long the session outlives its connection (`None`: forever).
@@ -125,6 +127,7 @@ impl Life {
     pub fn new(client_id: Arc<str>, version: ProtocolVersion, expiry: Option<Duration>) -> Life {
         Life {
             client_id,
+            username: None,
             version,
             expiry,
             will: None,

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::auth::acl::Want;
 use crate::protocol::{
     ConnAck, ConnAckProperties, Connect, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode,
 };
@@ -121,6 +122,19 @@ impl Shard {
             self.metrics.auth_refused += 1;
             return self.refuse(conn, reason);
         }
+        self.refresh_acl();
+        let grants = self
+            .acl
+            .as_ref()
+            .map(|a| a.grants(c.username.as_ref().map(|u| u.as_str()), &client_id));
+        if let (Some(g), Some(w)) = (&grants, &c.will) {
+            // Checked here rather than when the will goes (as Mosquitto
+            // does, silently): the client learns at once.
+            if !g.allows(Want::Write, w.topic.as_str()) {
+                self.acl_denied(&client_id, "will", w.topic.as_str(), now);
+                return self.refuse(conn, ReasonCode::NOT_AUTHORIZED);
+            }
+        }
         if self.stopping {
             return self.refuse(conn, ReasonCode::SERVER_UNAVAILABLE);
         }
@@ -186,6 +200,8 @@ impl Shard {
         e.conn = Some(conn.clone());
         e.life
             .attach(generation, c.protocol, expiry, c.will, &mut fx);
+        e.life.username = c.username.as_ref().map(|u| Arc::from(u.as_str()));
+        e.grants = grants;
         e.session.set_window(window);
         conn.session.set(Some(key));
         self.shared_presence_changed(key);

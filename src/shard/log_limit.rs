@@ -73,6 +73,8 @@ pub struct LogLimits {
     pub resend_drops: LogLimit,
     /// Messages dropped for `--inflight-ttl`.
     pub ttl_drops: LogLimit,
+    /// Publishes, subscriptions and wills the ACL refused.
+    pub acl_denied: LogLimit,
 }
 
 impl Default for LogLimits {
@@ -91,6 +93,7 @@ impl Default for LogLimits {
             slow_consumer: LogLimit::new(5),
             resend_drops: LogLimit::new(5),
             ttl_drops: LogLimit::new(5),
+            acl_denied: LogLimit::new(5),
         }
     }
 }

@@ -88,7 +88,7 @@ pub enum ShardMsg {
         failed: Vec<u64>,
     },
     /// Counters for `$SYS`, sent to shard 0.
-    Stats(Metrics),
+    Stats(Box<Metrics>),
     /// A connection whose session this shard owns: the socket (a dup'ed fd
     /// the receiver now owns), its CONNECT, and bytes read after it.
     Adopt {

@@ -12,6 +12,7 @@
 //! interested shard in that shard's batch → its [`Shard::on_mesh`] → local
 //! delivery there.
 
+mod acl;
 pub mod aliases;
 mod conn;
 mod connect;
@@ -73,6 +74,10 @@ pub struct Shared {
     pub passwords: arc_swap::ArcSwapOption<crate::auth::PasswordFile>,
     /// Bumped at each swap: shards then forget the passwords they verified.
     pub passwords_gen: AtomicU64,
+    /// The ACL file (`--acl-file`), swapped whole by SIGHUP.
+    pub acl: arc_swap::ArcSwapOption<crate::auth::acl::AclFile>,
+    /// Bumped at each swap: shards then work out every session's grants again.
+    pub acl_gen: AtomicU64,
 }
 
 impl Shared {
@@ -144,6 +149,8 @@ pub(crate) struct SessionEntry {
     /// The session's id in this shard's log; 0 when it is not logged
     /// (in memory, or a session that ends with its connection).
     pub sid: u64,
+    /// What the ACL lets it do; `None` without an ACL file.
+    pub grants: Option<Arc<crate::auth::acl::Grants>>,
 }
 
 impl SessionEntry {
@@ -155,6 +162,7 @@ impl SessionEntry {
             conn: None,
             drop_logged: false,
             sid,
+            grants: None,
         }
     }
 
@@ -277,6 +285,9 @@ pub struct Shard {
     pub(crate) auth_cache: HashMap<String, [u8; 64]>,
     /// The `Shared::passwords_gen` the cache was filled under.
     pub(crate) auth_gen: u64,
+    /// This shard's copy of `Shared::acl`, taken at `acl_gen`.
+    pub(crate) acl: Option<Arc<crate::auth::acl::AclFile>>,
+    pub(crate) acl_gen: u64,
     /// Wills of sessions that expired while the broker was down, published
     /// once every shard has its recovered interest.
     pub(crate) overdue_wills: Vec<(Arc<str>, LastWill)>,
@@ -286,7 +297,7 @@ impl Shard {
     /// An empty shard.
     pub fn new(id: usize, nr_shards: usize, config: Arc<Config>, shared: Arc<Shared>) -> Shard {
         let now = Instant::now();
-        Shard {
+        let mut shard = Shard {
             id,
             nr_shards,
             config,
@@ -331,7 +342,12 @@ impl Shard {
             overdue_wills: Vec::new(),
             auth_cache: HashMap::new(),
             auth_gen: 0,
-        }
+            acl: None,
+            acl_gen: u64::MAX,
+        };
+        // Before recovery, so recovered sessions get their grants.
+        shard.refresh_acl();
+        shard
     }
 
     /// A fresh connection id.
@@ -350,8 +366,9 @@ impl Shard {
         self.sessions.get_mut(key as usize).and_then(Option::as_mut)
     }
 
-    pub(crate) fn alloc_session(&mut self, e: SessionEntry) -> u32 {
+    pub(crate) fn alloc_session(&mut self, mut e: SessionEntry) -> u32 {
         self.metrics.sessions += 1;
+        e.grants = self.grants_for(&e.life);
         let client = e.life.client_id.clone();
         let key = if let Some(k) = self.free_sessions.pop() {
             self.sessions[k as usize] = Some(e);
@@ -675,6 +692,7 @@ impl Shard {
     /// (wills, expiry, keep-alive, resends, TTL, `$SYS`) is on the timer task
     /// ([`Shard::fire_timers`]).
     pub fn tick(&mut self, now: Instant) {
+        self.refresh_acl();
         if self.shared.stopping() && !self.stopping {
             self.begin_shutdown();
         }
@@ -767,7 +785,7 @@ impl Shard {
     fn publish_sys(&mut self, now: Instant) {
         if self.id != 0 {
             let m = self.metrics;
-            self.mesh_send(0, ShardMsg::Stats(m));
+            self.mesh_send(0, ShardMsg::Stats(Box::new(m)));
             return;
         }
         self.peer_metrics[0] = self.metrics;

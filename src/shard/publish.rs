@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::acl::Want;
 use crate::protocol::{Ack, LastWill, MqttStr, Packet, PublishProperties, QoS, ReasonCode};
 use crate::session::{Delivery, Message};
 use crate::topic::TopicName;
@@ -170,6 +171,10 @@ impl Shard {
                 return self.protocol_error(conn, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
             }
         }
+        if !self.acl_allows(key, Want::Write, topic.as_str()) {
+            self.acl_denied(&publisher, "publish", topic.as_str(), now);
+            return self.refuse_for_acl(conn, key, p.qos, p.packet_id, now);
+        }
         if p.qos != QoS::AtMostOnce && self.log_refuses(&topic) {
             // A log this message needs is out of space: refused, not
             // acknowledged and then lost.
@@ -264,6 +269,32 @@ impl Shard {
             return Flow::Close;
         }
         let ack = quota_exceeded(id, qos);
+        self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
+        Flow::Continue
+    }
+
+    /// Answers a publish the ACL refused: dropped; v5 PUBACK/PUBREC 0x87,
+    /// 3.1.1 (which has no negative acknowledgement) acknowledged as
+    /// Mosquitto does, so the client does not send it again forever.
+    fn refuse_for_acl(
+        &mut self,
+        conn: &Rc<Conn>,
+        key: u32,
+        qos: QoS,
+        packet_id: Option<crate::protocol::PacketId>,
+        now: Instant,
+    ) -> Flow {
+        let Some(id) = packet_id else {
+            return Flow::Continue;
+        };
+        let mut ack = Ack::new(id);
+        if conn.version.is_v5() {
+            ack.reason = ReasonCode::NOT_AUTHORIZED;
+        }
+        let ack = match qos {
+            QoS::ExactlyOnce => Packet::PubRec(ack),
+            _ => Packet::PubAck(ack),
+        };
         self.answer_after(conn, key, Gate::default(), ack, Vec::new(), now);
         Flow::Continue
     }
@@ -444,6 +475,12 @@ impl Shard {
                 ids.extend(o.id);
             }
             i = j;
+            if qos.is_some() && !self.acl_allows(key, Want::Read, msg.topic.as_str()) {
+                // Its subscription was allowed, but not this topic under it
+                // (a deny rule inside it, or a reloaded file).
+                self.metrics.acl_deliveries_denied += 1;
+                continue;
+            }
             if let Some(q) = qos {
                 let d = Delivery {
                     msg: msg.clone(),
@@ -715,7 +752,7 @@ impl Shard {
             }
             ShardMsg::Stats(m) => {
                 if let Some(slot) = self.peer_metrics.get_mut(from) {
-                    *slot = m;
+                    *slot = *m;
                 }
             }
             ShardMsg::Adopt { fd, .. } => {

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::auth::acl::Want;
 use crate::session::{Delivery, Message};
 use crate::topic::{SubscriptionFilter, SubscriptionTrie, TopicFilter};
 
@@ -241,12 +242,19 @@ impl Shard {
             let e = shard.sessions.get(s as usize).and_then(Option::as_ref);
             let online = shard.is_online(s);
             let room = e.is_some_and(|e| !e.session.queue_high());
-            u8::from(online) * 2 + u8::from(online && room)
+            if !shard.acl_allows(s, Want::Read, msg.topic.as_str()) {
+                return 0; // never picked
+            }
+            1 + u8::from(online) * 2 + u8::from(online && room)
         };
         let Some(best) = (0..n).max_by_key(|&i| (ranked(self, i), std::cmp::Reverse(i))) else {
             self.metrics.publishes_dropped += 1;
             return;
         };
+        if ranked(self, best) == 0 {
+            self.metrics.acl_deliveries_denied += 1;
+            return;
+        }
         let at = (start + best) % n;
         let (session, opts) = g.members[at];
         if let Some(g) = self.shared_subs.local.get_mut(key) {

@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::auth::acl::Want;
 use crate::protocol::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
@@ -27,7 +28,20 @@ impl Shard {
         let mut barrier = None;
         // [MQTT-3.8.4-5] (v5) / [MQTT-3.8.4-4] (v3): as if one SUBSCRIBE per filter.
         for f in s.filters {
-            let parsed = match SubscriptionFilter::parse(&f.filter) {
+            let parsed = SubscriptionFilter::parse(&f.filter);
+            if let Ok(p) = &parsed {
+                if !self.acl_allows_subscribe(key, p.filter.as_str()) {
+                    let client = conn.client_id.borrow().clone().unwrap_or_default();
+                    self.acl_denied(&client, "subscribe", f.filter.as_str(), now);
+                    reasons.push(if v5 {
+                        ReasonCode::NOT_AUTHORIZED
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    });
+                    continue;
+                }
+            }
+            let parsed = match parsed {
                 Ok(p) if p.share_group.is_none() => p,
                 Ok(_) => {
                     // [v5:MQTT-3.8.3-4] No Local on a shared subscription.
@@ -117,7 +131,7 @@ impl Shard {
                 RetainHandling::DoNotSend => false,
             };
             if send_retained {
-                self.collect_retained(&filter, opts, &mut retained);
+                self.collect_retained(key, &filter, opts, &mut retained);
             }
         }
         // [MQTT-3.8.4-1] [MQTT-3.8.4-2] [MQTT-3.9.3-1]
@@ -208,10 +222,34 @@ impl Shard {
     /// walks only what the filter can match; one SUBSCRIBE collects at most
     /// what the session's queue holds (the rest would only push the first
     /// ones out), and counts what it leaves.
-    fn collect_retained(&mut self, filter: &TopicFilter, opts: SubOpts, out: &mut Vec<Delivery>) {
+    fn collect_retained(
+        &mut self,
+        key: u32,
+        filter: &TopicFilter,
+        opts: SubOpts,
+        out: &mut Vec<Delivery>,
+    ) {
         let cap = self.config.max_queued_messages;
         let mut skipped = 0u64;
+        let mut denied = 0u64;
+        let grants = match &self.acl {
+            None => None,
+            Some(_) => Some(
+                self.sessions
+                    .get(key as usize)
+                    .and_then(Option::as_ref)
+                    .and_then(|e| e.grants.clone())
+                    .unwrap_or_default(),
+            ),
+        };
         self.retained.for_each_match(filter, |m| {
+            if grants
+                .as_ref()
+                .is_some_and(|g| !g.allows(Want::Read, m.topic.as_str()))
+            {
+                denied += 1;
+                return true;
+            }
             if out.len() >= cap {
                 skipped += 1;
                 return true;
@@ -226,6 +264,7 @@ impl Shard {
             });
             true
         });
+        self.metrics.acl_deliveries_denied += denied;
         if skipped > 0 {
             self.metrics.publishes_dropped += skipped;
             tracing::warn!(

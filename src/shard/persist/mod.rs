@@ -210,11 +210,12 @@ impl Shard {
             Vec::new()
         };
         let offline = if e.conn.is_some() { 0 } else { wall_ms() };
-        let (client, version, expiry, will) = (
+        let (client, version, expiry, will, user) = (
             e.life.client_id.clone(),
             e.life.version.level(),
             records::expiry_ms(e.life.expiry),
             e.life.will.clone(),
+            e.life.username.clone(),
         );
         self.append(records::SESSION, |w| {
             w.u64(sid).str(&client).u8(version).u64(expiry).u64(offline);
@@ -222,6 +223,10 @@ impl Shard {
                 Some(will) => w.u8(1).will(will),
                 None => w.u8(0),
             };
+            // Last and optional, so records written before it still read.
+            if let Some(u) = &user {
+                w.u8(1).str(u);
+            }
         });
         for (f, o) in subs {
             self.log_sub(sid, &f, Some(&o));
@@ -596,6 +601,7 @@ impl Shard {
                 .then(|| Duration::from_millis(wall.saturating_sub(s.offline_since)));
             let mut life = Life::new(s.client_id, s.version, s.expiry);
             life.will = s.will;
+            life.username = s.username;
             let mut fx = Vec::new();
             life.recover(self.next_generation(), offline, now, &mut fx);
             // A will due already (of a session that expired while the broker

@@ -24,6 +24,7 @@ pub(crate) struct RecSession {
     /// broker stopped.
     pub offline_since: u64,
     pub will: Option<LastWill>,
+    pub username: Option<Arc<str>>,
     pub subs: HashMap<TopicFilter, SubOpts>,
     /// Its deliveries, by stored message id: the order they were queued in.
     pub queue: Backlog,
@@ -95,6 +96,10 @@ impl Recovered {
                     0 => None,
                     _ => Some(r.will()?),
                 };
+                let username: Option<Arc<str>> = match r.u8() {
+                    Some(1) => Some(r.str()?.into()),
+                    _ => None,
+                };
                 self.last_sid = self.last_sid.max(sid);
                 let s = self.sessions.entry(sid).or_insert_with(|| RecSession {
                     client_id: client_id.clone(),
@@ -102,6 +107,7 @@ impl Recovered {
                     expiry,
                     offline_since,
                     will: None,
+                    username: None,
                     subs: HashMap::new(),
                     queue: Backlog::new(DECODE),
                     awaiting_rel: HashSet::new(),
@@ -111,6 +117,7 @@ impl Recovered {
                 s.expiry = expiry;
                 s.offline_since = offline_since;
                 s.will = will;
+                s.username = username;
             }
             rec::SESSION_END => {
                 self.sessions.remove(&r.u64()?);

@@ -1,0 +1,77 @@
+//! The ACL where the shard meets it: each session's grants, worked out
+//! when it is created, when its client connects and when SIGHUP brings a
+//! new file; the checks at PUBLISH, SUBSCRIBE, CONNECT (the will) and
+//! delivery read them. Without `--acl-file` every check passes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::acl::{Grants, Want};
+use crate::session::Life;
+
+use super::Shard;
+
+impl Shard {
+    /// Takes the ACL file `Shared::acl` holds if it changed since this
+    /// shard last looked, and works out every session's grants again: a
+    /// reload applies to the clients already connected.
+    pub(crate) fn refresh_acl(&mut self) {
+        let generation = self.shared.acl_gen.load(Ordering::Acquire);
+        if generation == self.acl_gen {
+            return;
+        }
+        self.acl_gen = generation;
+        self.acl = self.shared.acl.load_full();
+        let acl = self.acl.clone();
+        for e in self.sessions.iter_mut().flatten() {
+            e.grants = acl
+                .as_ref()
+                .map(|a| a.grants(e.life.username.as_deref(), &e.life.client_id));
+        }
+    }
+
+    /// The grants of a session's client; `None` without an ACL.
+    pub(crate) fn grants_for(&self, life: &Life) -> Option<Arc<Grants>> {
+        self.acl
+            .as_ref()
+            .map(|a| a.grants(life.username.as_deref(), &life.client_id))
+    }
+
+    /// May session `key`'s client do `want` on `topic`?
+    pub(crate) fn acl_allows(&self, key: u32, want: Want, topic: &str) -> bool {
+        if self.acl.is_none() {
+            return true;
+        }
+        self.sessions
+            .get(key as usize)
+            .and_then(Option::as_ref)
+            .and_then(|e| e.grants.as_ref())
+            .is_some_and(|g| g.allows(want, topic))
+    }
+
+    /// May session `key`'s client subscribe to `filter`?
+    pub(crate) fn acl_allows_subscribe(&self, key: u32, filter: &str) -> bool {
+        if self.acl.is_none() {
+            return true;
+        }
+        self.sessions
+            .get(key as usize)
+            .and_then(Option::as_ref)
+            .and_then(|e| e.grants.as_ref())
+            .is_some_and(|g| g.allows_subscribe(filter))
+    }
+
+    /// Counts and logs (rate-limited) one refusal.
+    pub(crate) fn acl_denied(&mut self, client: &str, what: &str, topic: &str, now: Instant) {
+        self.metrics.acl_denied += 1;
+        if let Some(held) = self.log_limits.acl_denied.allow(now) {
+            tracing::info!(
+                client_id = client,
+                topic,
+                held_back = held,
+                "{what} refused: not authorized by the ACL"
+            );
+        }
+    }
+}
