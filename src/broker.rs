@@ -17,6 +17,7 @@ use crate::shard::{ShardStart, Shared};
 #[derive(Debug)]
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The locked data directory, released when the broker is gone.
@@ -71,6 +72,24 @@ impl BrokerHandle {
         Ok(rules)
     }
 
+    /// Reads the TLS certificate and key again (SIGHUP): connections stay,
+    /// new handshakes use the new ones. Files that cannot be used leave the
+    /// old ones in place.
+    ///
+    /// # Errors
+    /// Why the files could not be used; nothing changed then.
+    pub fn reload_tls(&self, files: &crate::transport::tls::TlsFiles) -> Result<(), String> {
+        let t = crate::transport::tls::TlsSettings::load(files)?;
+        self.shared.tls.store(Some(Arc::new(t)));
+        self.shared.tls_gen.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The TLS listeners' addresses (port 0 resolved).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
     /// Waits for every shard to stop.
     pub fn join(self) {
         for t in self.threads {
@@ -105,6 +124,11 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             read_passwords(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         tracing::info!(path = %path.display(), users = file.len(), "password file read");
         shared.passwords.store(Some(Arc::new(file)));
+    }
+    if let Some(files) = &config.tls {
+        let t = crate::transport::tls::TlsSettings::load(files)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
+        shared.tls.store(Some(Arc::new(t)));
     }
     if let Some(path) = &config.acl_file {
         let file = read_acl(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -160,6 +184,7 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
     }
     let mut threads = Vec::with_capacity(n);
     let mut addrs = Vec::new();
+    let mut tls_addrs = Vec::new();
     let mut shards: Vec<_> = senders.into_iter().zip(receivers).enumerate().collect();
     // Shard 0 binds first, so that port 0 resolves once and the others
     // bind the same port (SO_REUSEPORT).
@@ -191,8 +216,11 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             .recv()
             .map_err(|_| io::Error::other(format!("shard {id} died while binding")))??;
         if id == 0 {
-            config.listen = got.clone();
-            addrs = got;
+            let (plain, tls) = got.split_at(config.listen.len());
+            config.listen = plain.to_vec();
+            config.listen_tls = tls.to_vec();
+            addrs = plain.to_vec();
+            tls_addrs = tls.to_vec();
         }
     }
     if let Some(d) = data.as_mut() {
@@ -202,14 +230,21 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
         Some(d) => tracing::info!(
             shards = n,
             listen = ?addrs,
+            listen_tls = ?tls_addrs,
             data_dir = %d.path().display(),
             sync = ?config.sync,
             "ringmq started"
         ),
-        None => tracing::info!(shards = n, listen = ?addrs, "ringmq started (in memory)"),
+        None => tracing::info!(
+            shards = n,
+            listen = ?addrs,
+            listen_tls = ?tls_addrs,
+            "ringmq started (in memory)"
+        ),
     }
     Ok(BrokerHandle {
         addrs,
+        tls_addrs,
         shared,
         threads,
         _data: data,
@@ -245,14 +280,14 @@ pub fn raise_fd_limit() -> Option<u64> {
     nofile_limit().map(|l| l.0)
 }
 
-/// How many clients the soft `RLIMIT_NOFILE` has room for: two fds each
-/// (reader and writer), after the shards' own (rings, eventfds, listeners)
+/// How many clients the soft `RLIMIT_NOFILE` has room for: one fd each,
+/// after the shards' own (rings, eventfds, listeners)
 /// and room to answer over-limit clients with a CONNACK. `None` if unknown.
 fn fd_room_for_clients(shards: usize) -> Option<usize> {
     let (soft, _) = nofile_limit()?;
     let soft = usize::try_from(soft).unwrap_or(usize::MAX);
     let reserved = 64 + 16 * shards + 2 * crate::shard::OVER_LIMIT_ANSWERED;
-    Some(soft.saturating_sub(reserved) / 2)
+    Some(soft.saturating_sub(reserved))
 }
 
 /// io_uring depth of each shard ring. Every idle connection keeps a poll
@@ -290,10 +325,14 @@ pub fn run(config: Config) -> io::Result<()> {
     raise_fd_limit();
     let password_file = config.password_file.clone();
     let acl_file = config.acl_file.clone();
+    let tls_files = config.tls.clone();
     let handle = start(config)?;
     for a in handle.local_addrs() {
         // One line per listener on stdout, for scripts that asked for port 0.
         println!("ringmq listening on {a}");
+    }
+    for a in handle.tls_addrs() {
+        println!("ringmq listening on {a} (tls)");
     }
     let mut sig: libc::c_int = 0;
     loop {
@@ -308,6 +347,12 @@ pub fn run(config: Config) -> io::Result<()> {
                 Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old password file"),
             },
             None => tracing::info!("SIGHUP: no password file to read again"),
+        }
+        if let Some(files) = &tls_files {
+            match handle.reload_tls(files) {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate read again"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old TLS certificate"),
+            }
         }
         if let Some(path) = &acl_file {
             match handle.reload_acl(path) {

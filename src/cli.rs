@@ -54,6 +54,28 @@ pub struct Cli {
     #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: Vec<SocketAddr>,
 
+    /// Address to listen on with TLS (8883 is MQTT's); repeat for several.
+    /// Needs --cert and --key.
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    pub listen_tls: Vec<SocketAddr>,
+
+    /// PEM certificate chain for the TLS listeners, the server's own first.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+
+    /// PEM CA certificates that sign client certificates: a client that
+    /// presents one must have it signed by these.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Refuse TLS clients that present no certificate signed by --ca.
+    #[arg(long)]
+    pub require_certificate: bool,
+
     /// Shards (executor threads). Default: every core this process may use.
     /// More shards than cores is allowed (`--pin` then does not apply).
     #[arg(long, value_name = "N")]
@@ -206,6 +228,16 @@ impl Cli {
         let defaults = Config::default();
         let config = Config {
             listen: self.listen,
+            listen_tls: self.listen_tls,
+            tls: match (self.cert, self.key) {
+                (Some(cert), Some(key)) => Some(crate::transport::tls::TlsFiles {
+                    cert,
+                    key,
+                    ca: self.ca,
+                    require_certificate: self.require_certificate,
+                }),
+                _ => None,
+            },
             cores: self.cores.unwrap_or(defaults.cores),
             data_dir: (!self.in_memory).then_some(self.data_dir),
             sync: self.sync,

@@ -67,6 +67,10 @@ impl std::str::FromStr for SyncMode {
 pub struct Config {
     /// Addresses to listen on (every shard accepts on each, SO_REUSEPORT).
     pub listen: Vec<SocketAddr>,
+    /// Addresses to listen on with TLS (`--listen-tls`), with `tls`.
+    pub listen_tls: Vec<SocketAddr>,
+    /// The TLS listeners' certificate, key and client CA.
+    pub tls: Option<crate::transport::tls::TlsFiles>,
     /// Number of shards (one executor thread each).
     pub cores: usize,
     /// Where the per-shard logs live; `None` keeps everything in memory
@@ -136,8 +140,12 @@ impl Config {
     /// Whether anonymous clients are let in: `--allow-anonymous`, else only
     /// while every listener is loopback.
     pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous
-            .unwrap_or_else(|| self.listen.iter().all(|a| a.ip().is_loopback()))
+        self.allow_anonymous.unwrap_or_else(|| {
+            self.listen
+                .iter()
+                .chain(&self.listen_tls)
+                .all(|a| a.ip().is_loopback())
+        })
     }
 }
 
@@ -147,6 +155,8 @@ impl Default for Config {
             listen: vec![DEFAULT_LISTEN
                 .parse()
                 .expect("invariant: valid default address")],
+            listen_tls: Vec::new(),
+            tls: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             data_dir: None,
             sync: SyncMode::default(),
@@ -200,6 +210,9 @@ pub enum ConfigError {
     /// Max packet size outside what MQTT can express or too small for CONNECT.
     #[error("--max-packet-size must be between 64 and 268435460 bytes, not {0}")]
     PacketSize(usize),
+    /// `--listen-tls` without a certificate and key.
+    #[error("--listen-tls needs --cert and --key")]
+    TlsWithoutCert,
     /// A segment size out of range.
     #[error("--segment-size must be between 1 MiB and 1 GiB, not {0}")]
     SegmentSize(usize),
@@ -219,8 +232,11 @@ impl Config {
     /// # Errors
     /// The first [`ConfigError`] found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.listen_tls.is_empty() {
             return Err(ConfigError::NoListener);
+        }
+        if !self.listen_tls.is_empty() && self.tls.is_none() {
+            return Err(ConfigError::TlsWithoutCert);
         }
         if self.cores == 0 || self.cores > MAX_CORES {
             return Err(ConfigError::Cores {

@@ -66,3 +66,4 @@ pub mod shard;
 pub mod storage;
 pub mod timer;
 pub mod topic;
+pub mod transport;

@@ -38,6 +38,8 @@ pub struct Metrics {
     /// it held back.
     pub acl_denied: u64,
     pub acl_deliveries_denied: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
     /// Messages resent on a live 3.1.1 connection, and dropped after the
     /// last resend (`--resend-interval`, `--max-resends`).
     pub resends: u64,
@@ -85,6 +87,7 @@ impl Metrics {
         self.auth_refused += o.auth_refused;
         self.acl_denied += o.acl_denied;
         self.acl_deliveries_denied += o.acl_deliveries_denied;
+        self.tls_handshake_failures += o.tls_handshake_failures;
         self.resends += o.resends;
         self.resend_drops += o.resend_drops;
         self.ttl_drops += o.ttl_drops;
@@ -95,7 +98,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 32] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 33] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -125,6 +128,7 @@ impl Metrics {
             ("clients/auth_refused", self.auth_refused),
             ("clients/acl_denied", self.acl_denied),
             ("publish/messages/acl_denied", self.acl_deliveries_denied),
+            ("errors/tls_handshake", self.tls_handshake_failures),
             ("publish/messages/resent", self.resends),
             ("publish/messages/dropped_after_resends", self.resend_drops),
             ("publish/messages/dropped_inflight_ttl", self.ttl_drops),

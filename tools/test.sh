@@ -12,6 +12,11 @@ if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/nul
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto-clients >/dev/null
 fi
+if ! command -v openssl >/dev/null; then
+  echo "tools/test.sh: installing openssl (the TLS tests make certificates with it)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
+fi
 # paho-mqtt goes into a virtual environment of the project's own, never
 # into the system's Python; its python3 comes first on PATH for the tests.
 venv=target/py-venv

@@ -173,6 +173,9 @@ pub struct Conn {
     pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,
     outbox: RefCell<BytesMut>,
     waker: Cell<Option<Waker>>,
+    /// The transport has bytes of its own to send (TLS): the writer runs
+    /// even with an empty outbox.
+    poked: Cell<bool>,
     closing: Cell<bool>,
     /// Since when this connection counts in `congestion`, if it does.
     congested_since: Cell<Option<Instant>>,
@@ -231,6 +234,7 @@ impl Conn {
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
+            poked: Cell::new(false),
             closing: Cell::new(false),
             congested_since: Cell::new(None),
             last_progress: Cell::new(now),
@@ -459,9 +463,19 @@ impl Conn {
         }
     }
 
+    /// Wakes the writer for the transport's own bytes.
+    pub fn poke(&self) {
+        self.poked.set(true);
+        self.wake();
+    }
+
     /// For the writer task: takes the queued bytes, swapping in `spare`, or
-    /// registers `waker`. `None` means closed and flushed.
+    /// registers `waker`. `None` means closed and flushed; `Some(true)` with
+    /// `spare` empty means the transport has bytes of its own to send.
     pub fn take_outbox(&self, spare: &mut BytesMut, waker: &Waker) -> Option<bool> {
+        if self.poked.take() && self.outbox.borrow().is_empty() {
+            return Some(true);
+        }
         let mut out = self.outbox.borrow_mut();
         if !out.is_empty() {
             std::mem::swap(&mut *out, spare);

@@ -1,16 +1,17 @@
 //! The async shell of a shard: listeners, connection reader and writer
 //! tasks, connection handoff, the mesh tasks and the ticker.
 //!
-//! Every connection has two tasks on two dup'ed fds of one socket: the
-//! reader decodes packets and calls into the [`Shard`]; the writer flushes
-//! the connection's outbox (everything one loop turn queued, in one write)
-//! and shuts the socket down when the shard closes the connection.
+//! Every connection has two tasks on one [`Link`] (one socket, plain or
+//! TLS): the reader decodes packets and calls into the [`Shard`]; the
+//! writer flushes the connection's outbox (everything one loop turn queued,
+//! in one write) and shuts the socket down when the shard closes the
+//! connection.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -19,7 +20,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
@@ -30,7 +30,8 @@ use crate::protocol::{
 
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
 use super::pipe::{PipeReceiver, PipeSender};
-use super::{owner_of, Congestion, Conn, Flow, ReadBuf, Shard, ShardMsg, Shared};
+use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
+use crate::transport::{tls, Handoff, Layer, Link, Read, ReadBuf};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -97,11 +98,12 @@ pub async fn run(start: ShardStart) {
     }
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    for addr in &config.listen {
+    let plain = config.listen.iter().map(|a| (a, false));
+    for (addr, tls) in plain.chain(config.listen_tls.iter().map(|a| (a, true))) {
         match bind_listener(*addr) {
             Ok(l) => {
                 addrs.push(l.local_addr().unwrap_or(*addr));
-                listeners.push(l);
+                listeners.push((l, tls));
             }
             Err(e) => {
                 let _ = bound.send(Err(io::Error::other(format!(
@@ -159,8 +161,8 @@ pub async fn run(start: ShardStart) {
         s.tick(Instant::now());
     }
     let mut accepting = Vec::new();
-    for l in listeners {
-        accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l)));
+    for (l, tls) in listeners {
+        accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, tls)));
     }
 
     let mut stop_started = None;
@@ -302,7 +304,12 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sk)) })
 }
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+/// TLS handshakes a shard runs at once; past them, new TLS sockets are
+/// closed at accept. A handshake costs a shard about a millisecond of CPU
+/// and rustls some 30 KB: a flood of them must not take the shard.
+pub const MAX_TLS_HANDSHAKES: usize = 256;
+
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, tls: bool) {
     let (shared, max) = {
         let s = shard.borrow();
         (s.shared.clone(), s.config.max_connections)
@@ -329,7 +336,13 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
                 }
                 shared.pending.fetch_add(1, Ordering::Relaxed);
                 let pending = Pending(shared.clone());
-                glommio::spawn_local(serve(shard.clone(), stream, pending)).detach();
+                if tls {
+                    glommio::spawn_local(serve_tls(shard.clone(), stream, pending)).detach();
+                } else {
+                    let deadline = Instant::now() + shard.borrow().config.connect_timeout;
+                    let link = Link::new(stream, Layer::Plain);
+                    glommio::spawn_local(serve(shard.clone(), link, pending, deadline)).detach();
+                }
             }
             Err(e) => {
                 // Out of fds and the like: back off instead of spinning, and
@@ -363,23 +376,73 @@ fn peer_of(stream: &TcpStream) -> String {
     super::conn::peer_name(stream.peer_addr().ok())
 }
 
+/// Runs the TLS handshake (within the connect timeout, which then goes on
+/// to bound CONNECT), then serves the connection as [`serve`] does.
+async fn serve_tls(shard: Rc<RefCell<Shard>>, stream: TcpStream, pending: Pending) {
+    let deadline = Instant::now() + shard.borrow().config.connect_timeout;
+    let config = {
+        let mut s = shard.borrow_mut();
+        let cfg = s.tls_server_config();
+        if cfg.is_none() || s.tls_handshakes >= MAX_TLS_HANDSHAKES {
+            s.metrics.refused_connections += 1;
+            if let Some(held) = s.log_limits.over_limit.allow(Instant::now()) {
+                tracing::warn!(
+                    peer = %peer_of(&stream),
+                    in_flight = s.tls_handshakes,
+                    held_back = held,
+                    "too many TLS handshakes at once, closing new sockets"
+                );
+            }
+            return;
+        }
+        s.tls_handshakes += 1;
+        cfg.expect("checked")
+    };
+    let peer = peer_of(&stream);
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let done = glommio::timer::timeout(wait, async {
+        tls::accept(stream, config)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    })
+    .await;
+    let link = {
+        let mut s = shard.borrow_mut();
+        s.tls_handshakes -= 1;
+        match done {
+            Ok(link) => link,
+            Err(e) => {
+                s.metrics.tls_handshake_failures += 1;
+                if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
+                    let why = match e {
+                        glommio::GlommioError::TimedOut(_) => "timed out".to_string(),
+                        e => e.to_string(),
+                    };
+                    tracing::info!(peer, error = why, held_back = held, "TLS handshake failed");
+                }
+                return;
+            }
+        }
+    };
+    serve(shard, link, pending, deadline).await;
+}
+
 /// Reads until CONNECT, then serves the connection here or hands it to the
 /// shard that owns its client id.
-async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, pending: Pending) {
-    let _ = stream.set_nodelay(true);
-    let (timeout, max_connect) = {
+async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline: Instant) {
+    let max_connect = {
         let s = shard.borrow();
-        (
-            s.config.connect_timeout,
-            s.config.max_connect_bytes.min(s.config.max_packet_bytes),
-        )
+        s.config.max_connect_bytes.min(s.config.max_packet_bytes)
     };
+    let timeout = deadline.saturating_duration_since(Instant::now());
     // A socket that is not a client yet may buffer at most one CONNECT.
     let mut codec = Codec::server(max_connect);
     let mut buf = BytesMut::new();
     let mut tmp = ReadBuf::default();
     let mut level = None;
     let first = glommio::timer::timeout(timeout, async {
+        // TLS records that came with the handshake's last flight.
+        link.buffered(&mut buf)?;
         loop {
             level = level.or_else(|| connect_protocol_level(&buf));
             match codec.decode(&mut buf) {
@@ -387,25 +450,35 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, pending: Pendin
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),
             }
-            let n = stream.read(tmp.space()).await?;
-            if n == 0 {
+            if buf.len() > max_connect + 5 {
+                // A layer that decoded more than one CONNECT may hold.
+                return Err(glommio::GlommioError::IoError(
+                    io::ErrorKind::InvalidData.into(),
+                ));
+            }
+            if link.read(&mut tmp, &mut buf).await? == Read::Closed {
                 return Err(glommio::GlommioError::IoError(
                     io::ErrorKind::UnexpectedEof.into(),
                 ));
             }
-            tmp.append_to(n, &mut buf);
         }
     })
     .await;
     let connect = match first {
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(_)) => return, // the codec refuses anything else first
-        Ok(Err(e)) => return refuse_malformed(&shard, &mut stream, level, e).await,
+        Ok(Err(e)) => return refuse_malformed(&shard, &link, level, e).await,
         Err(glommio::GlommioError::TimedOut(_)) => {
             let mut s = shard.borrow_mut();
             s.metrics.connect_timeouts += 1;
             if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
-                tracing::info!(peer = %peer_of(&stream), held_back = held, "no CONNECT within {timeout:?}, closing");
+                let peer = super::conn::peer_name(link.peer_addr());
+                let within = s.config.connect_timeout;
+                tracing::info!(
+                    peer,
+                    held_back = held,
+                    "no CONNECT within {within:?}, closing"
+                );
             }
             return;
         }
@@ -423,19 +496,16 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, pending: Pendin
         (owner_of(connect.client_id.as_str(), nr), None)
     };
     if owner == me {
-        adopt(shard, stream, *connect, buf.freeze(), assigned).await;
+        adopt(shard, link, *connect, buf.freeze(), assigned).await;
         return;
     }
-    // SAFETY: dup of an open socket; the copy's ownership moves to the owner shard.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    drop(stream);
-    if fd < 0 {
+    let Ok(handoff) = link.into_handoff() else {
         return;
-    }
+    };
     shard.borrow_mut().mesh_send(
         owner,
         ShardMsg::Adopt {
-            fd,
+            link: handoff,
             connect,
             leftover: buf.freeze(),
             assigned,
@@ -447,7 +517,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, pending: Pendin
 /// `level` is the protocol level the CONNECT declared, if it got that far.
 async fn refuse_malformed(
     shard: &Rc<RefCell<Shard>>,
-    stream: &mut TcpStream,
+    link: &Link,
     level: Option<u8>,
     e: DecodeError,
 ) {
@@ -455,7 +525,8 @@ async fn refuse_malformed(
         let mut s = shard.borrow_mut();
         s.metrics.malformed_packets += 1;
         if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
-            tracing::info!(peer = %peer_of(stream), error = %e, held_back = held, "bad CONNECT, closing");
+            let peer = super::conn::peer_name(link.peer_addr());
+            tracing::info!(peer, error = %e, held_back = held, "bad CONNECT, closing");
         }
     }
     let (version, reason) = if level == Some(5) {
@@ -478,41 +549,33 @@ async fn refuse_malformed(
     }));
     let mut out = BytesMut::new();
     if encode_packet(&ack, version, usize::MAX, &mut out).is_ok() {
-        let _ = stream.write_all(&out).await;
+        let mut wire = Vec::new();
+        let _ = link.write(&out, &mut wire).await;
+        link.close(&mut wire).await;
     }
 }
 
-/// Takes over a socket handed over by another shard.
-pub(crate) async fn adopt_fd(
+/// Takes over a connection handed over by another shard.
+pub(crate) async fn adopt_handoff(
     shard: Rc<RefCell<Shard>>,
-    fd: RawFd,
+    handoff: Handoff,
     connect: Connect,
     leftover: Bytes,
     assigned: Option<String>,
 ) {
-    // SAFETY: the fd came in an Adopt message, which transferred its ownership.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    adopt(shard, stream, connect, leftover, assigned).await;
+    adopt(shard, Link::adopt(handoff), connect, leftover, assigned).await;
 }
 
 /// Serves a connection whose session this shard owns.
 async fn adopt(
     shard: Rc<RefCell<Shard>>,
-    mut stream: TcpStream,
+    link: Link,
     connect: Connect,
     leftover: Bytes,
     assigned: Option<String>,
 ) {
     let now = Instant::now();
     let version = connect.protocol;
-    let fd = stream.as_raw_fd();
-    // SAFETY: a second fd on the same socket, owned by the writer task.
-    let wfd = unsafe { libc::dup(fd) };
-    if wfd < 0 {
-        return;
-    }
-    // SAFETY: wfd is a fresh, open fd that nothing else owns.
-    let writer = unsafe { TcpStream::from_raw_fd(wfd) };
     let (max_packet, max_keepalive) = {
         let s = shard.borrow();
         (s.config.max_packet_bytes, s.config.max_keepalive)
@@ -532,19 +595,19 @@ async fn adopt(
     };
     let conn = Rc::new(Conn::new(
         id,
-        wfd,
+        link.fd(),
         version,
         client_max,
         Duration::from_secs(u64::from(keep_alive)),
         now,
         congestion.clone(),
     ));
-    conn.peer.set(stream.peer_addr().ok());
+    conn.peer.set(link.peer_addr());
     if version.is_v5() {
         *conn.out_aliases.borrow_mut() =
             super::aliases::OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
     }
-    glommio::spawn_local(write_loop(shard.clone(), conn.clone(), writer)).detach();
+    glommio::spawn_local(write_loop(shard.clone(), conn.clone(), link.clone())).detach();
     let flow = {
         let mut s = shard.borrow_mut();
         s.add_conn(conn.clone());
@@ -554,7 +617,7 @@ async fn adopt(
         read_loop(
             &shard,
             &conn,
-            &mut stream,
+            &link,
             version,
             max_packet,
             leftover,
@@ -568,7 +631,7 @@ async fn adopt(
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<Conn>,
-    stream: &mut TcpStream,
+    link: &Link,
     version: ProtocolVersion,
     max_packet: usize,
     leftover: Bytes,
@@ -644,19 +707,27 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
-        match stream.read(tmp.space()).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                filled = n == tmp.space().len();
-                tmp.append_to(n, &mut buf);
-                shard.borrow_mut().metrics.bytes_received += n as u64;
+        match link.read(&mut tmp, &mut buf).await {
+            Ok(Read::Closed) | Err(_) => return,
+            Ok(Read::Data { raw, filled: f }) => {
+                filled = f;
+                shard.borrow_mut().metrics.bytes_received += raw as u64;
+                if link.wants_write() {
+                    conn.poke(); // a TLS key update or alert to answer
+                }
             }
         }
     }
 }
 
-async fn write_loop(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, mut stream: TcpStream) {
+async fn write_loop(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link) {
     let mut spare = BytesMut::new();
+    let mut wire = Vec::new();
+    let mut failed = false;
+    if link.wants_write() {
+        // TLS session tickets queued at the end of the handshake.
+        conn.poke();
+    }
     loop {
         let more = poll_fn(|cx| match conn.take_outbox(&mut spare, cx.waker()) {
             Some(true) => Poll::Ready(true),
@@ -667,9 +738,12 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, mut stream: TcpSt
         if !more {
             break;
         }
-        let mut failed = false;
+        if spare.is_empty() && link.write(&[], &mut wire).await.is_err() {
+            failed = true;
+            break;
+        }
         for chunk in spare.chunks(super::conn::WRITE_CHUNK_BYTES) {
-            if stream.write_all(chunk).await.is_err() {
+            if link.write(chunk, &mut wire).await.is_err() {
                 failed = true;
                 break;
             }
@@ -689,9 +763,14 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, mut stream: TcpSt
         } else {
             spare.clear();
         }
+        if wire.capacity() > 1 << 20 {
+            wire = Vec::new();
+        }
     }
     conn.close();
+    if !failed {
+        link.close(&mut wire).await;
+    }
     // Wakes the reader of this socket, whose read then returns 0.
-    // SAFETY: plain syscall on an fd this task owns.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+    link.shutdown();
 }

@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -75,6 +74,9 @@ pub enum ShardMsg {
         topic: TopicName,
         /// The message, or `None` to delete.
         msg: Option<Arc<Message>>,
+        /// The sender also routed the message here for delivery; if not,
+        /// local subscribers that match get it now.
+        routed: bool,
     },
     /// The receiver has handled the first `upto` `Deliver` messages the
     /// sender sent it (counted over the pair's life), and logged every one
@@ -89,11 +91,11 @@ pub enum ShardMsg {
     },
     /// Counters for `$SYS`, sent to shard 0.
     Stats(Box<Metrics>),
-    /// A connection whose session this shard owns: the socket (a dup'ed fd
-    /// the receiver now owns), its CONNECT, and bytes read after it.
+    /// A connection whose session this shard owns: the socket and its
+    /// transport's state, its CONNECT, and bytes read after it.
     Adopt {
-        /// The socket.
-        fd: RawFd,
+        /// The socket (closed if the message is dropped) and its TLS state.
+        link: crate::transport::Handoff,
         /// The parsed CONNECT.
         connect: Box<Connect>,
         /// Bytes that followed CONNECT in the read buffer.
@@ -179,15 +181,15 @@ pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: Pi
             }
             for m in adopts {
                 if let ShardMsg::Adopt {
-                    fd,
+                    link,
                     connect,
                     leftover,
                     assigned,
                 } = m
                 {
-                    glommio::spawn_local(super::connection::adopt_fd(
+                    glommio::spawn_local(super::connection::adopt_handoff(
                         shard.clone(),
-                        fd,
+                        link,
                         *connect,
                         leftover,
                         assigned,

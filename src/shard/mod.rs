@@ -22,7 +22,6 @@ mod mesh;
 pub mod persist;
 pub mod pipe;
 mod publish;
-mod read_buf;
 mod shared;
 mod subscribe;
 
@@ -33,7 +32,6 @@ pub use conn::{
 pub use connection::{run, ShardStart, OVER_LIMIT_ANSWERED};
 pub use log_limit::{LogLimit, LogLimits};
 pub use mesh::ShardMsg;
-pub use read_buf::ReadBuf;
 
 /// Mesh constants and types the bootstrap needs.
 pub mod mesh_types {
@@ -78,6 +76,10 @@ pub struct Shared {
     pub acl: arc_swap::ArcSwapOption<crate::auth::acl::AclFile>,
     /// Bumped at each swap: shards then work out every session's grants again.
     pub acl_gen: AtomicU64,
+    /// The TLS listeners' certificates, swapped whole by SIGHUP.
+    pub tls: arc_swap::ArcSwapOption<crate::transport::tls::TlsSettings>,
+    /// Bumped at each swap: shards then make their server config again.
+    pub tls_gen: AtomicU64,
 }
 
 impl Shared {
@@ -288,6 +290,12 @@ pub struct Shard {
     /// This shard's copy of `Shared::acl`, taken at `acl_gen`.
     pub(crate) acl: Option<Arc<crate::auth::acl::AclFile>>,
     pub(crate) acl_gen: u64,
+    /// This shard's own TLS server config (its session cache is a mutex:
+    /// not shared between shards), made at `tls_gen`.
+    pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls_gen: u64,
+    /// TLS handshakes running on this shard.
+    pub(crate) tls_handshakes: usize,
     /// Wills of sessions that expired while the broker was down, published
     /// once every shard has its recovered interest.
     pub(crate) overdue_wills: Vec<(Arc<str>, LastWill)>,
@@ -344,10 +352,28 @@ impl Shard {
             auth_gen: 0,
             acl: None,
             acl_gen: u64::MAX,
+            tls_config: None,
+            tls_gen: u64::MAX,
+            tls_handshakes: 0,
         };
         // Before recovery, so recovered sessions get their grants.
         shard.refresh_acl();
         shard
+    }
+
+    /// This shard's TLS server config, made again after a SIGHUP brought
+    /// new certificates; `None` without TLS settings.
+    pub(crate) fn tls_server_config(&mut self) -> Option<Arc<rustls::ServerConfig>> {
+        let generation = self.shared.tls_gen.load(Ordering::Acquire);
+        if generation != self.tls_gen {
+            self.tls_gen = generation;
+            self.tls_config = self.shared.tls.load_full().and_then(|t| {
+                t.server_config()
+                    .map_err(|e| tracing::error!(shard = self.id, error = %e, "TLS config"))
+                    .ok()
+            });
+        }
+        self.tls_config.clone()
     }
 
     /// A fresh connection id.

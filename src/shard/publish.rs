@@ -25,6 +25,10 @@ impl ShardSet {
         }
     }
 
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         (0..256).filter(|i| self.0[i / 64] & (1 << (i % 64)) != 0)
     }
@@ -356,11 +360,23 @@ impl Shard {
                 Some(msg.clone())
             };
             self.set_retained(msg.topic.clone(), stored.clone());
-            let topic = msg.topic.clone();
-            self.broadcast(|| ShardMsg::Retain {
-                topic: topic.clone(),
-                msg: stored.clone(),
-            });
+            // A peer this shard does not route the message to may have a
+            // subscriber whose interest is still on its way here: it
+            // subscribed before the retained message reached its shard, so
+            // neither the store nor a delivery would bring it the message.
+            // The peer delivers it then, as the delivery it would have had.
+            let mut live = ShardSet::default();
+            self.interest
+                .match_topic(&msg.topic, |&s| live.insert(usize::from(s)));
+            let me = self.id;
+            for to in (0..self.nr_shards).filter(|&to| to != me) {
+                let m = ShardMsg::Retain {
+                    topic: msg.topic.clone(),
+                    msg: stored.clone(),
+                    routed: live.contains(to),
+                };
+                self.mesh_send(to, m);
+            }
             self.broadcasts += 1;
             barrier = Some(self.broadcasts);
         }
@@ -746,8 +762,11 @@ impl Shard {
                 }
                 self.release_deferred(now);
             }
-            ShardMsg::Retain { topic, msg } => {
-                self.set_retained(topic, msg);
+            ShardMsg::Retain { topic, msg, routed } => {
+                self.set_retained(topic, msg.clone());
+                if let (Some(m), false) = (msg, routed) {
+                    self.deliver_local(&m, now);
+                }
                 self.send_when_durable(from, ShardMsg::Applied);
             }
             ShardMsg::Stats(m) => {
@@ -755,10 +774,9 @@ impl Shard {
                     *slot = *m;
                 }
             }
-            ShardMsg::Adopt { fd, .. } => {
-                // Handled by the async shell; reaching here means shutdown.
-                // SAFETY: the fd was dup'ed for this message and nobody else owns it.
-                unsafe { libc::close(fd) };
+            ShardMsg::Adopt { .. } => {
+                // Handled by the async shell; reaching here means shutdown,
+                // and dropping the message closes the socket.
             }
         }
     }

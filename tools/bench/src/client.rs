@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 use ringmq::protocol::{
     Codec, ConnAck, Connect, ConnectProperties, MqttStr, Packet, ProtocolVersion, ReasonCode,
 };
-use ringmq::shard::ReadBuf;
+use ringmq::transport::ReadBuf;
 
 use crate::args::Plan;
 

@@ -25,6 +25,11 @@ impl ReadBuf {
     /// `dst`, and grows for the next read if this one filled the buffer.
     pub fn append_to(&mut self, n: usize, dst: &mut BytesMut) {
         dst.extend_from_slice(&self.0[..n]);
+        self.grow_if_filled(n);
+    }
+
+    /// Grows for the next read if the last one (`n` bytes) filled the buffer.
+    pub fn grow_if_filled(&mut self, n: usize) {
         if n == self.0.len() && self.0.len() < Self::MAX {
             self.0 = vec![0u8; self.0.len() * 2];
         }

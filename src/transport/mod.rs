@@ -1,0 +1,311 @@
+//! Byte streams, and nothing about MQTT: the one socket a connection owns,
+//! what it is wrapped in (plain TCP or TLS), the growing read buffer, and
+//! the handoff that moves a connection to the shard that owns its client.
+//!
+//! A connection's reader and writer are two tasks on one shard thread; they
+//! share one socket (one fd: a 20,000-fd limit holds 19,000 clients, not
+//! half that) and one [`Layer`], each borrowed only inside a poll, never
+//! across an await. The layer is sans-IO: ciphertext in, plaintext out and
+//! back, so the shard's one-write-per-batch holds for TLS as for TCP.
+
+mod read_buf;
+pub mod tls;
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+pub use read_buf::ReadBuf;
+
+/// What a connection's bytes are wrapped in.
+#[derive(Debug)]
+pub enum Layer {
+    /// Plain TCP: bytes are MQTT.
+    Plain,
+    /// TLS, after its handshake.
+    Tls(Box<rustls::ServerConnection>),
+}
+
+impl Layer {
+    /// Feeds bytes read from the socket; the MQTT bytes they carry are
+    /// appended to `plain`. Returns false once the peer closed its side
+    /// (TLS close_notify).
+    ///
+    /// # Errors
+    /// Bytes that are not valid for the layer (a TLS alert is then queued
+    /// for the writer).
+    pub fn input(&mut self, mut raw: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
+        let tls = match self {
+            Layer::Plain => {
+                plain.extend_from_slice(raw);
+                return Ok(true);
+            }
+            Layer::Tls(c) => c,
+        };
+        loop {
+            if !raw.is_empty() {
+                tls.read_tls(&mut raw)?;
+            }
+            let state = tls.process_new_packets().map_err(io::Error::other)?;
+            let mut left = state.plaintext_bytes_to_read();
+            while left > 0 {
+                let at = plain.len();
+                plain.resize(at + left, 0);
+                let n = tls.reader().read(&mut plain[at..])?;
+                plain.truncate(at + n);
+                left -= n.min(left);
+                if n == 0 {
+                    break;
+                }
+            }
+            if state.peer_has_closed() {
+                return Ok(false);
+            }
+            if raw.is_empty() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Appends to `wire` what goes on the socket for `plain`, and whatever
+    /// the layer has to send of its own (handshake, alerts, key updates).
+    ///
+    /// # Errors
+    /// The layer cannot take more (a closed TLS session).
+    pub fn output(&mut self, mut plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
+        let tls = match self {
+            Layer::Plain => {
+                wire.extend_from_slice(plain);
+                return Ok(());
+            }
+            Layer::Tls(c) => c,
+        };
+        while !plain.is_empty() {
+            let n = tls.writer().write(plain)?;
+            plain = &plain[n..];
+            while tls.wants_write() {
+                tls.write_tls(wire)?;
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        while tls.wants_write() {
+            tls.write_tls(wire)?;
+        }
+        Ok(())
+    }
+
+    /// True when the layer has bytes of its own to send.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Layer::Plain => false,
+            Layer::Tls(c) => c.wants_write(),
+        }
+    }
+
+    /// Says goodbye at the layer's level (TLS close_notify), for the writer
+    /// to flush before the socket closes.
+    pub fn close(&mut self) {
+        if let Layer::Tls(c) = self {
+            c.send_close_notify();
+        }
+    }
+
+    /// The name log lines give the transport.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layer::Plain => "tcp",
+            Layer::Tls(_) => "tls",
+        }
+    }
+}
+
+/// A connection on its way to the shard that owns its client: the socket
+/// (closed if the message is dropped at shutdown) and its layer's state.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The socket.
+    pub fd: OwnedFd,
+    /// TLS state and the like.
+    pub layer: Layer,
+}
+
+/// One connection's socket and layer, shared by its reader and writer.
+#[derive(Clone)]
+pub struct Link {
+    socket: Rc<RefCell<TcpStream>>,
+    layer: Rc<RefCell<Layer>>,
+}
+
+/// What one read gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Bytes came off the socket.
+    Data {
+        /// How many (before TLS took its share).
+        raw: usize,
+        /// They filled the buffer: more are probably waiting.
+        filled: bool,
+    },
+    /// The peer closed.
+    Closed,
+}
+
+impl Link {
+    /// A link over `stream`.
+    pub fn new(stream: TcpStream, layer: Layer) -> Link {
+        let _ = stream.set_nodelay(true);
+        Link {
+            socket: Rc::new(RefCell::new(stream)),
+            layer: Rc::new(RefCell::new(layer)),
+        }
+    }
+
+    /// Takes over a handed-off connection.
+    pub fn adopt(h: Handoff) -> Link {
+        // SAFETY: the fd came in a Handoff, which owned it.
+        let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+        Link::new(stream, h.layer)
+    }
+
+    /// The socket's fd, for a shutdown from the shard.
+    pub fn fd(&self) -> RawFd {
+        self.socket.borrow().as_raw_fd()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.socket.borrow().peer_addr().ok()
+    }
+
+    /// The layer's name, for log lines.
+    pub fn kind(&self) -> &'static str {
+        self.layer.borrow().name()
+    }
+
+    /// Whatever the layer already holds for the reader (TLS records that
+    /// arrived with the handshake's last flight), appended to `plain`.
+    ///
+    /// # Errors
+    /// As [`Layer::input`].
+    pub fn buffered(&self, plain: &mut BytesMut) -> io::Result<bool> {
+        self.layer.borrow_mut().input(&[], plain)
+    }
+
+    /// Reads the socket once and appends what it carried to `plain`.
+    ///
+    /// # Errors
+    /// The socket failed, or the layer refused what came.
+    pub async fn read(&self, tmp: &mut ReadBuf, plain: &mut BytesMut) -> io::Result<Read> {
+        let n = poll_fn(|cx| Pin::new(&mut *self.socket.borrow_mut()).poll_read(cx, tmp.space()))
+            .await?;
+        if n == 0 {
+            return Ok(Read::Closed);
+        }
+        let filled = n == tmp.space().len();
+        let open = match &mut *self.layer.borrow_mut() {
+            Layer::Plain => {
+                tmp.append_to(n, plain);
+                true
+            }
+            layer => {
+                let open = layer.input(&tmp.space()[..n], plain)?;
+                tmp.grow_if_filled(n);
+                open
+            }
+        };
+        if !open {
+            return Ok(Read::Closed);
+        }
+        Ok(Read::Data { raw: n, filled })
+    }
+
+    /// True when the layer has bytes of its own for the writer.
+    pub fn wants_write(&self) -> bool {
+        self.layer.borrow().wants_write()
+    }
+
+    /// Writes `plain` (and the layer's own bytes) to the socket; `wire` is
+    /// scratch space kept between calls.
+    ///
+    /// # Errors
+    /// The socket failed.
+    pub async fn write(&self, plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
+        let direct = matches!(&*self.layer.borrow(), Layer::Plain);
+        let bytes: &[u8] = if direct {
+            plain
+        } else {
+            wire.clear();
+            self.layer.borrow_mut().output(plain, wire)?;
+            wire
+        };
+        self.write_raw(bytes).await
+    }
+
+    async fn write_raw(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = poll_fn(|cx| Pin::new(&mut *self.socket.borrow_mut()).poll_write(cx, bytes))
+                .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Says goodbye at the layer's level and flushes that (best effort).
+    pub async fn close(&self, wire: &mut Vec<u8>) {
+        if matches!(&*self.layer.borrow(), Layer::Plain) {
+            return;
+        }
+        self.layer.borrow_mut().close();
+        let _ = self.write(&[], wire).await;
+    }
+
+    /// Shuts the socket down both ways: the other task's read or write ends.
+    pub fn shutdown(&self) {
+        // SAFETY: plain syscall on the socket this link owns.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+    }
+
+    /// The link as a [`Handoff`] for another shard. Only while nothing
+    /// else holds it (before the reader and writer start).
+    ///
+    /// # Errors
+    /// The fd could not be duplicated (out of fds), or the link is shared.
+    pub fn into_handoff(self) -> io::Result<Handoff> {
+        let fd = self.fd();
+        // glommio's stream cannot give its fd up, so the owner shard gets
+        // a duplicate and this one closes the original at once.
+        // SAFETY: dup of an open socket; the copy is owned from here on.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: dup returned a fresh fd nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        let Link { socket, layer } = self;
+        drop(socket);
+        let layer = Rc::try_unwrap(layer)
+            .map_err(|_| io::Error::other("link still shared at handoff"))?
+            .into_inner();
+        Ok(Handoff { fd, layer })
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("fd", &self.fd())
+            .finish_non_exhaustive()
+    }
+}
