@@ -31,7 +31,7 @@ use crate::protocol::{
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
 use super::pipe::{PipeReceiver, PipeSender};
 use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
-use crate::transport::{tls, Handoff, Layer, Link, Read, ReadBuf};
+use crate::transport::{tls, Handoff, Layer, Link, Read, READ_BYTES};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -438,7 +438,6 @@ async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline
     // A socket that is not a client yet may buffer at most one CONNECT.
     let mut codec = Codec::server(max_connect);
     let mut buf = BytesMut::new();
-    let mut tmp = ReadBuf::default();
     let mut level = None;
     let first = glommio::timer::timeout(timeout, async {
         // TLS records that came with the handshake's last flight.
@@ -456,7 +455,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline
                     io::ErrorKind::InvalidData.into(),
                 ));
             }
-            if link.read(&mut tmp, &mut buf).await? == Read::Closed {
+            // At most what a CONNECT may still need, so that a socket
+            // before CONNECT never holds more than one.
+            let room = (max_connect + 5).saturating_sub(buf.len());
+            if link.read(&mut buf, room).await? == Read::Closed {
                 return Err(glommio::GlommioError::IoError(
                     io::ErrorKind::UnexpectedEof.into(),
                 ));
@@ -484,7 +486,6 @@ async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline
         }
         Err(_) => return,
     };
-    drop(tmp);
     drop(pending);
     let (me, nr) = {
         let s = shard.borrow();
@@ -639,7 +640,6 @@ async fn read_loop(
 ) {
     let mut codec = Codec::new(version, max_packet);
     let mut buf = BytesMut::from(&leftover[..]);
-    let mut tmp = ReadBuf::default();
     let mut filled = false;
     loop {
         {
@@ -677,6 +677,11 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
+        if buf.is_empty() {
+            // An idle connection holds no read memory (what its messages
+            // still share stays with them).
+            buf = BytesMut::new();
+        }
         // Let the other readers (and the mesh) of this shard have their turn
         // before reading again: a read that finds data completes without
         // yielding, so a busy reader kept the shard to itself until the
@@ -707,7 +712,7 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
-        match link.read(&mut tmp, &mut buf).await {
+        match link.read(&mut buf, READ_BYTES).await {
             Ok(Read::Closed) | Err(_) => return,
             Ok(Read::Data { raw, filled: f }) => {
                 filled = f;

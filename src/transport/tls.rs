@@ -13,6 +13,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{Layer, Link};
 
+/// A TLS client's configuration (see [`client_config`]).
+pub type ClientConfig = rustls::ClientConfig;
+
 /// Where the TLS listener's certificate, key and client CA live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -135,5 +138,47 @@ pub async fn accept(
         .accept(stream)
         .await?;
     let (stream, conn) = tls.into_inner();
-    Ok(Link::new(stream, Layer::Tls(Box::new(conn))))
+    Ok(Link::new(
+        stream,
+        Layer::Tls(Box::new(rustls::Connection::Server(conn))),
+    ))
+}
+
+/// A client config that trusts the CA certificates in `ca` (PEM), for a
+/// client of the broker (`ringmq-bench --tls`).
+///
+/// # Errors
+/// A file that cannot be read or holds no certificate.
+pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Runs the client side of the handshake on `stream`, for server `name`.
+///
+/// # Errors
+/// The handshake failed (an untrusted certificate, the socket).
+pub async fn connect(
+    stream: glommio::net::TcpStream,
+    config: Arc<ClientConfig>,
+    name: &str,
+) -> std::io::Result<Link> {
+    let name = rustls_pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tls = futures_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await?;
+    let (stream, conn) = tls.into_inner();
+    Ok(Link::new(
+        stream,
+        Layer::Tls(Box::new(rustls::Connection::Client(conn))),
+    ))
 }

@@ -101,6 +101,15 @@ pub struct Args {
     /// Password.
     #[arg(long)]
     pub password: Option<String>,
+    /// Speak TLS to --broker, trusting the CA certificates in --cafile.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificates that sign the broker's certificate (--tls).
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// The name the broker's certificate must carry (--tls).
+    #[arg(long, default_value = "localhost")]
+    pub tls_name: String,
     /// New connections per second; 0 = all at once.
     #[arg(long, default_value_t = 0)]
     pub ramp: u64,
@@ -155,6 +164,8 @@ pub struct Plan {
     pub client_prefix: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS client config and server name, with --tls.
+    pub tls: Option<(std::sync::Arc<ringmq::transport::tls::ClientConfig>, String)>,
     pub ramp: u64,
     pub threads: usize,
     pub drain: Duration,
@@ -257,6 +268,14 @@ impl Args {
         if threads == 0 {
             return Err("--threads must be at least 1".into());
         }
+        let tls = match (self.tls, &self.cafile) {
+            (false, _) => None,
+            (true, None) => return Err("--tls needs --cafile".into()),
+            (true, Some(ca)) => Some((
+                ringmq::transport::tls::client_config(ca)?,
+                self.tls_name.clone(),
+            )),
+        };
         let version = match self.mqtt {
             3 | 4 => ProtocolVersion::V311,
             _ => ProtocolVersion::V5,
@@ -279,6 +298,7 @@ impl Args {
             client_prefix: self.client_prefix,
             username: self.username,
             password: self.password,
+            tls,
             ramp: self.ramp,
             threads,
             drain: self.drain,

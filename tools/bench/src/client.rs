@@ -1,21 +1,20 @@
 //! One MQTT client on a glommio executor: CONNECT/CONNACK, then a reader
 //! task that hands packets to the client's role and a writer task that
-//! flushes everything queued in one write (two fds of one socket).
+//! flushes everything queued in one write, both on one ringmq transport
+//! link (plain TCP or TLS).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringmq::protocol::{
     Codec, ConnAck, Connect, ConnectProperties, MqttStr, Packet, ProtocolVersion, ReasonCode,
 };
-use ringmq::transport::ReadBuf;
+use ringmq::transport::{tls, Layer, Link, Read, READ_BYTES};
 
 use crate::args::Plan;
 
@@ -29,6 +28,8 @@ pub struct Outbox {
     writer: Cell<Option<Waker>>,
     space: Cell<Option<Waker>>,
     closed: Cell<bool>,
+    /// The transport has bytes of its own to send (TLS).
+    poked: Cell<bool>,
     version: Cell<Option<ProtocolVersion>>,
 }
 
@@ -54,6 +55,14 @@ impl Outbox {
             }
         })
         .await
+    }
+
+    /// Wakes the writer for the transport's own bytes.
+    pub fn poke(&self) {
+        self.poked.set(true);
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
     }
 
     /// Flushes, then closes the socket.
@@ -112,21 +121,25 @@ pub async fn connect(
     clean: bool,
     role: Rc<dyn Role>,
 ) -> Result<(Client, ConnAck), String> {
-    let mut stream = TcpStream::connect(plan.broker)
+    let stream = TcpStream::connect(plan.broker)
         .await
         .map_err(|e| format!("connect to {}: {e}", plan.broker))?;
-    let _ = stream.set_nodelay(true);
+    let link = match &plan.tls {
+        Some((cfg, name)) => tls::connect(stream, cfg.clone(), name)
+            .await
+            .map_err(|e| format!("TLS handshake with {}: {e}", plan.broker))?,
+        None => Link::new(stream, Layer::Plain),
+    };
     let mut buf = BytesMut::new();
     Packet::Connect(Box::new(connect_packet(plan, id, clean)?))
         .encode(plan.version, &mut buf)
         .map_err(|e| e.to_string())?;
-    stream
-        .write_all(&buf)
+    let mut wire = Vec::new();
+    link.write(&buf, &mut wire)
         .await
         .map_err(|e| format!("send CONNECT: {e}"))?;
     let mut codec = Codec::new(plan.version, usize::MAX);
     let mut inbuf = BytesMut::new();
-    let mut tmp = ReadBuf::default();
     let ack = glommio::timer::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(p) = codec
@@ -135,13 +148,11 @@ pub async fn connect(
             {
                 return Ok(p);
             }
-            let n = stream.read(tmp.space()).await?;
-            if n == 0 {
+            if link.read(&mut inbuf, READ_BYTES).await? == Read::Closed {
                 return Err(glommio::GlommioError::IoError(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 ));
             }
-            tmp.append_to(n, &mut inbuf);
         }
     })
     .await
@@ -154,23 +165,15 @@ pub async fn connect(
     }
     let out = Rc::new(Outbox::default());
     out.version.set(Some(plan.version));
-    // SAFETY: dup of an open socket, owned by the writer task from here on.
-    let wfd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if wfd < 0 {
-        return Err("dup failed".into());
-    }
-    // SAFETY: wfd is fresh and owned by nothing else.
-    let writer = unsafe { TcpStream::from_raw_fd(wfd) };
-    glommio::spawn_local(write_loop(out.clone(), writer)).detach();
-    glommio::spawn_local(read_loop(stream, codec, inbuf, tmp, role, out.clone())).detach();
+    glommio::spawn_local(write_loop(out.clone(), link.clone(), wire)).detach();
+    glommio::spawn_local(read_loop(link, codec, inbuf, role, out.clone())).detach();
     Ok((Client { out }, *ack))
 }
 
 async fn read_loop(
-    mut stream: TcpStream,
+    link: Link,
     mut codec: Codec,
     mut buf: BytesMut,
-    mut tmp: ReadBuf,
     role: Rc<dyn Role>,
     out: Rc<Outbox>,
 ) {
@@ -187,23 +190,27 @@ async fn read_loop(
                 }
             }
         }
-        match stream.read(tmp.space()).await {
-            Ok(0) | Err(_) => {
+        match link.read(&mut buf, READ_BYTES).await {
+            Ok(Read::Closed) | Err(_) => {
                 out.close();
                 role.on_close();
                 return;
             }
-            Ok(n) => tmp.append_to(n, &mut buf),
+            Ok(Read::Data { .. }) => {
+                if link.wants_write() {
+                    out.poke();
+                }
+            }
         }
     }
 }
 
-async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream) {
+async fn write_loop(out: Rc<Outbox>, link: Link, mut wire: Vec<u8>) {
     let mut spare = BytesMut::new();
     loop {
         let more = poll_fn(|cx| {
             let mut b = out.buf.borrow_mut();
-            if !b.is_empty() {
+            if out.poked.take() || !b.is_empty() {
                 std::mem::swap(&mut *b, &mut spare);
                 if let Some(w) = out.space.take() {
                     w.wake();
@@ -217,7 +224,7 @@ async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream) {
             }
         })
         .await;
-        if !more || stream.write_all(&spare).await.is_err() {
+        if !more || link.write(&spare, &mut wire).await.is_err() {
             break;
         }
         spare.clear();
@@ -226,6 +233,5 @@ async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream) {
     if let Some(w) = out.space.take() {
         w.wake();
     }
-    // SAFETY: plain shutdown(2) on the fd this task owns.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+    link.shutdown();
 }

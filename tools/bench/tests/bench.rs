@@ -439,3 +439,87 @@ fn kill_and_restart_counts_acknowledged_but_lost() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--tls --cafile`: the bench speaks TLS to ringmq's TLS listener, with
+/// certificates made by the README's openssl commands; without --cafile it
+/// refuses to start, and with a CA that did not sign the broker it fails.
+#[test]
+fn tls_runs_against_ringmq() {
+    let dir = std::env::temp_dir().join(format!("ringmq-bench-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for cmd in [
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj /CN=ringmq-ca -keyout ca.key -out ca.pem",
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1') -out server.pem",
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=other -keyout other.key -out other.pem",
+    ] {
+        let out = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(&dir)
+            .output()
+            .expect("openssl runs (tools/test.sh installs it)");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let config = ringmq::config::Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        listen_tls: vec!["127.0.0.1:0".parse().expect("addr")],
+        tls: Some(ringmq::transport::tls::TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            ca: None,
+            require_certificate: false,
+        }),
+        cores: 2,
+        sys_interval: None,
+        ..Default::default()
+    };
+    let broker = ringmq::broker::start(config).expect("broker");
+    let addr = broker.tls_addrs()[0].to_string();
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().expect("utf-8");
+    for (scenario, extra) in [
+        (
+            "pairs",
+            vec!["--publishers", "2", "--qos", "1", "--rate", "1000"],
+        ),
+        ("connections", vec!["--subscribers", "50", "--ramp", "500"]),
+    ] {
+        let mut args = vec![
+            scenario,
+            "--broker",
+            &addr,
+            "--duration",
+            "1s",
+            "--threads",
+            "2",
+        ];
+        args.extend(["--tls", "--cafile", ca]);
+        args.extend(extra);
+        let (ok, out) = bench(&args);
+        assert!(ok, "{scenario}: {out}");
+        if scenario == "connections" {
+            assert_eq!(field(&out, "connected"), 50, "{out}");
+        } else {
+            assert!(field(&out, "received") > 0, "{out}");
+            assert_eq!(field(&out, "lost"), 0, "{out}");
+        }
+    }
+    let (ok, out) = bench(&["latency", "--broker", &addr, "--tls"]);
+    assert!(!ok && out.contains("--cafile"), "{out}");
+    let other = dir.join("other.pem");
+    let (ok, _) = bench(&[
+        "latency",
+        "--broker",
+        &addr,
+        "--tls",
+        "--cafile",
+        other.to_str().expect("utf-8"),
+        "--duration",
+        "1s",
+    ]);
+    assert!(!ok, "trusted a broker its CA did not sign");
+    broker.shutdown();
+    broker.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
