@@ -18,6 +18,8 @@ use crate::shard::{ShardStart, Shared};
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
+    ws_addrs: Vec<SocketAddr>,
+    wss_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The locked data directory, released when the broker is gone.
@@ -88,6 +90,16 @@ impl BrokerHandle {
     /// The TLS listeners' addresses (port 0 resolved).
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.tls_addrs
+    }
+
+    /// The WebSocket listeners' addresses (port 0 resolved).
+    pub fn ws_addrs(&self) -> &[SocketAddr] {
+        &self.ws_addrs
+    }
+
+    /// The WebSocket-over-TLS listeners' addresses (port 0 resolved).
+    pub fn wss_addrs(&self) -> &[SocketAddr] {
+        &self.wss_addrs
     }
 
     /// Waits for every shard to stop.
@@ -185,6 +197,8 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
     let mut threads = Vec::with_capacity(n);
     let mut addrs = Vec::new();
     let mut tls_addrs = Vec::new();
+    let mut ws_addrs = Vec::new();
+    let mut wss_addrs = Vec::new();
     let mut shards: Vec<_> = senders.into_iter().zip(receivers).enumerate().collect();
     // Shard 0 binds first, so that port 0 resolves once and the others
     // bind the same port (SO_REUSEPORT).
@@ -216,11 +230,17 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             .recv()
             .map_err(|_| io::Error::other(format!("shard {id} died while binding")))??;
         if id == 0 {
-            let (plain, tls) = got.split_at(config.listen.len());
+            let (plain, rest) = got.split_at(config.listen.len());
+            let (tls, rest) = rest.split_at(config.listen_tls.len());
+            let (ws, wss) = rest.split_at(config.listen_ws.len());
             config.listen = plain.to_vec();
             config.listen_tls = tls.to_vec();
+            config.listen_ws = ws.to_vec();
+            config.listen_wss = wss.to_vec();
             addrs = plain.to_vec();
             tls_addrs = tls.to_vec();
+            ws_addrs = ws.to_vec();
+            wss_addrs = wss.to_vec();
         }
     }
     if let Some(d) = data.as_mut() {
@@ -231,6 +251,8 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             shards = n,
             listen = ?addrs,
             listen_tls = ?tls_addrs,
+            listen_ws = ?ws_addrs,
+            listen_wss = ?wss_addrs,
             data_dir = %d.path().display(),
             sync = ?config.sync,
             "ringmq started"
@@ -239,12 +261,16 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             shards = n,
             listen = ?addrs,
             listen_tls = ?tls_addrs,
+            listen_ws = ?ws_addrs,
+            listen_wss = ?wss_addrs,
             "ringmq started (in memory)"
         ),
     }
     Ok(BrokerHandle {
         addrs,
         tls_addrs,
+        ws_addrs,
+        wss_addrs,
         shared,
         threads,
         _data: data,
@@ -333,6 +359,12 @@ pub fn run(config: Config) -> io::Result<()> {
     }
     for a in handle.tls_addrs() {
         println!("ringmq listening on {a} (tls)");
+    }
+    for a in handle.ws_addrs() {
+        println!("ringmq listening on {a} (ws)");
+    }
+    for a in handle.wss_addrs() {
+        println!("ringmq listening on {a} (wss)");
     }
     let mut sig: libc::c_int = 0;
     loop {

@@ -59,6 +59,15 @@ pub struct Cli {
     #[arg(long = "listen-tls", value_name = "ADDR")]
     pub listen_tls: Vec<SocketAddr>,
 
+    /// Address to listen on for MQTT over WebSocket (any path; subprotocol
+    /// mqtt); repeat for several.
+    #[arg(long = "listen-ws", value_name = "ADDR")]
+    pub listen_ws: Vec<SocketAddr>,
+
+    /// Address to listen on for MQTT over WebSocket over TLS (--cert, --key).
+    #[arg(long = "listen-wss", value_name = "ADDR")]
+    pub listen_wss: Vec<SocketAddr>,
+
     /// PEM certificate chain for the TLS listeners, the server's own first.
     #[arg(long, value_name = "FILE")]
     pub cert: Option<std::path::PathBuf>,
@@ -229,6 +238,8 @@ impl Cli {
         let config = Config {
             listen: self.listen,
             listen_tls: self.listen_tls,
+            listen_ws: self.listen_ws,
+            listen_wss: self.listen_wss,
             tls: match (self.cert, self.key) {
                 (Some(cert), Some(key)) => Some(crate::transport::tls::TlsFiles {
                     cert,

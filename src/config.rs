@@ -69,6 +69,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Addresses to listen on with TLS (`--listen-tls`), with `tls`.
     pub listen_tls: Vec<SocketAddr>,
+    /// Addresses to listen on for MQTT over WebSocket (`--listen-ws`).
+    pub listen_ws: Vec<SocketAddr>,
+    /// Addresses for MQTT over WebSocket over TLS (`--listen-wss`), with `tls`.
+    pub listen_wss: Vec<SocketAddr>,
     /// The TLS listeners' certificate, key and client CA.
     pub tls: Option<crate::transport::tls::TlsFiles>,
     /// Number of shards (one executor thread each).
@@ -156,6 +160,8 @@ impl Default for Config {
                 .parse()
                 .expect("invariant: valid default address")],
             listen_tls: Vec::new(),
+            listen_ws: Vec::new(),
+            listen_wss: Vec::new(),
             tls: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             data_dir: None,
@@ -211,7 +217,7 @@ pub enum ConfigError {
     #[error("--max-packet-size must be between 64 and 268435460 bytes, not {0}")]
     PacketSize(usize),
     /// `--listen-tls` without a certificate and key.
-    #[error("--listen-tls needs --cert and --key")]
+    #[error("--listen-tls and --listen-wss need --cert and --key")]
     TlsWithoutCert,
     /// A segment size out of range.
     #[error("--segment-size must be between 1 MiB and 1 GiB, not {0}")]
@@ -232,10 +238,14 @@ impl Config {
     /// # Errors
     /// The first [`ConfigError`] found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() && self.listen_tls.is_empty() {
+        if self.listen.is_empty()
+            && self.listen_tls.is_empty()
+            && self.listen_ws.is_empty()
+            && self.listen_wss.is_empty()
+        {
             return Err(ConfigError::NoListener);
         }
-        if !self.listen_tls.is_empty() && self.tls.is_none() {
+        if (!self.listen_tls.is_empty() || !self.listen_wss.is_empty()) && self.tls.is_none() {
             return Err(ConfigError::TlsWithoutCert);
         }
         if self.cores == 0 || self.cores > MAX_CORES {

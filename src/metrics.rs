@@ -40,6 +40,8 @@ pub struct Metrics {
     pub acl_deliveries_denied: u64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: u64,
+    /// WebSocket upgrades refused or not finished in time.
+    pub ws_handshake_failures: u64,
     /// Messages resent on a live 3.1.1 connection, and dropped after the
     /// last resend (`--resend-interval`, `--max-resends`).
     pub resends: u64,
@@ -88,6 +90,7 @@ impl Metrics {
         self.acl_denied += o.acl_denied;
         self.acl_deliveries_denied += o.acl_deliveries_denied;
         self.tls_handshake_failures += o.tls_handshake_failures;
+        self.ws_handshake_failures += o.ws_handshake_failures;
         self.resends += o.resends;
         self.resend_drops += o.resend_drops;
         self.ttl_drops += o.ttl_drops;
@@ -98,7 +101,7 @@ impl Metrics {
     }
 
     /// `$SYS` topic suffixes and values, in the names Mosquitto uses.
-    pub fn sys_topics(&self) -> [(&'static str, u64); 33] {
+    pub fn sys_topics(&self) -> [(&'static str, u64); 34] {
         [
             ("clients/connected", self.clients_connected),
             ("clients/total", self.sessions),
@@ -129,6 +132,7 @@ impl Metrics {
             ("clients/acl_denied", self.acl_denied),
             ("publish/messages/acl_denied", self.acl_deliveries_denied),
             ("errors/tls_handshake", self.tls_handshake_failures),
+            ("errors/ws_handshake", self.ws_handshake_failures),
             ("publish/messages/resent", self.resends),
             ("publish/messages/dropped_after_resends", self.resend_drops),
             ("publish/messages/dropped_inflight_ttl", self.ttl_drops),

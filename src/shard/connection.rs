@@ -31,7 +31,7 @@ use crate::protocol::{
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
 use super::pipe::{PipeReceiver, PipeSender};
 use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
-use crate::transport::{tls, Handoff, Layer, Link, Read, READ_BYTES};
+use crate::transport::{tls, ws, Handoff, Layer, Link, Read, READ_BYTES};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -98,8 +98,40 @@ pub async fn run(start: ShardStart) {
     }
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    let plain = config.listen.iter().map(|a| (a, false));
-    for (addr, tls) in plain.chain(config.listen_tls.iter().map(|a| (a, true))) {
+    let kinds = [
+        (
+            &config.listen,
+            Kind {
+                tls: false,
+                ws: false,
+            },
+        ),
+        (
+            &config.listen_tls,
+            Kind {
+                tls: true,
+                ws: false,
+            },
+        ),
+        (
+            &config.listen_ws,
+            Kind {
+                tls: false,
+                ws: true,
+            },
+        ),
+        (
+            &config.listen_wss,
+            Kind {
+                tls: true,
+                ws: true,
+            },
+        ),
+    ];
+    let all = kinds
+        .iter()
+        .flat_map(|(addrs, k)| addrs.iter().map(move |a| (a, *k)));
+    for (addr, tls) in all {
         match bind_listener(*addr) {
             Ok(l) => {
                 addrs.push(l.local_addr().unwrap_or(*addr));
@@ -309,7 +341,14 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// and rustls some 30 KB: a flood of them must not take the shard.
 pub const MAX_TLS_HANDSHAKES: usize = 256;
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, tls: bool) {
+/// What a listener's connections are wrapped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kind {
+    tls: bool,
+    ws: bool,
+}
+
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, kind: Kind) {
     let (shared, max) = {
         let s = shard.borrow();
         (s.shared.clone(), s.config.max_connections)
@@ -336,12 +375,15 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, tls: bool
                 }
                 shared.pending.fetch_add(1, Ordering::Relaxed);
                 let pending = Pending(shared.clone());
-                if tls {
-                    glommio::spawn_local(serve_tls(shard.clone(), stream, pending)).detach();
+                if kind.tls || kind.ws {
+                    glommio::spawn_local(serve_wrapped(shard.clone(), stream, pending, kind))
+                        .detach();
                 } else {
                     let deadline = Instant::now() + shard.borrow().config.connect_timeout;
-                    let link = Link::new(stream, Layer::Plain);
-                    glommio::spawn_local(serve(shard.clone(), link, pending, deadline)).detach();
+                    let link = Link::new(stream, Layer::plain());
+                    let buf = BytesMut::new();
+                    glommio::spawn_local(serve(shard.clone(), link, pending, deadline, buf))
+                        .detach();
                 }
             }
             Err(e) => {
@@ -376,10 +418,95 @@ fn peer_of(stream: &TcpStream) -> String {
     super::conn::peer_name(stream.peer_addr().ok())
 }
 
-/// Runs the TLS handshake (within the connect timeout, which then goes on
-/// to bound CONNECT), then serves the connection as [`serve`] does.
-async fn serve_tls(shard: Rc<RefCell<Shard>>, stream: TcpStream, pending: Pending) {
+/// Runs the TLS handshake and the WebSocket upgrade that `kind` asks for
+/// (all within the connect timeout, which then goes on to bound CONNECT),
+/// then serves the connection as [`serve`] does.
+async fn serve_wrapped(shard: Rc<RefCell<Shard>>, stream: TcpStream, pending: Pending, kind: Kind) {
     let deadline = Instant::now() + shard.borrow().config.connect_timeout;
+    let link = if kind.tls {
+        match tls_handshake(&shard, stream, deadline).await {
+            Some(l) => l,
+            None => return,
+        }
+    } else {
+        Link::new(stream, Layer::plain())
+    };
+    let mut buf = BytesMut::new();
+    if kind.ws && !ws_upgrade(&shard, &link, deadline, &mut buf).await {
+        return;
+    }
+    serve(shard, link, pending, deadline, buf).await;
+}
+
+/// Reads the WebSocket upgrade request (at most
+/// [`ws::MAX_REQUEST_BYTES`], before `deadline`), answers it, and from then
+/// on frames the link; MQTT bytes that came with the request go to `buf`.
+/// False if the socket is to be closed.
+async fn ws_upgrade(
+    shard: &Rc<RefCell<Shard>>,
+    link: &Link,
+    deadline: Instant,
+    buf: &mut BytesMut,
+) -> bool {
+    let mut req = BytesMut::new();
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let got = glommio::timer::timeout(wait, async {
+        loop {
+            match ws::upgrade(&req) {
+                ws::Upgrade::Partial => {}
+                done => return Ok(done),
+            }
+            let room = ws::MAX_REQUEST_BYTES + 1 - req.len();
+            if link.read(&mut req, room).await? == Read::Closed {
+                return Err(glommio::GlommioError::IoError(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+        }
+    })
+    .await;
+    let mut wire = Vec::new();
+    let why = match got {
+        Ok(ws::Upgrade::Accept { answer, used }) => {
+            let max = shard.borrow().config.max_packet_bytes;
+            let ok = link.write(&answer, &mut wire).await.is_ok()
+                && link
+                    .upgrade_ws(ws::Ws::server(max), &req[used..], buf)
+                    .is_ok_and(|open| open);
+            if ok {
+                return true;
+            }
+            "the client went away after the upgrade".to_string()
+        }
+        Ok(ws::Upgrade::Refuse { answer, why }) => {
+            let _ = link.write(&answer, &mut wire).await;
+            why
+        }
+        Ok(ws::Upgrade::Partial) => unreachable!("the loop returns only a verdict"),
+        Err(glommio::GlommioError::TimedOut(_)) => "no upgrade request in time".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let mut s = shard.borrow_mut();
+    s.metrics.ws_handshake_failures += 1;
+    if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
+        let peer = super::conn::peer_name(link.peer_addr());
+        tracing::info!(
+            peer,
+            error = why,
+            held_back = held,
+            "WebSocket upgrade failed"
+        );
+    }
+    false
+}
+
+/// The TLS handshake, before `deadline`; `None` (logged, counted) if it
+/// failed or this shard runs too many at once.
+async fn tls_handshake(
+    shard: &Rc<RefCell<Shard>>,
+    stream: TcpStream,
+    deadline: Instant,
+) -> Option<Link> {
     let config = {
         let mut s = shard.borrow_mut();
         let cfg = s.tls_server_config();
@@ -393,7 +520,7 @@ async fn serve_tls(shard: Rc<RefCell<Shard>>, stream: TcpStream, pending: Pendin
                     "too many TLS handshakes at once, closing new sockets"
                 );
             }
-            return;
+            return None;
         }
         s.tls_handshakes += 1;
         cfg.expect("checked")
@@ -410,7 +537,7 @@ async fn serve_tls(shard: Rc<RefCell<Shard>>, stream: TcpStream, pending: Pendin
         let mut s = shard.borrow_mut();
         s.tls_handshakes -= 1;
         match done {
-            Ok(link) => link,
+            Ok(link) => Some(link),
             Err(e) => {
                 s.metrics.tls_handshake_failures += 1;
                 if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
@@ -420,16 +547,22 @@ async fn serve_tls(shard: Rc<RefCell<Shard>>, stream: TcpStream, pending: Pendin
                     };
                     tracing::info!(peer, error = why, held_back = held, "TLS handshake failed");
                 }
-                return;
+                None
             }
         }
     };
-    serve(shard, link, pending, deadline).await;
+    link
 }
 
 /// Reads until CONNECT, then serves the connection here or hands it to the
 /// shard that owns its client id.
-async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline: Instant) {
+async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    link: Link,
+    pending: Pending,
+    deadline: Instant,
+    mut buf: BytesMut,
+) {
     let max_connect = {
         let s = shard.borrow();
         s.config.max_connect_bytes.min(s.config.max_packet_bytes)
@@ -437,7 +570,6 @@ async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline
     let timeout = deadline.saturating_duration_since(Instant::now());
     // A socket that is not a client yet may buffer at most one CONNECT.
     let mut codec = Codec::server(max_connect);
-    let mut buf = BytesMut::new();
     let mut level = None;
     let first = glommio::timer::timeout(timeout, async {
         // TLS records that came with the handshake's last flight.
@@ -484,7 +616,12 @@ async fn serve(shard: Rc<RefCell<Shard>>, link: Link, pending: Pending, deadline
             }
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            // The peer closed (or the socket failed): answer a WebSocket
+            // close or TLS close_notify that is still owed, best effort.
+            link.close(&mut Vec::new()).await;
+            return;
+        }
     };
     drop(pending);
     let (me, nr) = {

@@ -9,6 +9,7 @@
 //! back, so the shard's one-write-per-batch holds for TLS as for TCP.
 
 pub mod tls;
+pub mod ws;
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -35,108 +36,173 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BYTES].into_boxed_slice());
 }
 
-/// What a connection's bytes are wrapped in.
-#[derive(Debug)]
-pub enum Layer {
-    /// Plain TCP: bytes are MQTT.
-    Plain,
-    /// TLS, after its handshake (the broker's side or a client's).
-    Tls(Box<rustls::Connection>),
+/// What a connection's bytes are wrapped in: nothing (plain TCP), TLS,
+/// WebSocket framing, or WebSocket inside TLS.
+#[derive(Debug, Default)]
+pub struct Layer {
+    tls: Option<Box<rustls::Connection>>,
+    ws: Option<Box<ws::Ws>>,
+    /// Between TLS and WebSocket: decrypted frames in, frames to encrypt out.
+    mid: Vec<u8>,
 }
 
 impl Layer {
+    /// Plain TCP: bytes are MQTT.
+    pub fn plain() -> Layer {
+        Layer::default()
+    }
+
+    /// TLS, after its handshake (the broker's side or a client's).
+    pub fn tls(conn: rustls::Connection) -> Layer {
+        Layer {
+            tls: Some(Box::new(conn)),
+            ..Layer::default()
+        }
+    }
+
+    /// Adds WebSocket framing (after the upgrade) inside whatever is there.
+    pub fn set_ws(&mut self, ws: ws::Ws) {
+        self.ws = Some(Box::new(ws));
+    }
+
+    fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.ws.is_none()
+    }
+
     /// Feeds bytes read from the socket; the MQTT bytes they carry are
     /// appended to `plain`. Returns false once the peer closed its side
-    /// (TLS close_notify).
+    /// (TLS close_notify, a WebSocket close).
     ///
     /// # Errors
     /// Bytes that are not valid for the layer (a TLS alert is then queued
     /// for the writer).
-    pub fn input(&mut self, mut raw: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
-        let tls = match self {
-            Layer::Plain => {
+    pub fn input(&mut self, raw: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
+        match (&mut self.tls, &mut self.ws) {
+            (None, None) => {
                 plain.extend_from_slice(raw);
-                return Ok(true);
+                Ok(true)
             }
-            Layer::Tls(c) => c,
-        };
-        loop {
-            if !raw.is_empty() {
-                tls.read_tls(&mut raw)?;
-            }
-            let state = tls.process_new_packets().map_err(io::Error::other)?;
-            let mut left = state.plaintext_bytes_to_read();
-            while left > 0 {
-                let at = plain.len();
-                plain.resize(at + left, 0);
-                let n = tls.reader().read(&mut plain[at..])?;
-                plain.truncate(at + n);
-                left -= n.min(left);
-                if n == 0 {
-                    break;
-                }
-            }
-            if state.peer_has_closed() {
-                return Ok(false);
-            }
-            if raw.is_empty() {
-                return Ok(true);
+            (None, Some(ws)) => ws.input(raw, plain),
+            (Some(tls), None) => tls_input(tls, raw, plain),
+            (Some(tls), Some(ws)) => {
+                let mut frames = BytesMut::new();
+                let open = tls_input(tls, raw, &mut frames)?;
+                Ok(ws.input(&frames, plain)? && open)
             }
         }
     }
 
     /// Appends to `wire` what goes on the socket for `plain`, and whatever
-    /// the layer has to send of its own (handshake, alerts, key updates).
+    /// the layer has to send of its own (handshake, alerts, pongs).
     ///
     /// # Errors
     /// The layer cannot take more (a closed TLS session).
-    pub fn output(&mut self, mut plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
-        let tls = match self {
-            Layer::Plain => {
+    pub fn output(&mut self, plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
+        match (&mut self.tls, &mut self.ws) {
+            (None, None) => {
                 wire.extend_from_slice(plain);
-                return Ok(());
+                Ok(())
             }
-            Layer::Tls(c) => c,
-        };
-        while !plain.is_empty() {
-            let n = tls.writer().write(plain)?;
-            plain = &plain[n..];
-            while tls.wants_write() {
-                tls.write_tls(wire)?;
+            (None, Some(ws)) => {
+                ws.output(plain, wire);
+                Ok(())
             }
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            (Some(tls), None) => tls_output(tls, plain, wire),
+            (Some(tls), Some(ws)) => {
+                self.mid.clear();
+                ws.output(plain, &mut self.mid);
+                let r = tls_output(tls, &self.mid, wire);
+                if self.mid.capacity() > 1 << 20 {
+                    self.mid = Vec::new();
+                }
+                r
             }
         }
-        while tls.wants_write() {
-            tls.write_tls(wire)?;
-        }
-        Ok(())
     }
 
     /// True when the layer has bytes of its own to send.
     pub fn wants_write(&self) -> bool {
-        match self {
-            Layer::Plain => false,
-            Layer::Tls(c) => c.wants_write(),
-        }
+        self.tls.as_ref().is_some_and(|c| c.wants_write())
+            || self.ws.as_ref().is_some_and(|w| w.wants_write())
     }
 
-    /// Says goodbye at the layer's level (TLS close_notify), for the writer
-    /// to flush before the socket closes.
+    /// Says goodbye at the layer's level (WebSocket close, TLS
+    /// close_notify), for the writer to flush before the socket closes.
     pub fn close(&mut self) {
-        if let Layer::Tls(c) = self {
-            c.send_close_notify();
+        if let Some(w) = &mut self.ws {
+            w.close();
+        }
+        if let Some(tls) = &mut self.tls {
+            if let Some(ws) = &mut self.ws {
+                // The close frame goes inside TLS, before close_notify.
+                let mut frames = Vec::new();
+                ws.output(&[], &mut frames);
+                let _ = tls.writer().write_all(&frames);
+            }
+            tls.send_close_notify();
         }
     }
 
     /// The name log lines give the transport.
     pub fn name(&self) -> &'static str {
-        match self {
-            Layer::Plain => "tcp",
-            Layer::Tls(_) => "tls",
+        match (self.tls.is_some(), self.ws.is_some()) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "ws",
+            (true, true) => "wss",
         }
     }
+}
+
+fn tls_input(
+    tls: &mut rustls::Connection,
+    mut raw: &[u8],
+    plain: &mut BytesMut,
+) -> io::Result<bool> {
+    loop {
+        if !raw.is_empty() {
+            tls.read_tls(&mut raw)?;
+        }
+        let state = tls.process_new_packets().map_err(io::Error::other)?;
+        let mut left = state.plaintext_bytes_to_read();
+        while left > 0 {
+            let at = plain.len();
+            plain.resize(at + left, 0);
+            let n = tls.reader().read(&mut plain[at..])?;
+            plain.truncate(at + n);
+            left -= n.min(left);
+            if n == 0 {
+                break;
+            }
+        }
+        if state.peer_has_closed() {
+            return Ok(false);
+        }
+        if raw.is_empty() {
+            return Ok(true);
+        }
+    }
+}
+
+fn tls_output(
+    tls: &mut rustls::Connection,
+    mut plain: &[u8],
+    wire: &mut Vec<u8>,
+) -> io::Result<()> {
+    while !plain.is_empty() {
+        let n = tls.writer().write(plain)?;
+        plain = &plain[n..];
+        while tls.wants_write() {
+            tls.write_tls(wire)?;
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+    }
+    while tls.wants_write() {
+        tls.write_tls(wire)?;
+    }
+    Ok(())
 }
 
 /// A connection on its way to the shard that owns its client: the socket
@@ -242,13 +308,25 @@ impl Link {
         self.layer.borrow().wants_write()
     }
 
+    /// Frames the link with WebSocket from now on (the upgrade answer was
+    /// sent); `after`, what came behind the upgrade request, is fed through
+    /// it into `plain`.
+    ///
+    /// # Errors
+    /// As [`ws::Ws::input`].
+    pub fn upgrade_ws(&self, ws: ws::Ws, after: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
+        let mut layer = self.layer.borrow_mut();
+        layer.set_ws(ws);
+        layer.ws.as_mut().expect("just set").input(after, plain)
+    }
+
     /// Writes `plain` (and the layer's own bytes) to the socket; `wire` is
     /// scratch space kept between calls.
     ///
     /// # Errors
     /// The socket failed.
     pub async fn write(&self, plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
-        let direct = matches!(&*self.layer.borrow(), Layer::Plain);
+        let direct = self.layer.borrow().is_plain();
         let bytes: &[u8] = if direct {
             plain
         } else {
@@ -273,7 +351,7 @@ impl Link {
 
     /// Says goodbye at the layer's level and flushes that (best effort).
     pub async fn close(&self, wire: &mut Vec<u8>) {
-        if matches!(&*self.layer.borrow(), Layer::Plain) {
+        if self.layer.borrow().is_plain() {
             return;
         }
         self.layer.borrow_mut().close();

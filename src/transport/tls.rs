@@ -1,7 +1,7 @@
 //! TLS with rustls and its `ring` provider: certificates read from PEM
 //! files, one server configuration per shard (rustls keeps its session
 //! cache behind a mutex, so shards must not share one), the handshake under
-//! a deadline, and then the connection as a sans-IO [`Layer::Tls`].
+//! a deadline, and then the connection as a sans-IO TLS [`Layer`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,7 +140,7 @@ pub async fn accept(
     let (stream, conn) = tls.into_inner();
     Ok(Link::new(
         stream,
-        Layer::Tls(Box::new(rustls::Connection::Server(conn))),
+        Layer::tls(rustls::Connection::Server(conn)),
     ))
 }
 
@@ -179,6 +179,6 @@ pub async fn connect(
     let (stream, conn) = tls.into_inner();
     Ok(Link::new(
         stream,
-        Layer::Tls(Box::new(rustls::Connection::Client(conn))),
+        Layer::tls(rustls::Connection::Client(conn)),
     ))
 }

@@ -128,7 +128,7 @@ pub async fn connect(
         Some((cfg, name)) => tls::connect(stream, cfg.clone(), name)
             .await
             .map_err(|e| format!("TLS handshake with {}: {e}", plan.broker))?,
-        None => Link::new(stream, Layer::Plain),
+        None => Link::new(stream, Layer::plain()),
     };
     let mut buf = BytesMut::new();
     Packet::Connect(Box::new(connect_packet(plan, id, clean)?))
