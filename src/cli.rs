@@ -85,6 +85,11 @@ pub struct Cli {
     #[arg(long)]
     pub require_certificate: bool,
 
+    /// With --require-certificate: the client certificate's subject CN is
+    /// the client's user name (for the ACL), and no password is asked for.
+    #[arg(long)]
+    pub use_identity_as_username: bool,
+
     /// Shards (executor threads). Default: every core this process may use.
     /// More shards than cores is allowed (`--pin` then does not apply).
     #[arg(long, value_name = "N")]
@@ -246,6 +251,7 @@ impl Cli {
                     key,
                     ca: self.ca,
                     require_certificate: self.require_certificate,
+                    use_identity_as_username: self.use_identity_as_username,
                 }),
                 _ => None,
             },

@@ -220,3 +220,40 @@ fn sighup_reloads_the_password_file_without_dropping_clients() {
     kept.send(&ringmq::protocol::Packet::PingReq);
     assert_eq!(kept.recv(), ringmq::protocol::Packet::PingResp);
 }
+
+// A password the shard has not verified before costs PBKDF2 (here a file
+// line with 100,000 iterations, a tenth of what a line may ask for): it runs
+// off the shard, so another client of the same shard is answered while a
+// wrong password is being checked, not after.
+#[test]
+fn password_checks_do_not_stall_the_shard() {
+    let salt = "AAAAAAAAAAAAAAAA"; // 12 bytes
+    let hash = "A".repeat(86) + "=="; // 64 bytes
+    let file = password_file(&format!("slow:$7$100000${salt}${hash}\n"));
+    let mut cfg = config(1);
+    cfg.password_file = Some(file.path().to_path_buf());
+    cfg.allow_anonymous = Some(true);
+    let b = start_with(cfg);
+    let (mut other, _) = Raw::connect(b.addr, V5, "stall-other", true);
+    let addr = b.addr;
+    let started = std::time::Instant::now();
+    let slow = std::thread::spawn(move || {
+        let c = with_credentials(V5, "stall-slow", Some("slow"), Some("wrong"));
+        let (_, ack) = Raw::connect_with(addr, c);
+        (ack.reason, started.elapsed())
+    });
+    let mut worst = std::time::Duration::ZERO;
+    while !slow.is_finished() {
+        let t = std::time::Instant::now();
+        other.send(&ringmq::protocol::Packet::PingReq);
+        assert_eq!(other.recv(), ringmq::protocol::Packet::PingResp);
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (reason, took) = slow.join().expect("thread");
+    assert_eq!(reason, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    assert!(
+        worst * 4 < took,
+        "a PINGREQ waited {worst:?} while the check took {took:?}"
+    );
+}

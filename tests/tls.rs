@@ -95,6 +95,7 @@ fn tls_config(
         key,
         ca,
         require_certificate: require,
+        use_identity_as_username: false,
     });
     cfg
 }
@@ -416,6 +417,7 @@ fn mosquitto_clients_over_tls() {
         key: dir.0.join("server.key"),
         ca: None,
         require_certificate: false,
+        use_identity_as_username: false,
     });
     let b = start_with(cfg);
     let port = tls_addr(&b).port().to_string();
@@ -546,4 +548,48 @@ fn sighup_reloads_the_certificate() {
     assert!(tls_connect(addr, &new.ca_path(), None).is_ok());
     kept.send(&Packet::PingReq).expect("ping");
     assert_eq!(kept.recv().expect("pong"), Packet::PingResp);
+}
+
+// --use-identity-as-username: the client certificate's CN is the user
+// name: no password is asked even with anonymous clients refused, and the
+// ACL holds the client to that user's rules.
+#[test]
+fn certificate_identity_as_user_name() {
+    let pki = Pki::new("tls-identity");
+    let (cert, key) = pki.issue("carol", false, false);
+    let mut cfg = tls_config(2, &pki, Some(pki.ca_path()), true);
+    if let Some(t) = cfg.tls.as_mut() {
+        t.use_identity_as_username = true;
+    }
+    let acl = pki.dir.0.join("acl");
+    std::fs::write(&acl, "user carol\ntopic readwrite carol/#\n").expect("acl");
+    let pw = pki.dir.0.join("passwords");
+    std::fs::write(&pw, "").expect("passwords");
+    cfg.acl_file = Some(acl);
+    cfg.password_file = Some(pw);
+    cfg.allow_anonymous = Some(false);
+    let b = start_with(cfg);
+    let addr = tls_addr(&b);
+    let tls = tls_connect(addr, &pki.ca_path(), Some((&cert, &key))).expect("handshake");
+    let (mut c, reason) = Client::connect(tls, V5, "carol-device").expect("connect");
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    for (i, (topic, want)) in [
+        ("carol/x", ReasonCode::SUCCESS),
+        ("dave/x", ReasonCode::NOT_AUTHORIZED),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = ringmq::protocol::Publish::new(s(topic), bytes::Bytes::from_static(b"m"));
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = Some(pid(i as u16 + 1));
+        c.send(&Packet::Publish(p)).expect("publish");
+        match c.recv().expect("puback") {
+            Packet::PubAck(a) => assert_eq!(a.reason, want, "{topic}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Plain TCP, no user name: anonymous, refused.
+    let (_, ack) = Raw::connect(b.addr, V5, "carol-plain", true);
+    assert_eq!(ack.reason, ReasonCode::NOT_AUTHORIZED);
 }

@@ -331,6 +331,7 @@ fn paho_over_secure_websocket() {
         key: dir.0.join("server.key"),
         ca: None,
         require_certificate: false,
+        use_identity_as_username: false,
     });
     let b = start_with(cfg);
     let port = b.handle.as_ref().expect("running").wss_addrs()[0].port();

@@ -35,34 +35,57 @@ impl Shard {
         Flow::Close
     }
 
-    /// Who may connect: a user name from the password file with its
-    /// password; anyone else only while anonymous clients are allowed (a
-    /// user name the broker has no file to check counts as anonymous).
-    /// Refusals: bad user name or password (v5 0x86, 3.1.1 code 4), not
-    /// authorized (0x87, code 5).
-    fn authenticate(&mut self, c: &Connect) -> Result<(), ReasonCode> {
+    /// Who may connect: a client whose certificate named it (with
+    /// `--use-identity-as-username`); a user name from the password file
+    /// with its password; anyone else only while anonymous clients are
+    /// allowed (a user name the broker has no file to check counts as
+    /// anonymous). Refusals: bad user name or password (v5 0x86, 3.1.1 code
+    /// 4), not authorized (0x87, code 5). A password not verified before
+    /// (the cache holds the last good one per user) is checked off the
+    /// shard: see [`AuthCheck::Verify`].
+    pub(crate) fn auth_check(&mut self, c: &Connect, identity: Option<&str>) -> AuthCheck {
+        if identity.is_some() {
+            return AuthCheck::Done(Ok(()));
+        }
         let passwords = self.shared.passwords.load_full();
         let generation = self.shared.passwords_gen.load(Ordering::Acquire);
         if generation != self.auth_gen {
             self.auth_cache.clear();
             self.auth_gen = generation;
         }
-        match (&passwords, &c.username) {
+        match (passwords, &c.username) {
             (Some(file), Some(user)) => {
-                let password = c.password.as_deref().unwrap_or_default();
-                let d = digest(password);
-                if self.auth_cache.get(user.as_str()) == Some(&d) {
-                    Ok(())
-                } else if file.verify(user.as_str(), password) {
-                    self.auth_cache.insert(user.as_str().to_string(), d);
-                    Ok(())
+                let password = c.password.clone().unwrap_or_default();
+                if self.auth_cache.get(user.as_str()) == Some(&digest(&password)) {
+                    AuthCheck::Done(Ok(()))
                 } else {
-                    Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                    AuthCheck::Verify {
+                        file,
+                        user: user.as_str().to_string(),
+                        password,
+                    }
                 }
             }
-            _ if self.config.anonymous_allowed() => Ok(()),
-            _ => Err(ReasonCode::NOT_AUTHORIZED),
+            _ if self.config.anonymous_allowed() => AuthCheck::Done(Ok(())),
+            _ => AuthCheck::Done(Err(ReasonCode::NOT_AUTHORIZED)),
         }
+    }
+
+    /// The verdict of an [`AuthCheck::Verify`]: a good password is cached.
+    pub(crate) fn auth_verified(
+        &mut self,
+        user: &str,
+        password: &[u8],
+        ok: bool,
+    ) -> Result<(), ReasonCode> {
+        if !ok {
+            return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+        }
+        // Not if the file changed meanwhile: the verdict was for the old one.
+        if self.shared.passwords_gen.load(Ordering::Acquire) == self.auth_gen {
+            self.auth_cache.insert(user.to_string(), digest(password));
+        }
+        Ok(())
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -92,12 +115,14 @@ impl Shard {
     }
 
     /// A CONNECT arrived on `conn`, which this shard owns. `assigned` is the
-    /// id picked by the accepting shard for an empty client id.
+    /// id picked by the accepting shard for an empty client id; `auth` the
+    /// verdict on its credentials (see [`Shard::auth_check`]).
     pub fn on_connect(
         &mut self,
         conn: &Rc<Conn>,
         c: Connect,
         assigned: Option<String>,
+        auth: Result<(), ReasonCode>,
         now: Instant,
     ) -> Flow {
         let v5 = c.protocol.is_v5();
@@ -118,7 +143,7 @@ impl Shard {
         if v5 && c.properties.authentication_method.is_some() {
             return self.refuse(conn, ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
-        if let Err(reason) = self.authenticate(&c) {
+        if let Err(reason) = auth {
             self.metrics.auth_refused += 1;
             return self.refuse(conn, reason);
         }
@@ -244,6 +269,24 @@ impl Shard {
         self.scratch_packets = out;
         Flow::Continue
     }
+}
+
+/// What [`Shard::auth_check`] found.
+pub(crate) enum AuthCheck {
+    /// The verdict.
+    Done(Result<(), ReasonCode>),
+    /// A password to check against the file: PBKDF2 costs up to
+    /// milliseconds (more for a file with many iterations), so it runs on
+    /// the executor's blocking thread, not on the shard, and a flood of bad
+    /// passwords slows only itself.
+    Verify {
+        /// The file.
+        file: Arc<crate::auth::PasswordFile>,
+        /// The user name.
+        user: String,
+        /// The password given.
+        password: bytes::Bytes,
+    },
 }
 
 /// What the verified-password cache keeps of a password: its SHA-512, so a

@@ -525,10 +525,17 @@ async fn tls_handshake(
         s.tls_handshakes += 1;
         cfg.expect("checked")
     };
+    let identity = shard
+        .borrow()
+        .shared
+        .tls
+        .load()
+        .as_ref()
+        .is_some_and(|t| t.identity_as_username());
     let peer = peer_of(&stream);
     let wait = deadline.saturating_duration_since(Instant::now());
     let done = glommio::timer::timeout(wait, async {
-        tls::accept(stream, config)
+        tls::accept(stream, config, identity)
             .await
             .map_err(glommio::GlommioError::IoError)
     })
@@ -745,11 +752,34 @@ async fn adopt(
         *conn.out_aliases.borrow_mut() =
             super::aliases::OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
     }
+    let identity = link.identity();
+    let check = shard.borrow_mut().auth_check(&connect, identity.as_deref());
+    let auth = match check {
+        super::connect::AuthCheck::Done(r) => r,
+        super::connect::AuthCheck::Verify {
+            file,
+            user,
+            password,
+        } => {
+            let (u, p) = (user.clone(), password.clone());
+            let ok = glommio::executor()
+                .spawn_blocking(move || file.verify(&u, &p))
+                .await;
+            shard.borrow_mut().auth_verified(&user, &password, ok)
+        }
+    };
+    let mut connect = connect;
+    if let Some(name) = identity.and_then(|n| crate::protocol::MqttStr::try_from(n.as_str()).ok()) {
+        // The certificate names the user; a password is not asked for.
+        connect.username = Some(name);
+        connect.password = None;
+    }
+    let now = Instant::now();
     glommio::spawn_local(write_loop(shard.clone(), conn.clone(), link.clone())).detach();
     let flow = {
         let mut s = shard.borrow_mut();
         s.add_conn(conn.clone());
-        s.on_connect(&conn, connect, assigned, now)
+        s.on_connect(&conn, connect, assigned, auth, now)
     };
     if flow == Flow::Continue {
         read_loop(

@@ -44,6 +44,9 @@ pub struct Layer {
     ws: Option<Box<ws::Ws>>,
     /// Between TLS and WebSocket: decrypted frames in, frames to encrypt out.
     mid: Vec<u8>,
+    /// The client certificate's subject CN, when it stands for the user
+    /// name (`--use-identity-as-username`).
+    identity: Option<String>,
 }
 
 impl Layer {
@@ -58,6 +61,11 @@ impl Layer {
             tls: Some(Box::new(conn)),
             ..Layer::default()
         }
+    }
+
+    /// Sets the name the client's certificate gave it.
+    pub fn set_identity(&mut self, identity: Option<String>) {
+        self.identity = identity;
     }
 
     /// Adds WebSocket framing (after the upgrade) inside whatever is there.
@@ -261,6 +269,12 @@ impl Link {
     /// The peer's address.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.socket.borrow().peer_addr().ok()
+    }
+
+    /// The user name the client's certificate gave, if the listener takes
+    /// it as one.
+    pub fn identity(&self) -> Option<String> {
+        self.layer.borrow().identity.clone()
     }
 
     /// The layer's name, for log lines.

@@ -27,6 +27,9 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
     /// Refuse clients without a certificate signed by `ca`.
     pub require_certificate: bool,
+    /// The client certificate's subject CN is the client's user name (no
+    /// password asked); needs `require_certificate`.
+    pub use_identity_as_username: bool,
 }
 
 /// Session tickets and cached sessions each shard keeps.
@@ -39,6 +42,7 @@ pub struct TlsSettings {
     key: PrivateKeyDer<'static>,
     roots: Option<Arc<RootCertStore>>,
     require: bool,
+    identity: bool,
     /// Shared by every shard, so a ticket from one resumes on another.
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
 }
@@ -79,6 +83,9 @@ impl TlsSettings {
             None if files.require_certificate => {
                 return Err("--require-certificate needs --ca".into());
             }
+            _ if files.use_identity_as_username && !files.require_certificate => {
+                return Err("--use-identity-as-username needs --require-certificate".into());
+            }
             None => None,
         };
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
@@ -87,10 +94,16 @@ impl TlsSettings {
             key,
             roots,
             require: files.require_certificate,
+            identity: files.use_identity_as_username,
             ticketer,
         };
         s.server_config()?;
         Ok(s)
+    }
+
+    /// True when a client certificate's CN is its user name.
+    pub fn identity_as_username(&self) -> bool {
+        self.identity
     }
 
     /// A server config of its own for one shard.
@@ -133,15 +146,35 @@ impl TlsSettings {
 pub async fn accept(
     stream: glommio::net::TcpStream,
     config: Arc<ServerConfig>,
+    identity: bool,
 ) -> std::io::Result<Link> {
     let tls = futures_rustls::TlsAcceptor::from(config)
         .accept(stream)
         .await?;
     let (stream, conn) = tls.into_inner();
-    Ok(Link::new(
-        stream,
-        Layer::tls(rustls::Connection::Server(conn)),
-    ))
+    let name = if identity {
+        let cert = conn.peer_certificates().and_then(|c| c.first());
+        let cn = cert.and_then(|c| common_name(c));
+        if cn.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "client certificate has no subject CN to use as user name",
+            ));
+        }
+        cn
+    } else {
+        None
+    };
+    let mut layer = Layer::tls(rustls::Connection::Server(conn));
+    layer.set_identity(name);
+    Ok(Link::new(stream, layer))
+}
+
+/// The first subject CN of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// A client config that trusts the CA certificates in `ca` (PEM), for a

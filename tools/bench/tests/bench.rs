@@ -469,6 +469,7 @@ fn tls_runs_against_ringmq() {
             key: dir.join("server.key"),
             ca: None,
             require_certificate: false,
+            use_identity_as_username: false,
         }),
         cores: 2,
         sys_interval: None,
