@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What TLS costs: ringmq and Mosquitto, each over plain TCP and over TLS on
-# the same machine, the same ringmq-bench runs (--tls for the TLS rows),
+# What TLS and WebSocket cost: ringmq and Mosquitto, each over plain TCP,
+# TLS, WebSocket and WebSocket over TLS on the same machine, the same
+# ringmq-bench runs (--tls, --ws for those rows),
 # brokers and transports alternated, medians of ROUNDS rounds.
 # Certificates are made with the README's openssl commands (P-256).
 #
@@ -13,7 +14,7 @@ ulimit -n 65536 2>/dev/null || true
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 SCENARIOS=${SCENARIOS:-"fan-in pairs-qos1 connections"}
-CONFIGS=${CONFIGS:-"ringmq ringmq-tls mosquitto mosquitto-tls"}
+CONFIGS=${CONFIGS:-"ringmq ringmq-tls ringmq-ws ringmq-wss mosquitto mosquitto-tls mosquitto-ws"}
 work=perf/work/tls
 mkdir -p "$work"
 command -v mosquitto >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
@@ -33,6 +34,7 @@ start() {
   case $1 in
     ringmq*)
       target/release/ringmq --listen 127.0.0.1:18850 --listen-tls 127.0.0.1:18851 \
+        --listen-ws 127.0.0.1:18852 --listen-wss 127.0.0.1:18853 \
         --cert "$work/server.pem" --key "$work/server.key" --cores 2 --in-memory \
         --log-level warn --max-inflight 256 >"$work/broker.log" 2>&1 & ;;
     mosquitto*)
@@ -46,6 +48,8 @@ listener 18850 127.0.0.1
 listener 18851 127.0.0.1
 certfile $PWD/$work/server.pem
 keyfile $PWD/$work/server.key
+listener 18852 127.0.0.1
+protocol websockets
 CONF
       mosquitto -c "$work/mosquitto.conf" >"$work/broker.log" 2>&1 & ;;
   esac
@@ -72,7 +76,12 @@ for round in $(seq "$ROUNDS"); do
     (( round % 2 == 0 )) && order=$(echo $CONFIGS | tr ' ' '\n' | tac | tr '\n' ' ')
     for c in $order; do
       start "$c"
-      case $c in *-tls) t=(--broker 127.0.0.1:18851 --tls --cafile "$work/ca.pem");; *) t=(--broker 127.0.0.1:18850);; esac
+      case $c in
+        *-tls) t=(--broker 127.0.0.1:18851 --tls --cafile "$work/ca.pem");;
+        *-ws) t=(--broker 127.0.0.1:18852 --ws);;
+        *-wss) t=(--broker 127.0.0.1:18853 --ws --tls --cafile "$work/ca.pem");;
+        *) t=(--broker 127.0.0.1:18850);;
+      esac
       before=$(cpu_of "$pid")
       json=$("$bench" $(args_of "$s") "${t[@]}" --json --quiet --client-prefix "tls$round" || true)
       used=$(( $(cpu_of "$pid") - before ))

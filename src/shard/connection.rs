@@ -451,6 +451,8 @@ async fn ws_upgrade(
     let mut req = BytesMut::new();
     let wait = deadline.saturating_duration_since(Instant::now());
     let got = glommio::timer::timeout(wait, async {
+        // What came with the TLS handshake's last flight.
+        link.buffered(&mut req)?;
         loop {
             match ws::upgrade(&req) {
                 ws::Upgrade::Partial => {}
@@ -471,7 +473,7 @@ async fn ws_upgrade(
             let max = shard.borrow().config.max_packet_bytes;
             let ok = link.write(&answer, &mut wire).await.is_ok()
                 && link
-                    .upgrade_ws(ws::Ws::server(max), &req[used..], buf)
+                    .install_ws(ws::Ws::server(max), &req[used..], buf)
                     .is_ok_and(|open| open);
             if ok {
                 return true;

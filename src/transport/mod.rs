@@ -322,13 +322,44 @@ impl Link {
         self.layer.borrow().wants_write()
     }
 
+    /// The client side of a WebSocket upgrade (ringmq-bench): sends the
+    /// request, reads the answer, and frames the link from then on; MQTT
+    /// bytes behind the answer go to `plain`. The caller bounds it in time.
+    ///
+    /// # Errors
+    /// The socket failed or the server refused the upgrade.
+    pub async fn upgrade_client(
+        &self,
+        host: &str,
+        path: &str,
+        plain: &mut BytesMut,
+    ) -> io::Result<()> {
+        let mut wire = Vec::new();
+        self.write(&ws::client_request(host, path), &mut wire)
+            .await?;
+        let mut answer = BytesMut::new();
+        loop {
+            if let Some(n) = ws::client_answer(&answer).map_err(io::Error::other)? {
+                let open = self.install_ws(ws::Ws::client(usize::MAX), &answer[n..], plain)?;
+                return if open {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+            if self.read(&mut answer, ws::MAX_REQUEST_BYTES).await? == Read::Closed {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
     /// Frames the link with WebSocket from now on (the upgrade answer was
     /// sent); `after`, what came behind the upgrade request, is fed through
     /// it into `plain`.
     ///
     /// # Errors
     /// As [`ws::Ws::input`].
-    pub fn upgrade_ws(&self, ws: ws::Ws, after: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
+    pub fn install_ws(&self, ws: ws::Ws, after: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
         let mut layer = self.layer.borrow_mut();
         layer.set_ws(ws);
         layer.ws.as_mut().expect("just set").input(after, plain)

@@ -16,6 +16,35 @@ pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Largest control frame payload (RFC 6455 5.5).
 const MAX_CONTROL: u64 = 125;
 
+/// A client's upgrade request for `host` and `path`, offering `mqtt`.
+pub fn client_request(host: &str, path: &str) -> Vec<u8> {
+    let mut key = [0u8; 16];
+    let _ = getrandom::getrandom(&mut key);
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A server's answer to [`client_request`]: `Ok(None)` while incomplete,
+/// else the length of the answer (frames follow it).
+///
+/// # Errors
+/// Anything but `101 Switching Protocols`.
+pub fn client_answer(buf: &[u8]) -> Result<Option<usize>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if resp.code == Some(101) => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) => Err(format!("upgrade refused: {:?}", resp.code)),
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => Ok(None),
+        Ok(httparse::Status::Partial) => Err("upgrade answer too long".into()),
+        Err(e) => Err(format!("not an HTTP answer: {e}")),
+    }
+}
+
 /// A parsed upgrade request: the answer to send, or why it is refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Upgrade {
@@ -115,9 +144,11 @@ struct Frame {
     control: Option<(Control, Vec<u8>)>,
 }
 
-/// One connection's framing state (server side: client frames are masked).
+/// One connection's framing state. A server reads masked frames and
+/// writes plain ones; a client (ringmq-bench) the other way round.
 #[derive(Debug)]
 pub struct Ws {
+    server: bool,
     /// An incomplete frame header carried over from the last read.
     header: Vec<u8>,
     frame: Option<Frame>,
@@ -144,12 +175,21 @@ impl Ws {
     /// bytes: a frame or a message longer than that is refused.
     pub fn server(max_message: usize) -> Ws {
         Ws {
+            server: true,
             header: Vec::new(),
             frame: None,
             message: 0,
             max_message: max_message as u64,
             own: Vec::new(),
             closed: false,
+        }
+    }
+
+    /// Framing for a client (its frames masked, the server's not).
+    pub fn client(max_message: usize) -> Ws {
+        Ws {
+            server: false,
+            ..Ws::server(max_message)
         }
     }
 
@@ -232,8 +272,11 @@ impl Ws {
         if h.rsv1 || h.rsv2 || h.rsv3 {
             return Err(protocol_error("reserved bits set"));
         }
-        let Some(mask) = h.mask else {
-            return Err(protocol_error("client frame not masked"));
+        let mask = match (h.mask, self.server) {
+            (Some(m), true) => m,
+            (None, false) => [0; 4],
+            (None, true) => return Err(protocol_error("client frame not masked")),
+            (Some(_), false) => return Err(protocol_error("server frame masked")),
         };
         let control = match h.opcode {
             OpCode::Data(Data::Binary | Data::Continue) => {
@@ -290,27 +333,40 @@ impl Ws {
     }
 
     fn frame_out(&mut self, opcode: OpCode, payload: &[u8]) {
+        let mut own = std::mem::take(&mut self.own);
+        self.frame(opcode, payload, &mut own);
+        self.own = own;
+    }
+
+    /// One frame: plain from a server, masked from a client.
+    fn frame(&self, opcode: OpCode, payload: &[u8], wire: &mut Vec<u8>) {
+        let mask = (!self.server).then(|| {
+            let mut m = [0u8; 4];
+            // A failing random source leaves a fixed mask: the server
+            // unmasks whatever it is.
+            let _ = getrandom::getrandom(&mut m);
+            m
+        });
         let h = FrameHeader {
             opcode,
+            mask,
             ..FrameHeader::default()
         };
         // Writing to a Vec cannot fail.
-        let _ = h.format(payload.len() as u64, &mut self.own);
-        self.own.extend_from_slice(payload);
+        let _ = h.format(payload.len() as u64, wire);
+        let at = wire.len();
+        wire.extend_from_slice(payload);
+        if let Some(m) = mask {
+            unmask(&mut wire[at..], m, 0);
+        }
     }
 
     /// Appends to `wire` its own frames, then `plain` as one binary frame.
     pub fn output(&mut self, plain: &[u8], wire: &mut Vec<u8>) {
         wire.append(&mut self.own);
-        if plain.is_empty() {
-            return;
+        if !plain.is_empty() {
+            self.frame(OpCode::Data(Data::Binary), plain, wire);
         }
-        let h = FrameHeader {
-            opcode: OpCode::Data(Data::Binary),
-            ..FrameHeader::default()
-        };
-        let _ = h.format(plain.len() as u64, wire);
-        wire.extend_from_slice(plain);
     }
 
     /// True when it has frames of its own to send.
@@ -438,6 +494,29 @@ mod tests {
         let mut out = Vec::new();
         ws.output(b"", &mut out);
         assert_eq!(out, vec![0x88, 2, 0x03, 0xE8]);
+    }
+
+    #[test]
+    fn a_client_masks_and_a_server_reads_it() {
+        let mut client = Ws::client(1024);
+        let mut wire = Vec::new();
+        client.output(b"hello", &mut wire);
+        assert_eq!(wire[1] & 0x80, 0x80, "masked");
+        let mut server = Ws::server(1024);
+        let mut plain = BytesMut::new();
+        assert!(server.input(&wire, &mut plain).unwrap());
+        assert_eq!(&plain[..], b"hello");
+        let mut back = Vec::new();
+        server.output(b"world", &mut back);
+        let mut plain = BytesMut::new();
+        assert!(client.input(&back, &mut plain).unwrap());
+        assert_eq!(&plain[..], b"world");
+        let req = client_request("localhost", "/mqtt");
+        let Upgrade::Accept { answer, .. } = upgrade(&req) else {
+            panic!("refused");
+        };
+        assert_eq!(client_answer(&answer), Ok(Some(answer.len())));
+        assert_eq!(client_answer(&answer[..10]), Ok(None));
     }
 
     #[test]

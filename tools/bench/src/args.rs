@@ -110,6 +110,9 @@ pub struct Args {
     /// The name the broker's certificate must carry (--tls).
     #[arg(long, default_value = "localhost")]
     pub tls_name: String,
+    /// Speak MQTT over WebSocket (path /mqtt; with --tls, over TLS).
+    #[arg(long)]
+    pub ws: bool,
     /// New connections per second; 0 = all at once.
     #[arg(long, default_value_t = 0)]
     pub ramp: u64,
@@ -166,6 +169,8 @@ pub struct Plan {
     pub password: Option<String>,
     /// TLS client config and server name, with --tls.
     pub tls: Option<(std::sync::Arc<ringmq::transport::tls::ClientConfig>, String)>,
+    /// MQTT over WebSocket.
+    pub ws: bool,
     pub ramp: u64,
     pub threads: usize,
     pub drain: Duration,
@@ -299,6 +304,7 @@ impl Args {
             username: self.username,
             password: self.password,
             tls,
+            ws: self.ws,
             ramp: self.ramp,
             threads,
             drain: self.drain,

@@ -130,6 +130,17 @@ pub async fn connect(
             .map_err(|e| format!("TLS handshake with {}: {e}", plan.broker))?,
         None => Link::new(stream, Layer::plain()),
     };
+    let mut inbuf = BytesMut::new();
+    if plan.ws {
+        let host = plan.tls.as_ref().map_or("localhost", |(_, n)| n.as_str());
+        glommio::timer::timeout(Duration::from_secs(10), async {
+            link.upgrade_client(host, "/mqtt", &mut inbuf)
+                .await
+                .map_err(glommio::GlommioError::IoError)
+        })
+        .await
+        .map_err(|e| format!("WebSocket upgrade with {}: {e}", plan.broker))?;
+    }
     let mut buf = BytesMut::new();
     Packet::Connect(Box::new(connect_packet(plan, id, clean)?))
         .encode(plan.version, &mut buf)
@@ -139,7 +150,6 @@ pub async fn connect(
         .await
         .map_err(|e| format!("send CONNECT: {e}"))?;
     let mut codec = Codec::new(plan.version, usize::MAX);
-    let mut inbuf = BytesMut::new();
     let ack = glommio::timer::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(p) = codec

@@ -440,11 +440,12 @@ fn kill_and_restart_counts_acknowledged_but_lost() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--tls --cafile`: the bench speaks TLS to ringmq's TLS listener, with
-/// certificates made by the README's openssl commands; without --cafile it
-/// refuses to start, and with a CA that did not sign the broker it fails.
+/// `--tls --cafile` and `--ws`: the bench speaks TLS, WebSocket and both
+/// to ringmq's listeners, with certificates made by the README's openssl
+/// commands; without --cafile it refuses to start, and with a CA that did
+/// not sign the broker it fails.
 #[test]
-fn tls_runs_against_ringmq() {
+fn tls_and_websocket_run_against_ringmq() {
     let dir = std::env::temp_dir().join(format!("ringmq-bench-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -464,6 +465,8 @@ fn tls_runs_against_ringmq() {
     let config = ringmq::config::Config {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
         listen_tls: vec!["127.0.0.1:0".parse().expect("addr")],
+        listen_ws: vec!["127.0.0.1:0".parse().expect("addr")],
+        listen_wss: vec!["127.0.0.1:0".parse().expect("addr")],
         tls: Some(ringmq::transport::tls::TlsFiles {
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
@@ -477,25 +480,37 @@ fn tls_runs_against_ringmq() {
     };
     let broker = ringmq::broker::start(config).expect("broker");
     let addr = broker.tls_addrs()[0].to_string();
+    let ws = broker.ws_addrs()[0].to_string();
+    let wss = broker.wss_addrs()[0].to_string();
     let ca = dir.join("ca.pem");
     let ca = ca.to_str().expect("utf-8");
-    for (scenario, extra) in [
+    let pairs = vec!["--publishers", "2", "--qos", "1", "--rate", "1000"];
+    for (scenario, to, transport, extra) in [
+        ("pairs", &addr, vec!["--tls", "--cafile", ca], pairs.clone()),
+        ("pairs", &ws, vec!["--ws"], pairs.clone()),
         (
             "pairs",
-            vec!["--publishers", "2", "--qos", "1", "--rate", "1000"],
+            &wss,
+            vec!["--ws", "--tls", "--cafile", ca],
+            pairs.clone(),
         ),
-        ("connections", vec!["--subscribers", "50", "--ramp", "500"]),
+        (
+            "connections",
+            &addr,
+            vec!["--tls", "--cafile", ca],
+            vec!["--subscribers", "50", "--ramp", "500"],
+        ),
     ] {
         let mut args = vec![
             scenario,
             "--broker",
-            &addr,
+            to,
             "--duration",
             "1s",
             "--threads",
             "2",
         ];
-        args.extend(["--tls", "--cafile", ca]);
+        args.extend(transport);
         args.extend(extra);
         let (ok, out) = bench(&args);
         assert!(ok, "{scenario}: {out}");
