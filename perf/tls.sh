@@ -64,7 +64,7 @@ args_of() {
     connections) echo "connections --subscribers 2000 --ramp 0 --duration 3s";;
   esac
 }
-num() { grep -o "\"$2\":[0-9.]*" <<<"$1" | head -1 | cut -d: -f2; }
+num() { grep -o "\"$2\":[0-9.]*" <<<"$1" | head -1 | cut -d: -f2 || true; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f", (a[NR/2]+a[NR/2+1])/2}'; }
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true' EXIT

@@ -37,6 +37,29 @@ fn log_level(s: &str) -> Result<String, String> {
     }
 }
 
+/// A listen address as people type it: `127.0.0.1:1883`, `[::]:1883`,
+/// `localhost:1883` (resolved, IPv4 first), or a bare `1883` for every
+/// IPv4 interface on that port.
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not an address to listen on (HOST:PORT or PORT): {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
 fn recovery_mode(s: &str) -> Result<crate::storage::RecoveryMode, String> {
     match s {
         "strict" => Ok(crate::storage::RecoveryMode::Strict),
@@ -51,21 +74,21 @@ fn recovery_mode(s: &str) -> Result<crate::storage::RecoveryMode, String> {
 pub struct Cli {
     /// Address to listen on; repeat for several. Use 0.0.0.0:1883 for every
     /// interface (then anonymous clients are refused unless --allow-anonymous).
-    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN, value_parser = listen_addr)]
     pub listen: Vec<SocketAddr>,
 
     /// Address to listen on with TLS (8883 is MQTT's); repeat for several.
     /// Needs --cert and --key.
-    #[arg(long = "listen-tls", value_name = "ADDR")]
+    #[arg(long = "listen-tls", value_name = "ADDR", value_parser = listen_addr)]
     pub listen_tls: Vec<SocketAddr>,
 
     /// Address to listen on for MQTT over WebSocket (any path; subprotocol
     /// mqtt); repeat for several.
-    #[arg(long = "listen-ws", value_name = "ADDR")]
+    #[arg(long = "listen-ws", value_name = "ADDR", value_parser = listen_addr)]
     pub listen_ws: Vec<SocketAddr>,
 
     /// Address to listen on for MQTT over WebSocket over TLS (--cert, --key).
-    #[arg(long = "listen-wss", value_name = "ADDR")]
+    #[arg(long = "listen-wss", value_name = "ADDR", value_parser = listen_addr)]
     pub listen_wss: Vec<SocketAddr>,
 
     /// PEM certificate chain for the TLS listeners, the server's own first.
@@ -290,6 +313,23 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_takes_what_people_type() {
+        for (typed, want) in [
+            ("1883", "0.0.0.0:1883"),
+            ("0.0.0.0:1883", "0.0.0.0:1883"),
+            ("[::]:1883", "[::]:1883"),
+            ("localhost:1883", "127.0.0.1:1883"),
+        ] {
+            assert_eq!(
+                listen_addr(typed).map(|a| a.to_string()),
+                Ok(want.to_string())
+            );
+        }
+        assert!(listen_addr("localhost").is_err());
+        assert!(listen_addr("no such host.invalid:1").is_err());
+    }
 
     #[test]
     fn defaults_parse() {

@@ -141,6 +141,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every listen address, of every transport.
+    pub fn all_listeners(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listen
+            .iter()
+            .chain(&self.listen_tls)
+            .chain(&self.listen_ws)
+            .chain(&self.listen_wss)
+            .copied()
+    }
+
     /// Whether anonymous clients are let in: `--allow-anonymous`, else only
     /// while every listener is loopback.
     pub fn anonymous_allowed(&self) -> bool {
@@ -216,6 +226,9 @@ pub enum ConfigError {
     /// Max packet size outside what MQTT can express or too small for CONNECT.
     #[error("--max-packet-size must be between 64 and 268435460 bytes, not {0}")]
     PacketSize(usize),
+    /// The same address given twice.
+    #[error("{0} is given twice as a listen address")]
+    DuplicateListen(SocketAddr),
     /// `--listen-tls` without a certificate and key.
     #[error("--listen-tls and --listen-wss need --cert and --key")]
     TlsWithoutCert,
@@ -244,6 +257,12 @@ impl Config {
             && self.listen_wss.is_empty()
         {
             return Err(ConfigError::NoListener);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in self.all_listeners() {
+            if a.port() != 0 && !seen.insert(a) {
+                return Err(ConfigError::DuplicateListen(a));
+            }
         }
         if (!self.listen_tls.is_empty() || !self.listen_wss.is_empty()) && self.tls.is_none() {
             return Err(ConfigError::TlsWithoutCert);

@@ -470,7 +470,13 @@ async fn ws_upgrade(
     let mut wire = Vec::new();
     let why = match got {
         Ok(ws::Upgrade::Accept { answer, used }) => {
-            let max = shard.borrow().config.max_packet_bytes;
+            // Frames are never held whole, so their cap only refuses
+            // nonsense; a client may put many packets in one frame.
+            let max = shard
+                .borrow()
+                .config
+                .max_packet_bytes
+                .max(ws::MIN_FRAME_CAP);
             let ok = link.write(&answer, &mut wire).await.is_ok()
                 && link
                     .install_ws(ws::Ws::server(max), &req[used..], buf)
@@ -882,7 +888,23 @@ async fn read_loop(
             return;
         }
         match link.read(&mut buf, READ_BYTES).await {
-            Ok(Read::Closed) | Err(_) => return,
+            Ok(Read::Closed) => return,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // Bytes the transport refused (a text WebSocket frame,
+                    // a bad TLS record): say so, the peer closes otherwise.
+                    let mut s = shard.borrow_mut();
+                    s.metrics.malformed_packets += 1;
+                    tracing::info!(
+                        client_id = conn.client_id.borrow().as_deref().unwrap_or(""),
+                        peer = %conn.peer_str(),
+                        transport = link.kind(),
+                        error = %e,
+                        "transport error, closing"
+                    );
+                }
+                return;
+            }
             Ok(Read::Data { raw, filled: f }) => {
                 filled = f;
                 shard.borrow_mut().metrics.bytes_received += raw as u64;

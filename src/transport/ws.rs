@@ -13,6 +13,14 @@ use tungstenite::protocol::frame::FrameHeader;
 /// Most bytes an upgrade request may take.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
+/// The smallest cap on a frame or message the broker sets, whatever the
+/// maximum packet size: clients put several packets in one frame.
+pub const MIN_FRAME_CAP: usize = 1 << 20;
+
+/// Largest frame this side sends: a busy writer's batch goes out as
+/// several frames, never as one of megabytes.
+pub const MAX_FRAME_OUT: usize = 64 * 1024;
+
 /// Largest control frame payload (RFC 6455 5.5).
 const MAX_CONTROL: u64 = 125;
 
@@ -364,8 +372,8 @@ impl Ws {
     /// Appends to `wire` its own frames, then `plain` as one binary frame.
     pub fn output(&mut self, plain: &[u8], wire: &mut Vec<u8>) {
         wire.append(&mut self.own);
-        if !plain.is_empty() {
-            self.frame(OpCode::Data(Data::Binary), plain, wire);
+        for chunk in plain.chunks(MAX_FRAME_OUT) {
+            self.frame(OpCode::Data(Data::Binary), chunk, wire);
         }
     }
 
@@ -517,6 +525,26 @@ mod tests {
         };
         assert_eq!(client_answer(&answer), Ok(Some(answer.len())));
         assert_eq!(client_answer(&answer[..10]), Ok(None));
+    }
+
+    // A writer's batch of many packets goes out as frames of at most
+    // MAX_FRAME_OUT, which a server reads whatever its packet cap.
+    #[test]
+    fn a_large_batch_is_several_frames() {
+        let mut client = Ws::client(usize::MAX);
+        let mut wire = Vec::new();
+        client.output(&vec![5u8; 3 * MAX_FRAME_OUT + 10], &mut wire);
+        let mut server = Ws::server(MIN_FRAME_CAP);
+        let mut plain = BytesMut::new();
+        assert!(server.input(&wire, &mut plain).unwrap());
+        assert_eq!(plain.len(), 3 * MAX_FRAME_OUT + 10);
+        let frames = wire.len() - plain.len();
+        // 64 KiB needs the 8-byte length: 2 + 8 + 4 bytes of header each.
+        assert_eq!(
+            frames,
+            3 * (2 + 8 + 4) + (2 + 4),
+            "four frame headers with masks"
+        );
     }
 
     #[test]
