@@ -408,3 +408,47 @@ fn grants_of_an_offline_session_survive_a_restart() {
     assert_eq!(alice.recv_publish().topic.as_str(), "alice/ok");
     alice.expect_silence(std::time::Duration::from_millis(200));
 }
+
+// A subscription whose filter the user may read whole skips the check per
+// message; when the session is resumed under another user name, whose
+// rules deny part of it, every delivery is checked again.
+#[test]
+fn a_session_resumed_by_another_user_gets_that_users_rules() {
+    let pw = file(PASSWORDS);
+    let acl = file(
+        "user alice\ntopic read shared/#\ntopic write shared/#\n\
+         user bob\ntopic read shared/#\ntopic deny shared/secret\n",
+    );
+    let mut cfg = config(2);
+    cfg.password_file = Some(pw.path().to_path_buf());
+    cfg.acl_file = Some(acl.path().to_path_buf());
+    cfg.allow_anonymous = Some(false);
+    let b = start_with(cfg);
+    let id = id_on_shard("acl-switch", 1, 2);
+    let session = |user: &str, password: &str| {
+        let mut c = connect_packet(V5, &id, false);
+        c.username = Some(s(user));
+        c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+        c.properties.session_expiry_interval = Some(600);
+        Raw::connect_with(b.addr, c)
+    };
+    let (mut sub, _) = session("alice", "secret");
+    assert_eq!(
+        sub.subscribe(1, &[("shared/#", QoS::AtMostOnce)]).reasons,
+        vec![ReasonCode(0)]
+    );
+    let mut publisher = login(&b, V5, &id_on_shard("acl-switch-pub", 0, 2), "alice");
+    publisher.publish("shared/secret", b"for alice", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    assert_eq!(sub.recv_publish().topic.as_str(), "shared/secret");
+    drop(sub);
+    b.wait_connections(1);
+    let (mut sub, ack) = session("bob", "hunter2");
+    assert!(ack.session_present);
+    for (i, t) in ["shared/secret", "shared/open"].iter().enumerate() {
+        publisher.publish(t, b"m", QoS::AtLeastOnce, 2 + i as u16, false);
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    }
+    assert_eq!(sub.recv_publish().topic.as_str(), "shared/open");
+    sub.expect_silence(std::time::Duration::from_millis(200));
+}

@@ -241,6 +241,46 @@ impl Grants {
     pub fn has_deny(&self) -> bool {
         self.rules.first().is_some_and(|r| r.access == Access::Deny)
     }
+
+    /// May the client read every topic `filter` matches? A read grant
+    /// covers it and no deny rule reaches into it; then deliveries through
+    /// it need no check of their own.
+    pub fn reads_all_of(&self, filter: &str) -> bool {
+        let denied = self
+            .rules
+            .iter()
+            .any(|r| r.access == Access::Deny && intersects(&r.filter, filter));
+        !denied
+            && self
+                .rules
+                .iter()
+                .any(|r| r.access.grants(Want::Read) && covers(&r.filter, filter))
+    }
+}
+
+/// Can some topic match both filters?
+pub fn intersects(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    let mut first = true;
+    loop {
+        let (p, q) = (x.next(), y.next());
+        // A wildcard first level never matches a `$` topic.
+        let dollar = |l: Option<&str>| l.is_some_and(|l| l.starts_with('$'));
+        if first
+            && (dollar(p) && matches!(q, Some("+" | "#"))
+                || dollar(q) && matches!(p, Some("+" | "#")))
+        {
+            return false;
+        }
+        first = false;
+        match (p, q) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(l), Some(m)) if l == m => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Does rule filter `rule` match every topic that `filter` matches?
@@ -368,6 +408,29 @@ pattern read users/%u/#
         assert!(!g.allows_subscribe("alice/secret/#"));
         assert!(!g.allows_subscribe("alice/secret/x"));
         assert!(g.has_deny());
+    }
+
+    #[test]
+    fn intersects_and_reads_all_of() {
+        for (a, b, want) in [
+            ("#", "a/b", true),
+            ("a/+", "+/b", true),
+            ("a/b", "a/c", false),
+            ("a/#", "a", true),
+            ("a/+", "a", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/+", true),
+            ("a/b/c", "a/+", false),
+        ] {
+            assert_eq!(intersects(a, b), want, "{a} meets {b}");
+            assert_eq!(intersects(b, a), want, "{b} meets {a}");
+        }
+        let acl = AclFile::parse(FILE).unwrap();
+        let g = acl.grants(Some("alice"), "c1");
+        assert!(g.reads_all_of("alice/news/+"));
+        // A deny rule reaches into it: deliveries are checked one by one.
+        assert!(!g.reads_all_of("alice/#"));
+        assert!(!g.reads_all_of("bob/#"));
     }
 
     #[test]

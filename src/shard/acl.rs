@@ -25,10 +25,19 @@ impl Shard {
         self.acl = self.shared.acl.load_full();
         let acl = self.acl.clone();
         for e in self.sessions.iter_mut().flatten() {
+            self.grants_epoch += 1;
             e.grants = acl
                 .as_ref()
                 .map(|a| a.grants(e.life.username.as_deref(), &e.life.client_id));
+            e.grants_epoch = self.grants_epoch;
         }
+    }
+
+    /// Gives session entry `e` new grants, under a new epoch.
+    pub(crate) fn set_grants(&mut self, e: &mut super::SessionEntry, g: Option<Arc<Grants>>) {
+        self.grants_epoch += 1;
+        e.grants = g;
+        e.grants_epoch = self.grants_epoch;
     }
 
     /// The grants of a session's client; `None` without an ACL.
@@ -60,6 +69,20 @@ impl Shard {
             .and_then(Option::as_ref)
             .and_then(|e| e.grants.as_ref())
             .is_some_and(|g| g.allows_subscribe(filter))
+    }
+
+    /// What a new subscription's [`super::SubEntry::acl_free_at`] is.
+    pub(crate) fn acl_free_at(&self, key: u32, filter: &str) -> u64 {
+        if self.acl.is_none() {
+            return 0; // no ACL: nothing is checked anyway
+        }
+        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+            return 0;
+        };
+        match &e.grants {
+            Some(g) if g.reads_all_of(filter) => e.grants_epoch,
+            _ => 0,
+        }
     }
 
     /// Counts and logs (rate-limited) one refusal.

@@ -136,6 +136,12 @@ pub(crate) use crate::session::SubOpts;
 pub(crate) struct SubEntry {
     pub session: u32,
     pub opts: SubOpts,
+    /// The session's `grants_epoch` when its grants let it read every
+    /// topic this filter matches (no deny rule reaches into it): while the
+    /// session keeps those grants, deliveries through it skip the
+    /// per-message check. New grants (a reload, a reconnect under another
+    /// user name) get a new epoch, so the mark lapses. 0: check each.
+    pub acl_free_at: u64,
 }
 
 /// One session slot: the session's life and queue, and what the shard keeps
@@ -153,6 +159,8 @@ pub(crate) struct SessionEntry {
     pub sid: u64,
     /// What the ACL lets it do; `None` without an ACL file.
     pub grants: Option<Arc<crate::auth::acl::Grants>>,
+    /// Names `grants` (see [`SubEntry::acl_free_at`]); never 0, never reused.
+    pub grants_epoch: u64,
 }
 
 impl SessionEntry {
@@ -165,6 +173,7 @@ impl SessionEntry {
             drop_logged: false,
             sid,
             grants: None,
+            grants_epoch: 0,
         }
     }
 
@@ -290,6 +299,8 @@ pub struct Shard {
     /// This shard's copy of `Shared::acl`, taken at `acl_gen`.
     pub(crate) acl: Option<Arc<crate::auth::acl::AclFile>>,
     pub(crate) acl_gen: u64,
+    /// The last grants epoch handed out.
+    pub(crate) grants_epoch: u64,
     /// This shard's own TLS server config (its session cache is a mutex:
     /// not shared between shards), made at `tls_gen`.
     pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
@@ -352,6 +363,7 @@ impl Shard {
             auth_gen: 0,
             acl: None,
             acl_gen: u64::MAX,
+            grants_epoch: 0,
             tls_config: None,
             tls_gen: u64::MAX,
             tls_handshakes: 0,
@@ -394,7 +406,8 @@ impl Shard {
 
     pub(crate) fn alloc_session(&mut self, mut e: SessionEntry) -> u32 {
         self.metrics.sessions += 1;
-        e.grants = self.grants_for(&e.life);
+        let g = self.grants_for(&e.life);
+        self.set_grants(&mut e, g);
         let client = e.life.client_id.clone();
         let key = if let Some(k) = self.free_sessions.pop() {
             self.sessions[k as usize] = Some(e);

@@ -472,8 +472,18 @@ impl Shard {
             let mut ids = Vec::new();
             // Looked up only if a matching subscription has No Local set.
             let mut publisher_is_me = None;
+            let mut acl_free = false;
+            let free_at = if self.acl.is_some() {
+                self.sessions
+                    .get(key as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |e| e.grants_epoch)
+            } else {
+                0
+            };
             while j < matches.len() && matches[j].session == key {
                 let o = matches[j].opts;
+                acl_free |= free_at != 0 && matches[j].acl_free_at == free_at;
                 j += 1;
                 // [v5:MQTT-3.8.3-3] No Local.
                 if o.no_local
@@ -491,7 +501,7 @@ impl Shard {
                 ids.extend(o.id);
             }
             i = j;
-            if qos.is_some() && !self.acl_allows(key, Want::Read, msg.topic.as_str()) {
+            if qos.is_some() && !acl_free && !self.acl_allows(key, Want::Read, msg.topic.as_str()) {
                 // Its subscription was allowed, but not this topic under it
                 // (a deny rule inside it, or a reloaded file).
                 self.metrics.acl_deliveries_denied += 1;

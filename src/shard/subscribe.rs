@@ -103,7 +103,14 @@ impl Shard {
                 }
             } else if self
                 .subs
-                .insert(&filter, SubEntry { session: key, opts })
+                .insert(
+                    &filter,
+                    SubEntry {
+                        session: key,
+                        opts,
+                        acl_free_at: self.acl_free_at(key, filter.as_str()),
+                    },
+                )
                 .is_err()
             {
                 if let Some(e) = self.entry(key) {

@@ -638,7 +638,14 @@ impl Shard {
                 }
                 if self
                     .subs
-                    .insert(&filter, super::SubEntry { session: key, opts })
+                    .insert(
+                        &filter,
+                        super::SubEntry {
+                            session: key,
+                            opts,
+                            acl_free_at: self.acl_free_at(key, filter.as_str()),
+                        },
+                    )
                     .is_ok()
                 {
                     self.metrics.subscriptions += 1;
