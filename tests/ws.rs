@@ -108,10 +108,11 @@ fn read_frames(t: &mut TcpStream, want: usize) -> (Vec<Packet>, Vec<OpCode>, boo
     }
 }
 
-// [MQTT-6.0.0-2] one CONNECT split over three frames, then SUBSCRIBE and
-// PUBLISH in one frame: the broker reads one byte stream; a ping frame in
-// between gets its pong; the subscriber gets its message back in a binary
-// frame [MQTT-6.0.0-1]; [MQTT-6.0.0-4] the subprotocol returned is mqtt.
+// [v5:MQTT-6.0.0-2] one CONNECT split over three frames, then SUBSCRIBE
+// and PUBLISH in one frame: the broker reads one byte stream; a ping frame
+// in between gets its pong; the subscriber gets its message back in a
+// binary frame [v5:MQTT-6.0.0-1]; [v5:MQTT-6.0.0-4] the subprotocol
+// returned is mqtt.
 #[test]
 fn packets_span_frames_and_share_them() {
     let b = start_with(ws_config(2));
@@ -177,9 +178,9 @@ fn packets_span_frames_and_share_them() {
     assert!(matches!(&p[0], Packet::Publish(p) if &p.payload[..] == b"from tcp"));
 }
 
-// [MQTT-6.0.0-1] a text frame closes the connection; an upgrade without the
-// mqtt subprotocol [MQTT-6.0.0-3] is refused with 400; a close frame is
-// answered with a close frame.
+// [v5:MQTT-6.0.0-1] a text frame closes the connection; an upgrade without
+// the mqtt subprotocol [v5:MQTT-6.0.0-3] is refused with 400; a close
+// frame is answered with a close frame.
 #[test]
 fn what_the_broker_refuses() {
     let b = start_with(ws_config(1));
@@ -297,7 +298,8 @@ fn paho_ws(port: u16, tcp_port: u16, ca: &str) -> String {
 
 // paho-mqtt with transport="websockets" (3.1.1 and 5.0) receives what a
 // plain TCP client publishes, a 100 kB message among them (frames larger
-// than any one read).
+// than any one read): [v3:MQTT-6.0.0-1] [v3:MQTT-6.0.0-2] binary frames,
+// packets across them; [v3:MQTT-6.0.0-4] paho accepts only mqtt back.
 #[test]
 fn paho_over_websocket() {
     let b = start_with(ws_config(2));
