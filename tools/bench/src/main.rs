@@ -138,13 +138,7 @@ fn main() {
     }
     let publish_time = t0.elapsed();
     // Drain: wait for what subscribers should still receive.
-    let factor = if plan.shared.is_none()
-        && matches!(plan.scenario, Scenario::FanOut | Scenario::SlowConsumer)
-    {
-        plan.subscribers as u64
-    } else {
-        1
-    };
+    let factor = run::copies(&plan);
     let mut drain_time = None;
     let mut restart_time = None;
     if broker.is_some() {
@@ -167,7 +161,17 @@ fn main() {
         // After a restart what was lost never comes: give up once nothing
         // has arrived for --drain.
         let mut seen = (ctl.totals().2, Instant::now());
-        while ctl.drained_at.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+        let target = || {
+            let (_, acked, _) = ctl.totals();
+            let per_sub = if restart_time.is_some() {
+                acked
+            } else {
+                plan.count.unwrap_or(0) * plan.publishers as u64
+            };
+            per_sub * factor
+        };
+        // Every worker's subscribers are done, not just the first worker's.
+        while ctl.totals().2 < target() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
             if restart_time.is_some() {
                 let r = ctl.totals().2;

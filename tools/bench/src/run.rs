@@ -295,6 +295,27 @@ pub fn filter_of(plan: &Plan, j: usize) -> String {
     plan.sub_filter.replace("{i}", &j.to_string())
 }
 
+/// How many subscribers must get each message of the publisher that gets
+/// the most copies: what the drain waits for is this times what was sent
+/// (or acknowledged). One for a shared group. Too high only makes the
+/// drain wait out `--drain`; too low would stop it early and call
+/// messages still on their way lost (with 10 fan-in subscribers the drain
+/// stopped at a tenth).
+pub fn copies(plan: &Plan) -> u64 {
+    if plan.shared.is_some() {
+        return 1;
+    }
+    (0..plan.publishers.max(1))
+        .map(|p| {
+            let topic = plan.pub_topic.replace("{i}", &p.to_string());
+            (0..plan.subscribers)
+                .filter(|&s| ringmq::topic::matches(&filter_of(plan, s), &topic))
+                .count() as u64
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 async fn pace(plan: &Plan, share_len: usize, n: usize) {
     if plan.ramp > 0 && share_len > 0 {
         let per_worker = (plan.ramp as f64 / plan.threads as f64).max(1e-3);
@@ -438,10 +459,12 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
         }
         // After a restart, what must come back is what was acknowledged
         // (messages sent but not acknowledged may come too, or not).
+        // Every backlog subscriber gets every message.
+        let mine = subs.len() as u64;
         let want = if plan.restart_cmd.is_some() {
-            ctl.totals().1
+            ctl.totals().1 * mine
         } else {
-            plan.count.unwrap_or(0) * plan.publishers as u64
+            plan.count.unwrap_or(0) * plan.publishers as u64 * mine
         };
         let received = || subs.iter().map(|(_, r)| r.received.get()).sum::<u64>();
         while ctl.phase() < phase::STOP {

@@ -337,6 +337,23 @@ fn every_scenario_runs_against_ringmq() {
             vec!["--subscribers", "200", "--ramp", "2000"],
         ),
         ("backlog", vec!["--count", "2000"]),
+        // Several subscribers to one filter: the drain waits for every
+        // copy (it used to stop at the first subscriber's share and call
+        // the rest lost).
+        (
+            "fan-in",
+            vec![
+                "--publishers",
+                "3",
+                "--subscribers",
+                "3",
+                "--rate",
+                "2000",
+                "--qos",
+                "1",
+            ],
+        ),
+        ("backlog", vec!["--count", "1000", "--subscribers", "3"]),
         // Beside a subscriber that never reads, the healthy ones lose nothing
         // (and the stuck one is not counted).
         (
@@ -353,6 +370,7 @@ fn every_scenario_runs_against_ringmq() {
             "--threads",
             "2",
         ];
+        let several = extra.contains(&"--subscribers") && scenario != "slow-consumer";
         args.extend(extra);
         if scenario == "latency" {
             args.extend([
@@ -369,6 +387,13 @@ fn every_scenario_runs_against_ringmq() {
             continue;
         }
         assert!(field(&out, "received") > 0, "{scenario}: {out}");
+        if several {
+            assert_eq!(
+                field(&out, "received"),
+                field(&out, "expected"),
+                "{scenario}: {out}"
+            );
+        }
         // Rate-limited QoS 0 on loopback loses nothing either; QoS 1/2 must not.
         assert_eq!(field(&out, "lost"), 0, "{scenario}: {out}");
         assert_eq!(field(&out, "duplicates"), 0, "{scenario}: {out}");
