@@ -230,12 +230,7 @@ fn wills_and_patterns() {
 }
 
 fn mosquitto(tool: &str) -> Command {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{tool} is not installed: run tools/test.sh");
+    need(tool);
     Command::new(tool)
 }
 

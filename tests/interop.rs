@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{tool} is not installed: run tools/test.sh, which installs it"
-    );
-}
-
 // mosquitto_sub (one version) receives what mosquitto_pub (the other) sends,
 // QoS 1 and 2, across shards.
 #[test]

@@ -371,37 +371,6 @@ fn a_stalled_handshake_is_cut_off() {
     );
 }
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{tool} is not installed: run tools/test.sh, which installs it"
-    );
-}
-
-/// The README's three openssl commands, run in `dir`: a CA, a server key
-/// and request, the server certificate signed by the CA for 127.0.0.1.
-fn openssl_certificates(dir: &Path) {
-    need("openssl");
-    std::fs::create_dir_all(dir).expect("dir");
-    for cmd in [
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj /CN=ringmq-ca -keyout ca.key -out ca.pem",
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1') -out server.pem",
-    ] {
-        let out = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(dir)
-            .output()
-            .expect("openssl runs");
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
 // Mosquitto's own clients over TLS with --cafile, against certificates made
 // by the README's openssl commands: mosquitto_sub gets what mosquitto_pub
 // sends across shards; with another CA, mosquitto_pub refuses the server.

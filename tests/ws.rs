@@ -235,18 +235,6 @@ fn an_unfinished_upgrade_is_cut_off() {
     assert!(head.starts_with("HTTP/1.1 431"), "{head}");
 }
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{tool} is not installed: run tools/test.sh, which installs it"
-    );
-}
-
 const PAHO_WS: &str = r#"
 import sys, threading, json, ssl
 import paho.mqtt.client as mqtt
@@ -311,21 +299,8 @@ fn paho_over_websocket() {
 // The same over TLS (--listen-wss), with a certificate from openssl.
 #[test]
 fn paho_over_secure_websocket() {
-    need("openssl");
     let dir = TempDir::new("wss");
-    std::fs::create_dir_all(&dir.0).expect("dir");
-    for cmd in [
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj /CN=ringmq-ca -keyout ca.key -out ca.pem",
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1') -out server.pem",
-    ] {
-        let out = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(&dir.0)
-            .output()
-            .expect("openssl runs");
-        assert!(out.status.success(), "{cmd}");
-    }
+    openssl_certificates(&dir.0);
     let mut cfg = config(2);
     cfg.listen_wss = vec!["127.0.0.1:0".parse().expect("addr")];
     cfg.tls = Some(ringmq::transport::tls::TlsFiles {

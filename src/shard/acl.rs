@@ -47,28 +47,28 @@ impl Shard {
             .map(|a| a.grants(life.username.as_deref(), &life.client_id))
     }
 
+    /// Session `key`'s grants, if there is an ACL (`Some(None)`: an ACL
+    /// and no grants, which allows nothing).
+    fn grants_of(&self, key: u32) -> Option<Option<&Grants>> {
+        self.acl.as_ref()?;
+        Some(
+            self.sessions
+                .get(key as usize)
+                .and_then(Option::as_ref)
+                .and_then(|e| e.grants.as_deref()),
+        )
+    }
+
     /// May session `key`'s client do `want` on `topic`?
     pub(crate) fn acl_allows(&self, key: u32, want: Want, topic: &str) -> bool {
-        if self.acl.is_none() {
-            return true;
-        }
-        self.sessions
-            .get(key as usize)
-            .and_then(Option::as_ref)
-            .and_then(|e| e.grants.as_ref())
-            .is_some_and(|g| g.allows(want, topic))
+        self.grants_of(key)
+            .is_none_or(|g| g.is_some_and(|g| g.allows(want, topic)))
     }
 
     /// May session `key`'s client subscribe to `filter`?
     pub(crate) fn acl_allows_subscribe(&self, key: u32, filter: &str) -> bool {
-        if self.acl.is_none() {
-            return true;
-        }
-        self.sessions
-            .get(key as usize)
-            .and_then(Option::as_ref)
-            .and_then(|e| e.grants.as_ref())
-            .is_some_and(|g| g.allows_subscribe(filter))
+        self.grants_of(key)
+            .is_none_or(|g| g.is_some_and(|g| g.allows_subscribe(filter)))
     }
 
     /// What a new subscription's [`super::SubEntry::acl_free_at`] is.

@@ -454,3 +454,37 @@ impl Drop for BinBroker {
         let _ = self.child.wait();
     }
 }
+
+/// Fails with a hint unless `tool` is on PATH (tools/test.sh installs the
+/// interop tools: mosquitto clients, openssl, paho in a venv).
+pub fn need(tool: &str) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is not installed: run tools/test.sh, which installs it"
+    );
+}
+
+/// The README's three openssl commands, run in `dir`: a CA (`ca.pem`), a
+/// server key and request, and the server certificate (`server.pem`,
+/// `server.key`) signed by the CA for localhost and 127.0.0.1.
+pub fn openssl_certificates(dir: &std::path::Path) {
+    need("openssl");
+    std::fs::create_dir_all(dir).expect("dir");
+    for cmd in [
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj /CN=ringmq-ca -keyout ca.key -out ca.pem",
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1') -out server.pem",
+    ] {
+        let out = std::process::Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
