@@ -290,7 +290,13 @@ fn main() {
         }
     }
     if let Some(path) = plot {
-        let svg = report::svg(&[(label.to_string(), report.latency.clone())]);
+        let title = format!(
+            "ringmq-bench {} against {}: {}",
+            args::name(report.plan.scenario),
+            report.plan.broker,
+            report::describe(&report.plan)
+        );
+        let svg = report::svg(&title, &[(label.to_string(), report.latency.clone())]);
         if let Err(e) = std::fs::write(&path, svg) {
             eprintln!("ringmq-bench: cannot write {}: {e}", path.display());
         }

@@ -82,14 +82,10 @@ impl Report {
         let (sr, ar, rr) = self.rates();
         let _ = writeln!(
             s,
-            "ringmq-bench {} against {}: MQTT {}, QoS {}, {} B payload, {} publisher(s), {} subscriber(s)",
+            "ringmq-bench {} against {}: {}",
             name(p.scenario),
             p.broker,
-            version_name(p.version),
-            p.qos as u8,
-            p.payload,
-            p.publishers,
-            p.subscribers
+            describe(p)
         );
         if p.scenario == Scenario::Connections {
             let _ = writeln!(
@@ -287,7 +283,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 /// Latency by percentile as an SVG line chart, with the x axis in
 /// "nines" (log of 1/(1-p)) as HdrHistogram plots do. `series` lets
 /// `perf/compare.sh` draw several brokers on one plot.
-pub fn svg(series: &[(String, Histogram<u64>)]) -> String {
+pub fn svg(title: &str, series: &[(String, Histogram<u64>)]) -> String {
     const W: f64 = 720.0;
     const H: f64 = 420.0;
     const L: f64 = 70.0;
@@ -304,7 +300,8 @@ pub fn svg(series: &[(String, Histogram<u64>)]) -> String {
     let y = |v: f64| H - B - (H - B - 20.0) * (v / ymax);
     let colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<title>{t}</title><text x=\"{L}\" y=\"14\" font-weight=\"bold\">{t}</text>\n",
+        t = xml_escape(title)
     );
     for (pos, label) in [
         (x0, "50%"),
@@ -373,4 +370,36 @@ fn version_name(v: ringmq::protocol::ProtocolVersion) -> &'static str {
     } else {
         "3.1.1"
     }
+}
+
+/// What a run was, in words: the first line of the table and the plot's
+/// title. A connections run has no publishers or payload to speak of.
+pub fn describe(p: &crate::args::Plan) -> String {
+    let transport = match (p.tls.is_some(), p.ws) {
+        (false, false) => "",
+        (true, false) => ", over TLS",
+        (false, true) => ", over WebSocket",
+        (true, true) => ", over WebSocket and TLS",
+    };
+    if p.scenario == Scenario::Connections {
+        return format!(
+            "MQTT {}, {} client(s){transport}",
+            version_name(p.version),
+            p.subscribers
+        );
+    }
+    format!(
+        "MQTT {}, QoS {}, {} B payload, {} publisher(s), {} subscriber(s){transport}",
+        version_name(p.version),
+        p.qos as u8,
+        p.payload,
+        p.publishers,
+        p.subscribers
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -398,9 +398,13 @@ fn every_scenario_runs_against_ringmq() {
         assert_eq!(field(&out, "lost"), 0, "{scenario}: {out}");
         assert_eq!(field(&out, "duplicates"), 0, "{scenario}: {out}");
     }
-    assert!(std::fs::read_to_string(&svg)
-        .expect("svg")
-        .contains("<polyline"));
+    let plot = std::fs::read_to_string(&svg).expect("svg");
+    assert!(plot.contains("<polyline"));
+    // The plot says what it is.
+    assert!(
+        plot.contains("<title>ringmq-bench latency against"),
+        "{plot}"
+    );
     assert!(std::fs::read_to_string(&hgrm)
         .expect("hgrm")
         .contains("Percentile"));
