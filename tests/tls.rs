@@ -562,3 +562,50 @@ fn certificate_identity_as_user_name() {
     let (_, ack) = Raw::connect(b.addr, V5, "carol-plain", true);
     assert_eq!(ack.reason, ReasonCode::NOT_AUTHORIZED);
 }
+
+// mosquitto_pub over TLS sends CONNECT, PUBLISH, DISCONNECT and its
+// close_notify at once; the broker read them in one go and, seeing the
+// close, dropped the packets before it: every message was lost. Now the
+// packets count and the close comes after.
+#[test]
+fn a_publish_right_before_close_notify_is_delivered() {
+    need("mosquitto_pub");
+    let dir = TempDir::new("tls-notify");
+    openssl_certificates(&dir.0);
+    let mut cfg = config(2);
+    cfg.listen_tls = vec!["127.0.0.1:0".parse().expect("addr")];
+    cfg.tls = Some(TlsFiles {
+        cert: dir.0.join("server.pem"),
+        key: dir.0.join("server.key"),
+        ca: None,
+        require_certificate: false,
+        use_identity_as_username: false,
+    });
+    let b = start_with(cfg);
+    let (mut sub, _) = Raw::connect(b.addr, V5, "notify-sub", true);
+    sub.subscribe(1, &[("notify/#", QoS::AtLeastOnce)]);
+    let port = tls_addr(&b).port().to_string();
+    let ca = dir.0.join("ca.pem");
+    for (i, (v, q)) in [
+        ("mqttv311", "0"),
+        ("mqttv311", "1"),
+        ("mqttv5", "0"),
+        ("mqttv5", "1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &port, "--cafile"])
+            .arg(&ca)
+            .args(["-V", v, "-q", q, "-t", &format!("notify/{i}"), "-m", "m"])
+            .status()
+            .expect("mosquitto_pub runs");
+        assert!(st.success());
+        let p = sub.recv_publish();
+        assert_eq!(p.topic.as_str(), format!("notify/{i}"), "{v} QoS {q}");
+        if let Some(id) = p.packet_id {
+            sub.send(&Packet::PubAck(ringmq::protocol::Ack::new(id)));
+        }
+    }
+}

@@ -47,6 +47,10 @@ pub struct Layer {
     /// The client certificate's subject CN, when it stands for the user
     /// name (`--use-identity-as-username`).
     identity: Option<String>,
+    /// The peer closed at this layer's level (TLS close_notify, a WebSocket
+    /// close) in a read that also carried data: the data goes up first,
+    /// the close with the next read.
+    eof: bool,
 }
 
 impl Layer {
@@ -298,6 +302,9 @@ impl Link {
     /// The socket failed, or the layer refused what came.
     pub async fn read(&self, plain: &mut BytesMut, limit: usize) -> io::Result<Read> {
         let limit = limit.clamp(1, READ_BYTES);
+        if self.layer.borrow().eof {
+            return Ok(Read::Closed);
+        }
         poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|scratch| {
                 let space = &mut scratch[..limit];
@@ -305,8 +312,18 @@ impl Link {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => r?,
                 };
-                if n == 0 || !self.layer.borrow_mut().input(&space[..n], plain)? {
+                if n == 0 {
                     return Poll::Ready(Ok(Read::Closed));
+                }
+                let before = plain.len();
+                let mut layer = self.layer.borrow_mut();
+                if !layer.input(&space[..n], plain)? {
+                    // A PUBLISH and DISCONNECT then close_notify, in one
+                    // read (mosquitto_pub over TLS): the packets count.
+                    if plain.len() == before {
+                        return Poll::Ready(Ok(Read::Closed));
+                    }
+                    layer.eof = true;
                 }
                 Poll::Ready(Ok(Read::Data {
                     raw: n,
