@@ -378,16 +378,9 @@ fn a_stalled_handshake_is_cut_off() {
 fn mosquitto_clients_over_tls() {
     need("mosquitto_pub");
     let dir = TempDir::new("tls-openssl");
-    openssl_certificates(&dir.0);
     let mut cfg = config(2);
     cfg.listen_tls = vec!["127.0.0.1:0".parse().expect("addr")];
-    cfg.tls = Some(TlsFiles {
-        cert: dir.0.join("server.pem"),
-        key: dir.0.join("server.key"),
-        ca: None,
-        require_certificate: false,
-        use_identity_as_username: false,
-    });
+    cfg.tls = Some(openssl_tls(&dir.0));
     let b = start_with(cfg);
     let port = tls_addr(&b).port().to_string();
     let ca = dir.0.join("ca.pem");
@@ -571,16 +564,9 @@ fn certificate_identity_as_user_name() {
 fn a_publish_right_before_close_notify_is_delivered() {
     need("mosquitto_pub");
     let dir = TempDir::new("tls-notify");
-    openssl_certificates(&dir.0);
     let mut cfg = config(2);
     cfg.listen_tls = vec!["127.0.0.1:0".parse().expect("addr")];
-    cfg.tls = Some(TlsFiles {
-        cert: dir.0.join("server.pem"),
-        key: dir.0.join("server.key"),
-        ca: None,
-        require_certificate: false,
-        use_identity_as_username: false,
-    });
+    cfg.tls = Some(openssl_tls(&dir.0));
     let b = start_with(cfg);
     let (mut sub, _) = Raw::connect(b.addr, V5, "notify-sub", true);
     sub.subscribe(1, &[("notify/#", QoS::AtLeastOnce)]);

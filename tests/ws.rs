@@ -300,16 +300,9 @@ fn paho_over_websocket() {
 #[test]
 fn paho_over_secure_websocket() {
     let dir = TempDir::new("wss");
-    openssl_certificates(&dir.0);
     let mut cfg = config(2);
     cfg.listen_wss = vec!["127.0.0.1:0".parse().expect("addr")];
-    cfg.tls = Some(ringmq::transport::tls::TlsFiles {
-        cert: dir.0.join("server.pem"),
-        key: dir.0.join("server.key"),
-        ca: None,
-        require_certificate: false,
-        use_identity_as_username: false,
-    });
+    cfg.tls = Some(openssl_tls(&dir.0));
     let b = start_with(cfg);
     let port = b.handle.as_ref().expect("running").wss_addrs()[0].port();
     let ca = dir.0.join("ca.pem");

@@ -488,3 +488,15 @@ pub fn openssl_certificates(dir: &std::path::Path) {
         assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// [`openssl_certificates`] in `dir`, as the TLS settings of a listener.
+pub fn openssl_tls(dir: &std::path::Path) -> ringmq::transport::tls::TlsFiles {
+    openssl_certificates(dir);
+    ringmq::transport::tls::TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        ca: None,
+        require_certificate: false,
+        use_identity_as_username: false,
+    }
+}
