@@ -68,9 +68,17 @@ fn recovery_mode(s: &str) -> Result<crate::storage::RecoveryMode, String> {
     }
 }
 
+/// The version `--version` prints: the crate's and the git commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RINGMQ_COMMIT"),
+    ")"
+);
+
 /// ringmq: a thread-per-core MQTT 3.1/3.1.1/5.0 broker on io_uring.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Address to listen on; repeat for several. Use 0.0.0.0:1883 for every
     /// interface (then anonymous clients are refused unless --allow-anonymous).
