@@ -138,11 +138,14 @@ fn tls_connect(
             .expect("client auth"),
         None => b.with_no_client_auth(),
     };
-    let conn = rustls::ClientConnection::new(
-        Arc::new(cfg),
-        ServerName::try_from("localhost").expect("name"),
-    )
-    .expect("client");
+    connect_with(addr, Arc::new(cfg))
+}
+
+/// The handshake with a given client config (whose session cache then
+/// carries tickets from one connection to the next).
+fn connect_with(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").expect("name"))
+        .expect("client");
     let sock = TcpStream::connect(addr)?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -594,4 +597,43 @@ fn a_publish_right_before_close_notify_is_delivered() {
             sub.send(&Packet::PubAck(ringmq::protocol::Ack::new(id)));
         }
     }
+}
+
+// TLS 1.3 session tickets are sealed by one ticketer all shards share: a
+// client that reconnects resumes its session whichever shard accepts it
+// (SO_REUSEPORT spreads eight reconnects over both shards).
+#[test]
+fn sessions_resume_on_any_shard() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new("tls-resume");
+    let b = start_with(tls_config(2, &pki, None, false));
+    let addr = tls_addr(&b);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.ca_path()).expect("ca") {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut kinds = Vec::new();
+    for i in 0..9 {
+        let tls = connect_with(addr, cfg.clone()).expect("handshake");
+        kinds.push(tls.conn.handshake_kind());
+        // CONNACK comes after the tickets: reading it stores them.
+        let (mut c, reason) = Client::connect(tls, V5, &format!("resume-{i}")).expect("connect");
+        assert_eq!(reason, ReasonCode::SUCCESS);
+        c.send(&Packet::PingReq).expect("ping");
+        assert_eq!(c.recv().expect("pong"), Packet::PingResp);
+    }
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert!(
+        kinds[1..]
+            .iter()
+            .all(|k| *k == Some(rustls::HandshakeKind::Resumed)),
+        "{kinds:?}"
+    );
 }
