@@ -171,7 +171,7 @@ fn main() {
             per_sub * factor
         };
         // Every worker's subscribers are done, not just the first worker's.
-        while ctl.totals().2 < target() && Instant::now() < deadline {
+        while ctl.unique() < target() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
             if restart_time.is_some() {
                 let r = ctl.totals().2;
@@ -196,9 +196,10 @@ fn main() {
     } else if plan.scenario != Scenario::Connections {
         let deadline = Instant::now() + plan.drain;
         loop {
-            let (s, a, r) = ctl.totals();
+            let (s, a, _) = ctl.totals();
             let target = if plan.qos == QoS::AtMostOnce { s } else { a } * factor;
-            if r >= target || Instant::now() >= deadline {
+            // First arrivals: duplicates must not end the drain early.
+            if ctl.unique() >= target || Instant::now() >= deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));

@@ -38,6 +38,9 @@ pub struct Progress {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub received: AtomicU64,
+    /// First arrivals only: what a drain waits for (duplicates must not
+    /// make it stop while messages are still on their way).
+    pub unique: AtomicU64,
 }
 
 /// State shared by the main thread and the workers.
@@ -90,6 +93,14 @@ impl Control {
 
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// First arrivals, all workers.
+    pub fn unique(&self) -> u64 {
+        self.progress
+            .iter()
+            .map(|p| p.unique.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn totals(&self) -> (u64, u64, u64) {
@@ -172,6 +183,7 @@ struct Subscriber {
     subacked: Cell<bool>,
     waker: Cell<Option<Waker>>,
     received: Cell<u64>,
+    unique: Cell<u64>,
     ctl: Arc<Control>,
     worker: usize,
 }
@@ -207,7 +219,12 @@ impl Role for Subscriber {
                     let sent = u64::from_le_bytes(stamp[12..20].try_into().unwrap_or_default());
                     let lat_us = self.ctl.now_ns().saturating_sub(sent) / 1000;
                     let _ = self.latency.borrow_mut().record(lat_us.max(1));
-                    self.log.borrow_mut().entry(id).or_default().record(seq);
+                    if self.log.borrow_mut().entry(id).or_default().record(seq) {
+                        self.unique.set(self.unique.get() + 1);
+                        self.ctl.progress[self.worker]
+                            .unique
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 self.received.set(self.received.get() + 1);
                 self.ctl.progress[self.worker]
@@ -354,6 +371,7 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
             subacked: Cell::new(false),
             waker: Cell::new(None),
             received: Cell::new(0),
+            unique: Cell::new(0),
             ctl: ctl.clone(),
             worker: k,
         });
@@ -466,7 +484,7 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
         } else {
             plan.count.unwrap_or(0) * plan.publishers as u64 * mine
         };
-        let received = || subs.iter().map(|(_, r)| r.received.get()).sum::<u64>();
+        let received = || subs.iter().map(|(_, r)| r.unique.get()).sum::<u64>();
         while ctl.phase() < phase::STOP {
             if received() >= want {
                 ctl.drained_at.store(ctl.now_ns(), Ordering::Release);

@@ -17,8 +17,8 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
-    /// Records one arrival of `seq`.
-    pub fn record(&mut self, seq: u64) {
+    /// Records one arrival of `seq`; true for its first.
+    pub fn record(&mut self, seq: u64) -> bool {
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if self.seen.len() <= word {
             self.seen.resize(word + 1, 0);
@@ -26,7 +26,7 @@ impl SeqTracker {
         let mask = 1u64 << bit;
         if self.seen[word] & mask != 0 {
             self.duplicates += 1;
-            return;
+            return false;
         }
         self.seen[word] |= mask;
         self.unique += 1;
@@ -34,6 +34,7 @@ impl SeqTracker {
             Some(m) if seq < m => self.reordered += 1,
             _ => self.max = Some(seq),
         }
+        true
     }
 
     /// Distinct sequence numbers below `n` that were received.

@@ -190,6 +190,45 @@ fn loss_and_duplicates_are_counted_exactly() {
     assert_eq!(field(&out, "reordered"), 0, "{out}");
 }
 
+// Several publishers into several subscribers of one filter, on two worker
+// threads: each subscriber expects every message, so every drop counts once
+// per subscriber and so does every duplicate; nothing is called lost that
+// arrived.
+#[test]
+fn several_subscribers_are_counted_exactly() {
+    let addr = fake_broker(Faults {
+        drop_every: 10,
+        dup_every: 7,
+        ..Faults::default()
+    })
+    .to_string();
+    let (ok, out) = bench(&[
+        "fan-in",
+        "--broker",
+        &addr,
+        "--publishers",
+        "2",
+        "--subscribers",
+        "3",
+        "--qos",
+        "1",
+        "--count",
+        "500",
+        "--threads",
+        "2",
+        "--drain",
+        "1s",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "acked"), 1000, "{out}");
+    assert_eq!(field(&out, "expected"), 3000, "{out}");
+    // 100 of the broker's 1,000 messages dropped, 128 sent twice: to each
+    // of the three subscribers.
+    assert_eq!(field(&out, "lost"), 300, "{out}");
+    assert_eq!(field(&out, "duplicates"), 3 * (142 - 14), "{out}");
+    assert_eq!(field(&out, "received"), 3 * (1000 - 100 + 128), "{out}");
+}
+
 // --shared: the subscribers are one group, so a message is expected once
 // for all of them; one dropped is lost, one sent to two members a duplicate.
 #[test]
