@@ -87,17 +87,7 @@ fn mosquitto_clients_exchange_messages() {
 /// Runs a paho-mqtt script against `b` (its port as the one argument) and
 /// returns what it printed.
 fn paho(script: &str, b: &Broker) -> String {
-    need("python3");
-    let out = Command::new("python3")
-        .args(["-c", script, &b.addr.port().to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    python(script, &[&b.addr.port().to_string()])
 }
 
 const PAHO: &str = r#"

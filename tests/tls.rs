@@ -428,7 +428,6 @@ fn mosquitto_clients_over_tls() {
 // message through the TLS listener.
 #[test]
 fn paho_over_tls() {
-    need("python3");
     let pki = Pki::new("tls-paho");
     let b = start_with(tls_config(2, &pki, None, false));
     let script = r#"
@@ -457,17 +456,14 @@ for name, proto in (("v311", mqtt.MQTTv311), ("v5", mqtt.MQTTv5)):
     c.loop_stop()
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &tls_addr(&b).port().to_string()])
-        .arg(pki.ca_path())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "paho script failed (run tools/test.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
+    let ca = pki.ca_path();
+    let text = python(
+        script,
+        &[
+            &tls_addr(&b).port().to_string(),
+            ca.to_str().expect("utf-8"),
+        ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(r#""v311": ["kept", "live"]"#), "{text}");
     assert!(text.contains(r#""v5": ["kept", "live"]"#), "{text}");
 }

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -271,17 +270,7 @@ print(json.dumps(out))
 "#;
 
 fn paho_ws(port: u16, tcp_port: u16, ca: &str) -> String {
-    need("python3");
-    let out = Command::new("python3")
-        .args(["-c", PAHO_WS, &port.to_string(), &tcp_port.to_string(), ca])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "paho script failed (run tools/test.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    python(PAHO_WS, &[&port.to_string(), &tcp_port.to_string(), ca])
 }
 
 // paho-mqtt with transport="websockets" (3.1.1 and 5.0) receives what a

@@ -23,21 +23,23 @@ impl Shard {
         }
         self.acl_gen = generation;
         self.acl = self.shared.acl.load_full();
-        let acl = self.acl.clone();
-        for e in self.sessions.iter_mut().flatten() {
-            self.grants_epoch += 1;
-            e.grants = acl
+        for key in 0..self.sessions.len() as u32 {
+            let g = self.sessions[key as usize]
                 .as_ref()
-                .map(|a| a.grants(e.life.username.as_deref(), &e.life.client_id));
-            e.grants_epoch = self.grants_epoch;
+                .and_then(|e| self.grants_for(&e.life));
+            self.set_grants(key, g);
         }
     }
 
-    /// Gives session entry `e` new grants, under a new epoch.
-    pub(crate) fn set_grants(&mut self, e: &mut super::SessionEntry, g: Option<Arc<Grants>>) {
+    /// Gives session `key` new grants, under a new epoch (which lapses the
+    /// marks its subscriptions had under the old ones).
+    pub(crate) fn set_grants(&mut self, key: u32, g: Option<Arc<Grants>>) {
         self.grants_epoch += 1;
-        e.grants = g;
-        e.grants_epoch = self.grants_epoch;
+        let epoch = self.grants_epoch;
+        if let Some(e) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) {
+            e.grants = g;
+            e.grants_epoch = epoch;
+        }
     }
 
     /// The grants of a session's client; `None` without an ACL.

@@ -218,8 +218,6 @@ impl Shard {
         };
         let max_keepalive = self.config.max_keepalive;
         let generation = self.next_generation();
-        self.grants_epoch += 1;
-        let epoch = self.grants_epoch;
         let mut fx = Vec::new();
         let e = self
             .entry(key)
@@ -228,9 +226,8 @@ impl Shard {
         e.life
             .attach(generation, c.protocol, expiry, c.will, &mut fx);
         e.life.username = c.username.as_ref().map(|u| Arc::from(u.as_str()));
-        e.grants = grants;
-        e.grants_epoch = epoch;
         e.session.set_window(window);
+        self.set_grants(key, grants);
         conn.session.set(Some(key));
         self.shared_presence_changed(key);
         self.apply(key, fx, now);

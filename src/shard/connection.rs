@@ -533,13 +533,7 @@ async fn tls_handshake(
         s.tls_handshakes += 1;
         cfg.expect("checked")
     };
-    let identity = shard
-        .borrow()
-        .shared
-        .tls
-        .load()
-        .as_ref()
-        .is_some_and(|t| t.identity_as_username());
+    let (config, identity) = config;
     let peer = peer_of(&stream);
     let wait = deadline.saturating_duration_since(Instant::now());
     let done = glommio::timer::timeout(wait, async {

@@ -303,7 +303,7 @@ pub struct Shard {
     pub(crate) grants_epoch: u64,
     /// This shard's own TLS server config (its session cache is a mutex:
     /// not shared between shards), made at `tls_gen`.
-    pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls_config: Option<(Arc<rustls::ServerConfig>, bool)>,
     pub(crate) tls_gen: u64,
     /// TLS handshakes running on this shard.
     pub(crate) tls_handshakes: usize,
@@ -375,7 +375,8 @@ impl Shard {
 
     /// This shard's TLS server config, made again after a SIGHUP brought
     /// new certificates; `None` without TLS settings.
-    pub(crate) fn tls_server_config(&mut self) -> Option<Arc<rustls::ServerConfig>> {
+    /// With it, whether a client certificate's CN is the user name.
+    pub(crate) fn tls_server_config(&mut self) -> Option<(Arc<rustls::ServerConfig>, bool)> {
         let generation = self.shared.tls_gen.load(Ordering::Acquire);
         if generation != self.tls_gen {
             self.tls_gen = generation;
@@ -383,6 +384,7 @@ impl Shard {
                 t.server_config()
                     .map_err(|e| tracing::error!(shard = self.id, error = %e, "TLS config"))
                     .ok()
+                    .map(|c| (c, t.identity_as_username()))
             });
         }
         self.tls_config.clone()
@@ -404,10 +406,8 @@ impl Shard {
         self.sessions.get_mut(key as usize).and_then(Option::as_mut)
     }
 
-    pub(crate) fn alloc_session(&mut self, mut e: SessionEntry) -> u32 {
+    pub(crate) fn alloc_session(&mut self, e: SessionEntry) -> u32 {
         self.metrics.sessions += 1;
-        let g = self.grants_for(&e.life);
-        self.set_grants(&mut e, g);
         let client = e.life.client_id.clone();
         let key = if let Some(k) = self.free_sessions.pop() {
             self.sessions[k as usize] = Some(e);

@@ -352,6 +352,9 @@ impl Shard {
     pub(crate) fn publish_message(&mut self, msg: Arc<Message>, now: Instant) -> Option<u64> {
         self.routed_remote.clear();
         let mut barrier = None;
+        let mut shards = ShardSet::default();
+        self.interest
+            .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
         if msg.retain {
             let stored = if msg.payload.is_empty() {
                 // [MQTT-3.3.1-6] / [MQTT-3.3.1-7] (v5), [MQTT-3.3.1-10] / [MQTT-3.3.1-11] (v3)
@@ -365,22 +368,19 @@ impl Shard {
             // subscribed before the retained message reached its shard, so
             // neither the store nor a delivery would bring it the message.
             // The peer delivers it then, as the delivery it would have had.
-            let mut live = ShardSet::default();
-            self.interest
-                .match_topic(&msg.topic, |&s| live.insert(usize::from(s)));
             let me = self.id;
             for to in (0..self.nr_shards).filter(|&to| to != me) {
                 let m = ShardMsg::Retain {
                     topic: msg.topic.clone(),
                     msg: stored.clone(),
-                    routed: live.contains(to),
+                    routed: shards.contains(to),
                 };
                 self.mesh_send(to, m);
             }
             self.broadcasts += 1;
             barrier = Some(self.broadcasts);
         }
-        self.route(msg, now);
+        self.route(msg, &shards, now);
         barrier
     }
 
@@ -397,10 +397,9 @@ impl Shard {
         self.metrics.retained = self.retained.len() as u64;
     }
 
-    fn route(&mut self, msg: Arc<Message>, now: Instant) {
-        let mut shards = ShardSet::default();
-        self.interest
-            .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
+    /// Delivers `msg` here and sends it to the other `shards` whose
+    /// interest matches it.
+    fn route(&mut self, msg: Arc<Message>, shards: &ShardSet, now: Instant) {
         for s in shards.iter() {
             if s == self.id {
                 self.deliver_local(&msg, now);

@@ -34,6 +34,10 @@ thread_local! {
     /// an idle one holds none: a 2 KiB buffer per connection was a third
     /// of what an idle client cost.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BYTES].into_boxed_slice());
+
+    /// Decrypted WebSocket frames on their way to the framing (wss), used
+    /// within one read: one per thread, like [`SCRATCH`].
+    static FRAMES_IN: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// What a connection's bytes are wrapped in: nothing (plain TCP), TLS,
@@ -42,7 +46,7 @@ thread_local! {
 pub struct Layer {
     tls: Option<Box<rustls::Connection>>,
     ws: Option<Box<ws::Ws>>,
-    /// Between TLS and WebSocket: decrypted frames in, frames to encrypt out.
+    /// Between TLS and WebSocket: frames to encrypt out.
     mid: Vec<u8>,
     /// The client certificate's subject CN, when it stands for the user
     /// name (`--use-identity-as-username`).
@@ -96,11 +100,11 @@ impl Layer {
             }
             (None, Some(ws)) => ws.input(raw, plain),
             (Some(tls), None) => tls_input(tls, raw, plain),
-            (Some(tls), Some(ws)) => {
-                let mut frames = BytesMut::new();
-                let open = tls_input(tls, raw, &mut frames)?;
-                Ok(ws.input(&frames, plain)? && open)
-            }
+            (Some(tls), Some(ws)) => FRAMES_IN.with_borrow_mut(|frames| {
+                frames.clear();
+                let open = tls_input(tls, raw, frames)?;
+                Ok(ws.input(frames, plain)? && open)
+            }),
         }
     }
 

@@ -213,17 +213,21 @@ impl Ws {
                 let take = (f.left.min(raw.len() as u64)) as usize;
                 let (now, rest) = raw.split_at(take);
                 raw = rest;
-                match &mut f.control {
+                let out: &mut [u8] = match &mut f.control {
                     None => {
                         let at = plain.len();
                         plain.extend_from_slice(now);
-                        unmask(&mut plain[at..], f.mask, f.seen);
+                        &mut plain[at..]
                     }
                     Some((_, payload)) => {
                         let at = payload.len();
                         payload.extend_from_slice(now);
-                        unmask(&mut payload[at..], f.mask, f.seen);
+                        &mut payload[at..]
                     }
+                };
+                // A server's frames come unmasked.
+                if self.server {
+                    unmask(out, f.mask, f.seen);
                 }
                 f.seen += take;
                 f.left -= take as u64;

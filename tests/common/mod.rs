@@ -500,3 +500,21 @@ pub fn openssl_tls(dir: &std::path::Path) -> ringmq::transport::tls::TlsFiles {
         use_identity_as_username: false,
     }
 }
+
+/// Runs a Python script (paho-mqtt, from tools/test.sh's venv) with `args`
+/// and returns what it printed; fails with its stderr if it failed.
+pub fn python(script: &str, args: &[&str]) -> String {
+    need("python3");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "paho script failed (run tools/test.sh to install paho-mqtt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -627,7 +627,10 @@ impl Shard {
             session.restore_backlog(s.queue);
             session.restarted(now);
             session.awaiting_rel = s.awaiting_rel;
+            let grants = self.grants_for(&life);
             let key = self.alloc_session(SessionEntry::new(life, session, sid));
+            // Before its subscriptions, whose marks name these grants.
+            self.set_grants(key, grants);
             for (filter, opts) in s.subs {
                 if super::shared::is_shared(&filter) {
                     if let Some(e) = self.entry(key) {
