@@ -1,6 +1,5 @@
 //! The `ringmq` binary: flags → [`ringmq::config::Config`] → broker.
 
-use clap::Parser;
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -11,7 +10,19 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("passwd") {
         std::process::exit(ringmq::auth::passwd::main(&args[2..]));
     }
-    let cli = ringmq::cli::Cli::parse();
+    let loaded = match ringmq::cli::Cli::load(&args) {
+        Ok(l) => l,
+        Err(ringmq::cli::CliError::Flags(e)) => e.exit(),
+        Err(ringmq::cli::CliError::File(e)) => {
+            eprintln!("ringmq: {e}");
+            std::process::exit(2);
+        }
+    };
+    if loaded.cli.print_config {
+        print!("{}", loaded.render());
+        return;
+    }
+    let cli = loaded.cli;
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
         eprintln!("ringmq: --log-level '{}': {e}", cli.log_level);
         std::process::exit(2);

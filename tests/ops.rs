@@ -1,7 +1,12 @@
-//! Operating ringmq: what `--version` says, and the systemd unit in
-//! `contrib/`.
+//! Operating ringmq: what `--version` says, the systemd unit in
+//! `contrib/`, and the config file.
+
+mod common;
 
 use std::process::Command;
+
+use common::{connect_packet, BinBroker, Raw};
+use ringmq::protocol::ProtocolVersion;
 
 // `ringmq --version` names the commit it was built from.
 #[test]
@@ -70,4 +75,56 @@ fn the_systemd_unit_verifies() {
     ] {
         assert!(text.contains(key), "the unit lacks {key}");
     }
+}
+
+/// The Server Keep Alive a v5 client asking for 600 s is told.
+fn keepalive_granted(b: &BinBroker) -> Option<u16> {
+    let mut c = connect_packet(ProtocolVersion::V5, "cfg", true);
+    c.keep_alive = 600;
+    let (_raw, ack) = Raw::connect_with(b.addr, c);
+    ack.properties.server_keep_alive
+}
+
+// The binary reads --config; what the command line sets wins over the file.
+#[test]
+fn the_config_file_configures_the_binary() {
+    let dir = common::TempDir::new("config");
+    std::fs::create_dir_all(&dir.0).expect("dir");
+    let file = dir.0.join("ringmq.toml");
+    std::fs::write(
+        &file,
+        "# a comment\nmax-keepalive = 30\nlog-level = \"info\"\n",
+    )
+    .expect("write");
+    let path = file.display().to_string();
+    let b = BinBroker::spawn(&["--config", &path]);
+    assert_eq!(keepalive_granted(&b), Some(30));
+    drop(b);
+    let b = BinBroker::spawn(&["--config", &path, "--max-keepalive", "20"]);
+    assert_eq!(keepalive_granted(&b), Some(20));
+    drop(b);
+
+    std::fs::write(&file, "max-keepalive = 30\nmax-keep-alive = 10\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--config", &path])
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{path}:2: unknown key 'max-keep-alive'")),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--print-config", "--max-keepalive", "9"])
+        .output()
+        .expect("binary runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "max-keepalive = 9"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "listen = [\"127.0.0.1:1883\"]"),
+        "{text}"
+    );
 }

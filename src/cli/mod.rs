@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+pub mod file;
 
 use crate::config::{parse_duration, Config, ConfigError, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 
@@ -80,6 +82,16 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(version = VERSION, about, long_about = None)]
 pub struct Cli {
+    /// TOML file of settings, one key per flag (`max-connections = 1000`,
+    /// `listen = ["0.0.0.0:1883"]`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (defaults, file and flags) as a
+    /// file --config reads, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address to listen on; repeat for several. Use 0.0.0.0:1883 for every
     /// interface (then anonymous clients are refused unless --allow-anonymous).
     #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN, value_parser = listen_addr)]
@@ -264,7 +276,64 @@ pub struct Cli {
     pub log_level: String,
 }
 
+/// Why the command line (or its `--config` file) cannot run.
+#[derive(Debug)]
+pub enum CliError {
+    /// clap's own (also `--help` and `--version`, which exit 0).
+    Flags(clap::Error),
+    /// The config file: unreadable, or `NAME:LINE: why`.
+    File(String),
+}
+
+/// Flags and the config file, parsed: the [`Cli`] and what `--print-config`
+/// renders.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The flags, file and command line merged.
+    pub cli: Cli,
+    matches: clap::ArgMatches,
+}
+
+impl Loaded {
+    /// The effective configuration as a TOML file.
+    #[must_use]
+    pub fn render(&self) -> String {
+        file::render(&Cli::command(), &self.matches)
+    }
+}
+
 impl Cli {
+    /// Parses `args` (with the program name first), reading `--config`'s
+    /// file into flags that the command line's own override.
+    ///
+    /// # Errors
+    /// [`CliError`].
+    pub fn load(args: &[String]) -> Result<Loaded, CliError> {
+        let cmd = Cli::command();
+        let first = cmd
+            .clone()
+            .try_get_matches_from(args)
+            .map_err(CliError::Flags)?;
+        let mut all = args.to_vec();
+        if let Some(path) = first.get_one::<PathBuf>("config") {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::File(format!("--config {name}: {e}")))?;
+            let given = args.get(1..).unwrap_or_default();
+            let from_file =
+                file::args_from_toml(&name, &text, &cmd, given).map_err(CliError::File)?;
+            all = args[..1.min(args.len())]
+                .iter()
+                .cloned()
+                .chain(from_file)
+                .chain(given.iter().cloned())
+                .collect();
+        }
+        let matches = cmd.try_get_matches_from(&all).map_err(CliError::Flags)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(CliError::Flags)?;
+        Ok(Loaded { cli, matches })
+    }
+
     /// The validated configuration these flags describe.
     ///
     /// # Errors
@@ -337,6 +406,165 @@ mod tests {
         }
         assert!(listen_addr("localhost").is_err());
         assert!(listen_addr("no such host.invalid:1").is_err());
+    }
+
+    fn load(file: &str, flags: &[&str]) -> Result<Loaded, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ringmq.toml");
+        std::fs::write(&path, file).expect("write");
+        let mut args = vec![
+            "ringmq".to_string(),
+            "--config".into(),
+            path.display().to_string(),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        Cli::load(&args).map_err(|e| match e {
+            CliError::Flags(e) => e.to_string(),
+            CliError::File(e) => e.replace(&path.display().to_string(), "FILE"),
+        })
+    }
+
+    /// Every flag, set to a value other than its default, through a file
+    /// that --print-config wrote: the file sets each one.
+    #[test]
+    fn every_flag_is_a_key() {
+        let set: &[(&str, &[&str])] = &[
+            ("listen", &["127.0.0.1:2883", "[::1]:2884"]),
+            ("listen-tls", &["127.0.0.1:8883"]),
+            ("listen-ws", &["127.0.0.1:8080"]),
+            ("listen-wss", &["127.0.0.1:8443"]),
+            ("cert", &["/etc/c.pem"]),
+            ("key", &["/etc/k.pem"]),
+            ("ca", &["/etc/ca.pem"]),
+            ("require-certificate", &[]),
+            ("use-identity-as-username", &[]),
+            ("cores", &["3"]),
+            ("data-dir", &["/var/lib/x"]),
+            ("sync", &["always"]),
+            ("segment-size", &["1048576"]),
+            ("recovery", &["truncate"]),
+            ("max-connections", &["77"]),
+            ("max-packet-size", &["9999"]),
+            ("max-inflight", &["7"]),
+            ("max-topic-alias", &["3"]),
+            ("max-inflight-in", &["9"]),
+            ("max-queued-messages", &["11"]),
+            ("max-queued-bytes", &["12345"]),
+            ("max-keepalive", &["99"]),
+            ("v3-session-expiry", &["1h"]),
+            ("resend-interval", &["20s"]),
+            ("inflight-ttl", &["5m"]),
+            ("max-resends", &["4"]),
+            ("sys-interval", &["off"]),
+            ("connect-timeout", &["3s"]),
+            ("max-connect-size", &["4096"]),
+            ("shutdown-timeout", &["2s"]),
+            ("queue-qos0", &[]),
+            ("password-file", &["/etc/p"]),
+            ("acl-file", &["/etc/a"]),
+            ("allow-anonymous", &["true"]),
+            ("pin", &[]),
+            ("log-level", &["debug"]),
+        ];
+        let skip = ["config", "print-config", "help", "version", "in-memory"];
+        for arg in Cli::command().get_arguments() {
+            let long = arg.get_long().expect("long");
+            assert!(
+                skip.contains(&long) || set.iter().any(|(f, _)| *f == long),
+                "--{long} is missing from this test"
+            );
+        }
+        let mut args = vec!["ringmq".to_string()];
+        for (flag, values) in set {
+            if values.is_empty() {
+                args.push(format!("--{flag}"));
+            }
+            for v in *values {
+                args.push(format!("--{flag}"));
+                args.push((*v).to_string());
+            }
+        }
+        let from_flags = Cli::load(&args).expect("flags parse");
+        let text = from_flags.render();
+        assert!(!text.contains("\n# cores ="), "{text}");
+        let from_file = load(&text, &[]).expect("the printed file loads");
+        assert_eq!(from_file.render(), text);
+        let c = from_file.cli.into_config().expect("valid");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.max_connections, 77);
+        assert_eq!(c.sys_interval, None);
+        assert!(c.pin && c.queue_qos0);
+        assert_eq!(c.v3_session_expiry, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml example") + 8;
+        let len = readme[start..].find("```").expect("closed");
+        let c = load(&readme[start..start + len], &[])
+            .expect("loads")
+            .cli
+            .into_config()
+            .expect("valid");
+        assert_eq!(c.listen_tls.len(), 1);
+        assert!(c.acl_file.is_some() && c.tls.is_some());
+    }
+
+    #[test]
+    fn config_file_errors_name_the_line() {
+        let e = |text| load(text, &[]).expect_err("refused");
+        assert_eq!(
+            e("max-connections = 5\n\nmax-conections = 7\n"),
+            "FILE:3: unknown key 'max-conections'"
+        );
+        assert!(
+            e("# x\nsync = \"sometimes\"\n").starts_with("FILE:2: sync: invalid value 'sometimes'"),
+            "{}",
+            e("# x\nsync = \"sometimes\"\n")
+        );
+        assert!(e("pin = 1\n").starts_with("FILE:1: pin: must be true or false"));
+        assert!(e("\ncores = [1, 2]\n").starts_with("FILE:2: cores: takes one value"));
+        assert!(e("\n\nmax-inflight = \n").starts_with("FILE:3: "));
+        assert!(e("config = \"x\"\n").contains("unknown key 'config'"));
+        assert!(e("[listeners]\nudp = [\"1\"]\n").starts_with("FILE:2: unknown listener 'udp'"));
+        assert!(e("max-inflight = 70000\n").starts_with("FILE:1: max-inflight: invalid value"));
+    }
+
+    #[test]
+    fn command_line_wins_over_the_file() {
+        let file = "listen = [\"127.0.0.1:1900\"]\nmax-connections = 5\npin = true\nmax_resends = 2\n\n[listeners]\nws = [\"127.0.0.1:1901\"]\n";
+        let c = load(file, &[])
+            .expect("loads")
+            .cli
+            .into_config()
+            .expect("valid");
+        assert_eq!(c.listen[0].to_string(), "127.0.0.1:1900");
+        assert_eq!(c.listen_ws[0].to_string(), "127.0.0.1:1901");
+        assert_eq!((c.max_connections, c.max_resends), (5, 2));
+        assert!(c.pin);
+        let c = load(file, &["--listen", "1902", "--max-connections=6"])
+            .expect("loads")
+            .cli
+            .into_config()
+            .expect("valid");
+        assert_eq!(
+            c.listen.len(),
+            1,
+            "the command line's --listen replaces the file's"
+        );
+        assert_eq!(c.listen[0].to_string(), "0.0.0.0:1902");
+        assert_eq!(c.max_connections, 6);
+        assert!(
+            c.pin,
+            "what the command line leaves alone comes from the file"
+        );
+        let missing = Cli::load(&[
+            "ringmq".into(),
+            "--config".into(),
+            "/nonexistent/r.toml".into(),
+        ]);
+        assert!(matches!(missing, Err(CliError::File(e)) if e.contains("/nonexistent/r.toml")));
     }
 
     #[test]
