@@ -29,6 +29,7 @@ fn message() -> Arc<Message> {
         properties: PublishProperties::default(),
         publisher: Arc::from("p"),
         expires_at: None,
+        received_at: std::time::Instant::now(),
     })
 }
 

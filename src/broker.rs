@@ -16,6 +16,7 @@ use crate::shard::{ShardStart, Shared};
 /// A running broker.
 #[derive(Debug)]
 pub struct BrokerHandle {
+    metrics_addr: Option<SocketAddr>,
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     ws_addrs: Vec<SocketAddr>,
@@ -87,6 +88,12 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// Where `/metrics` and `/health` are served (`--metrics-listen`, port 0
+    /// resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The TLS listeners' addresses (port 0 resolved).
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.tls_addrs
@@ -155,6 +162,15 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
     for addr in config.all_listeners() {
         port_free(addr)?;
     }
+    // A plain bind (no SO_REUSEPORT: only shard 0 serves it) fails by
+    // itself when the address is taken.
+    let mut metrics = match config.metrics_listen {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Arc::new(shared);
     let opened = crate::shard::persist::open(&config)?;
     let (mut data, mut storages, rehoming) = match opened {
@@ -216,6 +232,7 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
             receivers: rx,
             bound: bound_tx,
             storage: storages[id].take(),
+            metrics: if id == 0 { metrics.take() } else { None },
         };
         let placement = if config.pin && n <= cpus {
             Placement::Fixed(id)
@@ -270,6 +287,7 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
         ),
     }
     Ok(BrokerHandle {
+        metrics_addr,
         addrs,
         tls_addrs,
         ws_addrs,
@@ -394,6 +412,9 @@ pub fn run(config: Config) -> io::Result<()> {
     }
     for a in handle.wss_addrs() {
         println!("ringmq listening on {a} (wss)");
+    }
+    if let Some(a) = handle.metrics_addr() {
+        println!("ringmq metrics on http://{a}/metrics");
     }
     let mut sig: libc::c_int = 0;
     loop {

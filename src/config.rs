@@ -138,6 +138,9 @@ pub struct Config {
     /// Off by default: on a machine shared with a load generator or any busy
     /// process, a pinned shard cannot leave a busy core (perf/README.md).
     pub pin: bool,
+    /// Where to serve Prometheus `/metrics` and `/health` (`--metrics-listen`),
+    /// from shard 0; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -199,6 +202,7 @@ impl Default for Config {
             acl_file: None,
             allow_anonymous: None,
             pin: false,
+            metrics_listen: None,
         }
     }
 }
@@ -259,7 +263,7 @@ impl Config {
             return Err(ConfigError::NoListener);
         }
         let mut seen = std::collections::HashSet::new();
-        for a in self.all_listeners() {
+        for a in self.all_listeners().chain(self.metrics_listen) {
             if a.port() != 0 && !seen.insert(a) {
                 return Err(ConfigError::DuplicateListen(a));
             }

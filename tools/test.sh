@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs ringmq's whole test suite. Installs first what the interop tests
-# drive ringmq with: Debian's mosquitto clients and Python's paho-mqtt (in a
-# virtual environment under target/).
+# drive ringmq with: Debian's mosquitto clients, and Python's paho-mqtt and
+# prometheus_client (its text-format parser reads /metrics) in a virtual
+# environment under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,14 +21,14 @@ fi
 # paho-mqtt goes into a virtual environment of the project's own, never
 # into the system's Python; its python3 comes first on PATH for the tests.
 venv=target/py-venv
-if ! "$venv/bin/python3" -c 'import paho.mqtt' 2>/dev/null; then
-  echo "tools/test.sh: installing paho-mqtt into $venv" >&2
+if ! "$venv/bin/python3" -c 'import paho.mqtt, prometheus_client' 2>/dev/null; then
+  echo "tools/test.sh: installing paho-mqtt and prometheus_client into $venv" >&2
   if ! python3 -m venv "$venv" 2>/dev/null; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
-  "$venv/bin/python3" -m pip install -q 'paho-mqtt>=2,<3'
+  "$venv/bin/python3" -m pip install -q 'paho-mqtt>=2,<3' 'prometheus_client>=0.20,<1'
 fi
 export PATH="$PWD/$venv/bin:$PATH"
 

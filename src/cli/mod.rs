@@ -270,6 +270,11 @@ pub struct Cli {
     #[arg(long)]
     pub pin: bool,
 
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET
+    /// /health) over HTTP on this address, e.g. 127.0.0.1:9183. Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log filter: off, error, warn, info, debug, trace, or tracing
     /// directives such as `ringmq=debug,info`.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_level)]
@@ -381,6 +386,7 @@ impl Cli {
             acl_file: self.acl_file,
             allow_anonymous: self.allow_anonymous,
             pin: self.pin,
+            metrics_listen: self.metrics_listen,
         };
         config.validate()?;
         Ok(config)
@@ -464,6 +470,7 @@ mod tests {
             ("acl-file", &["/etc/a"]),
             ("allow-anonymous", &["true"]),
             ("pin", &[]),
+            ("metrics-listen", &["127.0.0.1:9183"]),
             ("log-level", &["debug"]),
         ];
         let skip = ["config", "print-config", "help", "version", "in-memory"];

@@ -50,6 +50,8 @@ pub struct Message {
     pub publisher: Arc<str>,
     /// When the Message Expiry Interval runs out, if one was set.
     pub expires_at: Option<Instant>,
+    /// When the broker read it (for the publish-to-deliver histogram).
+    pub received_at: Instant,
 }
 
 impl Message {

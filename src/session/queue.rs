@@ -407,6 +407,8 @@ pub struct Session {
     pub(crate) awaiting_rel: HashSet<u16>,
     /// Messages dropped since the session began.
     pub dropped: u64,
+    /// Of those, the ones whose Message Expiry Interval ran out.
+    pub expired: u64,
     /// What happened to logged deliveries since the shard last took it.
     pub journal: Vec<Journal>,
 }
@@ -425,6 +427,7 @@ impl Session {
             next_id: 0,
             awaiting_rel: HashSet::new(),
             dropped: 0,
+            expired: 0,
             journal: Vec::new(),
         }
     }
@@ -484,6 +487,12 @@ impl Session {
     /// Messages waiting behind the window.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Bytes the messages waiting behind the window hold, as
+    /// `max_queued_bytes` counts them.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.bytes()
     }
 
     /// The pending queue is past half its bound, in messages or bytes: an
@@ -552,6 +561,7 @@ impl Session {
         let expired = d.msg.is_expired(now);
         if expired {
             self.dropped += 1;
+            self.expired += 1;
             self.done(d);
         }
         expired
@@ -775,6 +785,7 @@ impl Session {
                 Ok(d) if d.msg.is_expired(now) => {
                     expired += 1;
                     self.dropped += 1;
+                    self.expired += 1;
                     self.done(&d);
                 }
                 Ok(d) => self.send_new(d, now, out),

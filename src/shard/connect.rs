@@ -15,7 +15,15 @@ use super::{Conn, Flow, SessionEntry, Shard};
 
 impl Shard {
     fn refuse(&mut self, conn: &Conn, reason: ReasonCode) -> Flow {
-        self.metrics.refused_connections += 1;
+        match reason {
+            ReasonCode::SERVER_BUSY | ReasonCode::SERVER_UNAVAILABLE => {
+                self.metrics.refused_connections += 1;
+            }
+            ReasonCode::NOT_AUTHORIZED | ReasonCode::BAD_USER_NAME_OR_PASSWORD => {
+                self.metrics.auth_refused += 1;
+            }
+            _ => self.metrics.connects_refused_protocol += 1,
+        }
         if let Some(held) = self.log_limits.refused.allow(conn.last_seen.get()) {
             tracing::info!(
                 peer = %conn.peer_str(),
@@ -144,7 +152,6 @@ impl Shard {
             return self.refuse(conn, ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
         if let Err(reason) = auth {
-            self.metrics.auth_refused += 1;
             return self.refuse(conn, reason);
         }
         self.refresh_acl();
@@ -185,6 +192,7 @@ impl Shard {
                 existing = None;
             }
             if let Some(old) = old {
+                self.metrics.takeovers += 1;
                 old.session.set(None);
                 old.close_reason.set(Some(ReasonCode::SESSION_TAKEN_OVER));
                 if let Some(held) = self.log_limits.takeover.allow(now) {

@@ -54,6 +54,8 @@ pub struct ShardStart {
     pub bound: mpsc::Sender<io::Result<Vec<SocketAddr>>>,
     /// The shard's log and what it recovered, when the broker persists.
     pub storage: Option<super::persist::ShardStorage>,
+    /// Shard 0: the bound `--metrics-listen` socket.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Runs one shard until shutdown.
@@ -67,6 +69,7 @@ pub async fn run(start: ShardStart) {
         receivers,
         bound,
         storage,
+        metrics,
     } = start;
     let shard = Rc::new(RefCell::new(Shard::new(
         id,
@@ -195,6 +198,17 @@ pub async fn run(start: ShardStart) {
     let mut accepting = Vec::new();
     for (l, tls) in listeners {
         accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, tls)));
+    }
+    if let Some(l) = metrics {
+        // SAFETY: a bound, listening socket whose ownership moves here.
+        let l = unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(l)) };
+        accepting.push(glommio::spawn_local(super::metrics_http::serve(
+            shard.clone(),
+            l,
+        )));
+    }
+    if config.metrics_listen.is_some() {
+        glommio::spawn_local(super::metrics_http::turn_probe(shard.clone())).detach();
     }
 
     let mut stop_started = None;
@@ -585,8 +599,14 @@ async fn serve(
         link.buffered(&mut buf)?;
         loop {
             level = level.or_else(|| connect_protocol_level(&buf));
+            let before = buf.len();
             match codec.decode(&mut buf) {
-                Ok(Some(p)) => return Ok(Ok(p)),
+                Ok(Some(p)) => {
+                    let mut s = shard.borrow_mut();
+                    s.metrics.messages_received += 1;
+                    s.metrics.packet_in(p.packet_type(), before - buf.len());
+                    return Ok(Ok(p));
+                }
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),
             }
@@ -671,6 +691,7 @@ async fn refuse_malformed(
     {
         let mut s = shard.borrow_mut();
         s.metrics.malformed_packets += 1;
+        s.metrics.connects_refused_protocol += 1;
         if let Some(held) = s.log_limits.bad_connect.allow(Instant::now()) {
             let peer = super::conn::peer_name(link.peer_addr());
             tracing::info!(peer, error = %e, held_back = held, "bad CONNECT, closing");
@@ -816,9 +837,11 @@ async fn read_loop(
             let now = Instant::now();
             conn.last_seen.set(now);
             loop {
+                let before = buf.len();
                 match codec.decode(&mut buf) {
                     Ok(Some(p)) => {
                         s.metrics.messages_received += 1;
+                        s.metrics.packet_in(p.packet_type(), before - buf.len());
                         if s.on_packet(conn, p, now) == Flow::Close {
                             conn.close();
                             break;

@@ -89,8 +89,18 @@ pub enum ShardMsg {
         /// 1-based numbers of those the log refused since the last report.
         failed: Vec<u64>,
     },
-    /// Counters for `$SYS`, sent to shard 0.
-    Stats(Box<Metrics>),
+    /// Counters for `$SYS` (`seq` none) or a scrape, sent to shard 0.
+    Stats {
+        /// The sender's snapshot.
+        m: Box<Metrics>,
+        /// The scrape it answers.
+        seq: Option<u64>,
+    },
+    /// Shard 0 asks for a snapshot for scrape `seq` (`/metrics`).
+    StatsRequest {
+        /// The scrape.
+        seq: u64,
+    },
     /// A connection whose session this shard owns: the socket and its
     /// transport's state, its CONNECT, and bytes read after it.
     Adopt {
@@ -131,7 +141,9 @@ pub(crate) async fn sender_loop(shard: Rc<RefCell<Shard>>, to: usize, tx: PipeSe
         let Some(batch) = batch else { return };
         {
             // Readers paused on a full mesh wait for this.
-            let s = shard.borrow();
+            let mut s = shard.borrow_mut();
+            s.metrics.mesh_batches += 1;
+            s.metrics.mesh_messages += batch.len() as u64;
             if s.mesh_backlog() <= MESH_PAUSE_MSGS {
                 s.congestion.wake_all();
             }

@@ -19,6 +19,7 @@ mod connect;
 mod connection;
 mod log_limit;
 mod mesh;
+mod metrics_http;
 pub mod persist;
 pub mod pipe;
 mod publish;
@@ -245,6 +246,8 @@ pub struct Shard {
     /// Shared subscriptions: local members, everyone's counts.
     pub(crate) shared_subs: shared::SharedSubs,
     pub(crate) retained: RetainedIndex<Arc<Message>>,
+    /// Of `retained`, the broker's own `$SYS` topics.
+    pub(crate) sys_retained: usize,
     pub(crate) timers: DeadlineQueue<TimerKey>,
     /// The deadline the timer task sleeps until, and its waker: arming an
     /// earlier one wakes it to sleep again until that.
@@ -253,6 +256,13 @@ pub struct Shard {
     /// This shard's counters.
     pub metrics: Metrics,
     pub(crate) peer_metrics: Vec<Metrics>,
+    /// Scrapes (`/metrics`): the last one asked for, the last each peer
+    /// answered, and the responder waiting for the answers.
+    pub(crate) scrape_seq: u64,
+    pub(crate) peer_seq: Vec<u64>,
+    pub(crate) scrape_wakers: Vec<std::task::Waker>,
+    /// `$SYS` values as last published, so that only changes go out.
+    pub(crate) sys_sent: HashMap<String, String>,
     /// Outgoing mesh batches, one per destination shard.
     pub(crate) outgoing: Vec<Vec<ShardMsg>>,
     pub(crate) mesh_wakers: Vec<Option<std::task::Waker>>,
@@ -333,11 +343,16 @@ impl Shard {
             interest: SubscriptionTrie::new(),
             shared_subs: shared::SharedSubs::default(),
             retained: RetainedIndex::default(),
+            sys_retained: 0,
             timers: DeadlineQueue::default(),
             timer_at: None,
             timer_waker: None,
             metrics: Metrics::default(),
             peer_metrics: vec![Metrics::default(); nr_shards],
+            scrape_seq: 0,
+            peer_seq: vec![0; nr_shards],
+            scrape_wakers: Vec::new(),
+            sys_sent: HashMap::new(),
             outgoing: (0..nr_shards).map(|_| Vec::new()).collect(),
             mesh_wakers: vec![None; nr_shards],
             broadcasts: 0,
@@ -427,6 +442,7 @@ impl Shard {
             return;
         };
         self.metrics.sessions -= 1;
+        self.metrics.dropped_expired += e.session.expired;
         self.log_session_end(e.sid);
         self.by_client.remove(&e.life.client_id);
         for filter in e.life.subscriptions.keys() {
@@ -443,10 +459,7 @@ impl Shard {
     /// Sends `p` to `conn`, counting it.
     pub(crate) fn send(&mut self, conn: &Conn, p: &Packet) {
         match conn.send(p) {
-            Ok(n) => {
-                self.metrics.messages_sent += 1;
-                self.metrics.bytes_sent += n as u64;
-            }
+            Ok(n) => self.metrics.packet_out(p.packet_type(), n),
             Err(e) => tracing::debug!(conn = conn.id, error = %e, "packet not sent"),
         }
     }
@@ -525,6 +538,9 @@ impl Shard {
                     return;
                 };
                 e.life.fire(timer, &mut fx);
+                if fx.iter().any(|f| matches!(f, Effect::End)) {
+                    self.metrics.sessions_expired += 1;
+                }
                 self.apply(session, fx, now);
             }
             TimerKey::KeepAlive { conn } => self.check_keep_alive(conn, now),
@@ -821,13 +837,48 @@ impl Shard {
         self.outgoing.iter().map(Vec::len).sum()
     }
 
+    /// This shard's counters with its gauges filled in: a walk over its
+    /// sessions, so taken per `$SYS` interval or scrape, not per message.
+    pub(crate) fn snapshot(&self) -> Metrics {
+        let mut m = self.metrics;
+        for e in self.sessions.iter().flatten() {
+            if e.life.expiry != Some(std::time::Duration::ZERO) {
+                m.sessions_persistent += 1;
+            }
+            m.inflight += e.session.inflight_len() as u64;
+            m.queued_messages += e.session.pending_len() as u64;
+            m.queued_bytes += e.session.pending_bytes() as u64;
+            m.dropped_expired += e.session.expired;
+        }
+        m
+    }
+
+    /// A peer's counters arrived: for `$SYS`, or answering scrape `seq`.
+    pub(crate) fn on_stats(&mut self, from: usize, m: Metrics, seq: Option<u64>) {
+        if let Some(slot) = self.peer_metrics.get_mut(from) {
+            *slot = m;
+        }
+        if let Some(seq) = seq {
+            self.peer_seq[from] = seq;
+            for w in self.scrape_wakers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
     fn publish_sys(&mut self, now: Instant) {
         if self.id != 0 {
-            let m = self.metrics;
-            self.mesh_send(0, ShardMsg::Stats(Box::new(m)));
+            let m = self.snapshot();
+            self.mesh_send(
+                0,
+                ShardMsg::Stats {
+                    m: Box::new(m),
+                    seq: None,
+                },
+            );
             return;
         }
-        self.peer_metrics[0] = self.metrics;
+        self.peer_metrics[0] = self.snapshot();
         let mut total = Metrics::default();
         for m in &self.peer_metrics {
             total.merge(m);
@@ -850,7 +901,16 @@ impl Shard {
             }
         }
         for (name, value) in items {
-            self.publish_internal(&format!("$SYS/broker/{name}"), value.into_bytes(), now);
+            // Only what changed, as Mosquitto does.
+            if self.sys_sent.get(&name) == Some(&value) {
+                continue;
+            }
+            self.publish_internal(
+                &format!("$SYS/broker/{name}"),
+                value.clone().into_bytes(),
+                now,
+            );
+            self.sys_sent.insert(name, value);
         }
     }
 }

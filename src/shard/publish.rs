@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::auth::acl::Want;
 use crate::protocol::{Ack, LastWill, MqttStr, Packet, PublishProperties, QoS, ReasonCode};
-use crate::session::{Delivery, Message};
+use crate::session::{Delivery, DropReason, Message};
 use crate::topic::TopicName;
 
 use super::{Conn, Flow, Gate, Shard, ShardMsg};
@@ -209,6 +209,7 @@ impl Shard {
             properties,
             publisher,
             expires_at,
+            received_at: now,
         });
         // $SYS belongs to the broker: client publishes there are acknowledged and dropped.
         let (barrier, remote) = if msg.topic.is_broker_sys() {
@@ -386,15 +387,21 @@ impl Shard {
 
     fn set_retained(&mut self, topic: TopicName, msg: Option<Arc<Message>>) {
         self.log_retained(&topic, msg.as_ref());
+        // The broker's own $SYS topics are not the users' retained messages.
+        let sys = usize::from(topic.is_broker_sys());
         match msg {
             Some(m) => {
-                self.retained.insert(&topic, m);
+                if self.retained.insert(&topic, m).is_none() {
+                    self.sys_retained += sys;
+                }
             }
             None => {
-                self.retained.remove(&topic);
+                if self.retained.remove(&topic).is_some() {
+                    self.sys_retained -= sys;
+                }
             }
         }
-        self.metrics.retained = self.retained.len() as u64;
+        self.metrics.retained = (self.retained.len() - self.sys_retained) as u64;
     }
 
     /// Delivers `msg` here and sends it to the other `shards` whose
@@ -407,7 +414,10 @@ impl Shard {
                 self.send_delivery(s, msg.qos, ShardMsg::Deliver(msg.clone()));
             }
         }
-        self.route_shared(&msg, now);
+        let routed = self.route_shared(&msg, now) > 0 || shards.iter().next().is_some();
+        if !routed && !msg.topic.is_broker_sys() {
+            self.metrics.no_subscribers += 1;
+        }
     }
 
     /// Sends a delivery (`Deliver` or `DeliverShared`) of a message at `qos`
@@ -527,6 +537,13 @@ impl Shard {
     /// Delivers `d` to session `key`; `queued` sends it through the session's
     /// queue even when it could go at once (retained messages on SUBSCRIBE).
     pub(crate) fn deliver_to(&mut self, key: u32, d: Delivery, queued: bool, now: Instant) {
+        if !queued {
+            // Retained messages on SUBSCRIBE (`queued`) are old by design.
+            self.metrics.deliver_latency.record(
+                &crate::metrics::histogram::DELIVER_BOUNDS_NS,
+                now.saturating_duration_since(d.msg.received_at),
+            );
+        }
         let Some(e) = self.entry(key) else { return };
         let online = e.is_online();
         // A consumer that cannot keep up loses its own QoS 0 messages.
@@ -554,8 +571,15 @@ impl Shard {
         } else if e.session.pending_len() == 0 {
             e.drop_logged = false;
         }
-        if dropped.is_some() {
-            self.metrics.publishes_dropped += 1;
+        match dropped {
+            Some(DropReason::QueueFull) => {
+                self.metrics.publishes_dropped += 1;
+                self.metrics.dropped_queue_full += 1;
+            }
+            // Counted by the session (`Session::expired`), as are those
+            // that expire in its queue.
+            Some(DropReason::Expired) => self.metrics.publishes_dropped += 1,
+            None => {}
         }
         self.flush_packets(key, &mut out, now);
         self.scratch_packets = out;
@@ -611,8 +635,7 @@ impl Shard {
                 };
                 match conn.send(&p) {
                     Ok(n) => {
-                        self.metrics.messages_sent += 1;
-                        self.metrics.bytes_sent += n as u64;
+                        self.metrics.packet_out(p.packet_type(), n);
                         if matches!(p, Packet::Publish(_)) {
                             self.metrics.publishes_sent += 1;
                         }
@@ -622,6 +645,7 @@ impl Shard {
                             conn.unsent_alias(&topic);
                         }
                         self.metrics.publishes_dropped += 1;
+                        self.metrics.dropped_too_large += 1;
                         tracing::debug!(conn = conn.id, error = %err, "packet discarded");
                         if let Packet::Publish(crate::protocol::Publish {
                             packet_id: Some(id),
@@ -693,6 +717,7 @@ impl Shard {
             expires_at: p
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
+            received_at: now,
         });
         tracing::debug!(client_id = %client, topic = msg.topic.as_str(), "publishing will");
         self.publish_message(msg, now);
@@ -720,6 +745,7 @@ impl Shard {
             properties: PublishProperties::default(),
             publisher: Arc::from("$broker"),
             expires_at: None,
+            received_at: now,
         });
         self.publish_message(msg, now);
     }
@@ -778,10 +804,16 @@ impl Shard {
                 }
                 self.send_when_durable(from, ShardMsg::Applied);
             }
-            ShardMsg::Stats(m) => {
-                if let Some(slot) = self.peer_metrics.get_mut(from) {
-                    *slot = *m;
-                }
+            ShardMsg::Stats { m, seq } => self.on_stats(from, *m, seq),
+            ShardMsg::StatsRequest { seq } => {
+                let m = self.snapshot();
+                self.mesh_send(
+                    from,
+                    ShardMsg::Stats {
+                        m: Box::new(m),
+                        seq: Some(seq),
+                    },
+                );
             }
             ShardMsg::Adopt { .. } => {
                 // Handled by the async shell; reaching here means shutdown,

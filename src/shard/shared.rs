@@ -204,14 +204,16 @@ impl Shard {
 
     /// Sends `msg` to one member of each shared subscription it matches:
     /// here, or to the shard picked for it.
-    pub(crate) fn route_shared(&mut self, msg: &Arc<Message>, now: Instant) {
+    /// Returns how many groups it went to.
+    pub(crate) fn route_shared(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
         if self.shared_subs.routes.is_empty() {
-            return;
+            return 0;
         }
         let mut keys: Vec<TopicFilter> = Vec::new();
         self.shared_subs
             .trie
             .match_topic(&msg.topic, |k| keys.push(k.clone()));
+        let mut groups = 0;
         for key in keys {
             match self.shared_subs.pick_shard(&key) {
                 Some(s) if s == self.id => self.deliver_shared(msg, &key, now),
@@ -222,9 +224,11 @@ impl Shard {
                     };
                     self.send_delivery(s, msg.qos, m);
                 }
-                None => {}
+                None => continue,
             }
+            groups += 1;
         }
+        groups
     }
 
     /// Delivers `msg` to one local member of `key`: the next online one

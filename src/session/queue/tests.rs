@@ -27,6 +27,7 @@ fn msg(payload: &'static str, qos: QoS) -> Arc<Message> {
         properties: PublishProperties::default(),
         publisher: Arc::from("p"),
         expires_at: None,
+        received_at: std::time::Instant::now(),
     })
 }
 
@@ -363,6 +364,7 @@ fn message_expiry() {
             properties: PublishProperties::default(),
             publisher: Arc::from("p"),
             expires_at: Some(t0 + Duration::from_secs(secs)),
+            received_at: std::time::Instant::now(),
         };
         m.properties.message_expiry_interval = Some(secs as u32);
         Delivery {

@@ -591,9 +591,11 @@ impl Shard {
     ) {
         let wall = wall_ms();
         for m in retained.values() {
-            self.retained.insert(&m.topic, m.clone());
+            if self.retained.insert(&m.topic, m.clone()).is_none() && m.topic.is_broker_sys() {
+                self.sys_retained += 1;
+            }
         }
-        self.metrics.retained = self.retained.len() as u64;
+        self.metrics.retained = (self.retained.len() - self.sys_retained) as u64;
         let limits = self.limits();
         for (sid, s) in rec.sessions {
             // Time spent down counts against the expiry and the will delay.
@@ -718,6 +720,7 @@ mod tests {
             },
             publisher: Arc::from("p"),
             expires_at: None,
+            received_at: std::time::Instant::now(),
         });
         let mut w = W::default();
         w.message(7, &msg, 0).u32(0);
@@ -775,6 +778,7 @@ mod tests {
                 properties: PublishProperties::default(),
                 publisher: Arc::from("p"),
                 expires_at: None,
+                received_at: std::time::Instant::now(),
             };
             let mut w = W::default();
             w.message(id, &msg, 0).u32(0);

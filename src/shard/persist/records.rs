@@ -222,6 +222,7 @@ impl<'a> R<'a> {
             properties: p.properties.into_inner(),
             publisher,
             expires_at,
+            received_at: Instant::now(),
         })
     }
 
