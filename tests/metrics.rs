@@ -293,3 +293,33 @@ fn sys_publishes_changes_only() {
     // SUBSCRIBE says so (later changes reach it live, retain 0).
     assert!(seen.values().all(|v| v[0].1), "{seen:?}");
 }
+
+/// Prints every metric name the dashboard's queries use (and checks that
+/// it is JSON Grafana can import: panels with targets).
+const DASHBOARD_NAMES: &str = r#"
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+assert d["panels"], "no panels"
+names = set()
+for p in d["panels"]:
+    assert p["targets"], p["title"]
+    for t in p["targets"]:
+        names.update(re.findall(r"ringmq_[a-z_]+", t["expr"]))
+print("\n".join(sorted(names)))
+"#;
+
+// contrib/grafana-ringmq.json asks only for series a scrape has.
+#[test]
+fn the_grafana_dashboard_uses_real_metrics() {
+    let (_b, m) = broker(2);
+    let s = Samples::scrape(m);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana-ringmq.json");
+    let names = python(DASHBOARD_NAMES, &[path]);
+    assert!(names.lines().count() > 10, "{names}");
+    for name in names.lines() {
+        assert!(
+            s.0.iter().any(|(n, _, _)| n == name),
+            "{name} is not in /metrics"
+        );
+    }
+}

@@ -30,7 +30,7 @@ fn version_names_the_commit() {
             let commit = String::from_utf8_lossy(&h.stdout).trim().to_string();
             assert!(text.contains(&commit), "{text} does not name {commit}");
         }
-        _ => println!("SKIPPED the commit check: not a git checkout"),
+        _ => common::skipped("the commit check of --version: not a git checkout"),
     }
 }
 
@@ -46,7 +46,9 @@ fn the_systemd_unit_verifies() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has {
-        println!("SKIPPED: systemd-analyze is not installed (Debian's systemd package has it)");
+        common::skipped(
+            "contrib/ringmq.service not verified: systemd-analyze is not installed (Debian's systemd package has it)",
+        );
         return;
     }
     let dir = std::env::temp_dir().join(format!("ringmq-unit-{}", std::process::id()));
@@ -127,4 +129,74 @@ fn the_config_file_configures_the_binary() {
         text.lines().any(|l| l == "listen = [\"127.0.0.1:1883\"]"),
         "{text}"
     );
+}
+
+fn skip(why: &str) {
+    common::skipped(why);
+}
+
+// The Dockerfile: two stages, a non-root user, the data directory a
+// volume, and a config file that this binary takes. With a Docker daemon
+// the image is built and run; without one that part is skipped, saying so.
+#[test]
+fn the_dockerfile_builds_a_non_root_image() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let froms = lines.iter().filter(|l| l.starts_with("FROM ")).count();
+    assert!(froms >= 2, "a multi-stage build");
+    let last_stage = text.rsplit("\nFROM ").next().expect("a last stage");
+    let user = last_stage
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the last stage names its USER");
+    assert!(!["root", "0"].contains(&user.trim()), "runs as {user}");
+    assert!(last_stage.contains("VOLUME [\"/var/lib/ringmq\"]"));
+    let conf = root.join("contrib/docker/ringmq.toml");
+    assert!(last_stage.contains("COPY contrib/docker/ringmq.toml /etc/ringmq/ringmq.toml"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("--print-config")
+        .output()
+        .expect("binary runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("data-dir = \"/var/lib/ringmq\""),
+        "{printed}"
+    );
+    assert!(printed.contains("listen = [\"0.0.0.0:1883\"]"), "{printed}");
+
+    let daemon = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !daemon {
+        skip("the Docker image was not built: no Docker daemon here (the Dockerfile's shape and config were checked)");
+        return;
+    }
+    let tag = format!("ringmq-test-{}", std::process::id());
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "."])
+        .current_dir(root)
+        .status()
+        .expect("docker build runs");
+    assert!(built.success(), "docker build failed");
+    let run = |args: &[&str]| {
+        Command::new("docker")
+            .args(["run", "--rm"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let version = run(&[&tag, "--version"]);
+    let uid = run(&["--entrypoint", "id", &tag, "-u"]);
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).status();
+    assert!(version.expect("docker run").starts_with("ringmq "));
+    assert_ne!(uid.expect("docker run"), "0");
 }

@@ -508,7 +508,7 @@ fn full_disk(cores: usize) {
     let dir = TempDir::new("restart-full");
     let Some(_fs) = Tmpfs::mount(&dir.0, "4m") else {
         // Mounting needs root (CI runs as root; see README "Tests").
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        common::skipped("the full-disk test: cannot mount a tmpfs here (not root?)");
         return;
     };
     let filler = dir.0.join("filler");

@@ -518,3 +518,19 @@ pub fn python(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Says why a test (or part of one) did not run: on stderr, and in
+/// `target/tmp/skipped.txt`, which tools/test.sh prints at the end (cargo
+/// hides a passing test's output).
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    eprintln!("SKIPPED: {why}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{why}");
+    }
+}
