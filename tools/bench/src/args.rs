@@ -75,6 +75,12 @@ pub struct Args {
     /// Topic pattern; `{i}` is the publisher index (default per scenario).
     #[arg(long)]
     pub topic: Option<String>,
+    /// The subscribers' filter, instead of the scenario's (`{i}` is the
+    /// subscriber index); repeat for several per subscriber. Overlapping
+    /// ones may bring a message once per matching filter (MQTT allows it):
+    /// those copies are reported as overlap copies, not duplicates.
+    #[arg(long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
     /// Persistent sessions (clean session/start 0) instead of clean ones.
     #[arg(long)]
     pub persistent: bool,
@@ -161,8 +167,8 @@ pub struct Plan {
     pub count: Option<u64>,
     /// Topic of publisher `i`: the pattern with `{i}` replaced.
     pub pub_topic: String,
-    /// Filter of subscriber `j` (`{i}` replaced by `j` for pairs).
-    pub sub_filter: String,
+    /// Filters of subscriber `j` (`{i}` replaced by `j`).
+    pub sub_filters: Vec<String>,
     pub persistent: bool,
     pub client_prefix: String,
     pub username: Option<String>,
@@ -257,6 +263,19 @@ impl Args {
                 return Err("--shared GROUP must be non-empty, without '/', '+' or '#'".into());
             }
         }
+        if self.shared.is_some() && self.filters.len() > 1 {
+            return Err("--shared takes one --filter (each would be a group of its own)".into());
+        }
+        for f in &self.filters {
+            let probe = f.replace("{i}", "0");
+            let ok = ringmq::protocol::MqttStr::try_from(probe.as_str())
+                .ok()
+                .and_then(|m| ringmq::topic::TopicFilter::new(m).ok())
+                .is_some();
+            if !ok {
+                return Err(format!("--filter '{f}' is not a valid topic filter"));
+            }
+        }
         if count == Some(0) || self.duration.is_zero() {
             return Err("--count and --duration must be positive".into());
         }
@@ -266,6 +285,11 @@ impl Args {
             (None, FanIn) => ("bench/fan-in/{i}".to_string(), "bench/fan-in/+".to_string()),
             (None, Pairs) => ("bench/pairs/{i}".into(), "bench/pairs/{i}".into()),
             (None, _) => (format!("bench/{}", name(s)), format!("bench/{}", name(s))),
+        };
+        let sub_filters = if self.filters.is_empty() {
+            vec![sub_filter]
+        } else {
+            self.filters
         };
         let threads = self
             .threads
@@ -298,7 +322,7 @@ impl Args {
             duration: self.duration,
             count,
             pub_topic,
-            sub_filter,
+            sub_filters,
             persistent: self.persistent || s == Backlog,
             client_prefix: self.client_prefix,
             username: self.username,

@@ -115,6 +115,13 @@ impl Report {
             self.integrity.duplicates,
             self.integrity.reordered
         );
+        if self.integrity.overlap > 0 {
+            let _ = writeln!(
+                s,
+                "overlap copies: {} (a copy per further matching filter, as MQTT allows; in received, not in dups)",
+                self.integrity.overlap
+            );
+        }
         let _ = writeln!(
             s,
             "throughput (msg/s): sent {sr:.0}  acked {ar:.0}  received {rr:.0}   (publishing {:.2} s)",
@@ -206,7 +213,7 @@ impl Report {
                 "{{\"scenario\":\"{}\",\"broker\":\"{}\",\"mqtt\":\"{}\",\"qos\":{},\"payload\":{},",
                 "\"publishers\":{},\"subscribers\":{},\"publish_seconds\":{:.3},",
                 "\"sent\":{},\"acked\":{},\"received\":{},\"expected\":{},\"lost\":{},",
-                "\"duplicates\":{},\"reordered\":{},\"sent_per_sec\":{:.1},",
+                "\"duplicates\":{},\"overlap_copies\":{},\"reordered\":{},\"sent_per_sec\":{:.1},",
                 "\"acked_per_sec\":{:.1},\"received_per_sec\":{:.1},\"latency_us\":{{{}}},",
                 "\"connected\":{},\"connect_us\":{{{}}},\"drain_seconds\":{},",
                 "\"failures\":{},\"error\":{},\"sent_min_per_publisher\":{},",
@@ -228,6 +235,7 @@ impl Report {
             self.integrity.expected,
             self.integrity.lost,
             self.integrity.duplicates,
+            self.integrity.overlap,
             self.integrity.reordered,
             sr,
             ar,

@@ -307,9 +307,22 @@ fn topic_of(plan: &Plan, i: usize) -> String {
     plan.pub_topic.replace("{i}", &i.to_string())
 }
 
-/// The filter subscriber `j` uses.
-pub fn filter_of(plan: &Plan, j: usize) -> String {
-    plan.sub_filter.replace("{i}", &j.to_string())
+/// The filters subscriber `j` uses.
+pub fn filters_of(plan: &Plan, j: usize) -> Vec<String> {
+    plan.sub_filters
+        .iter()
+        .map(|f| f.replace("{i}", &j.to_string()))
+        .collect()
+}
+
+/// How many of subscriber `s`'s filters publisher `p`'s topic matches: it
+/// must get each message once, and may get one copy per match.
+pub fn matching(plan: &Plan, s: usize, p: usize) -> u64 {
+    let topic = topic_of(plan, p);
+    filters_of(plan, s)
+        .iter()
+        .filter(|f| ringmq::topic::matches(f, &topic))
+        .count() as u64
 }
 
 /// How many subscribers must get each message of the publisher that gets
@@ -324,9 +337,8 @@ pub fn copies(plan: &Plan) -> u64 {
     }
     (0..plan.publishers.max(1))
         .map(|p| {
-            let topic = plan.pub_topic.replace("{i}", &p.to_string());
             (0..plan.subscribers)
-                .filter(|&s| ringmq::topic::matches(&filter_of(plan, s), &topic))
+                .filter(|&s| matching(plan, s, p) > 0)
                 .count() as u64
         })
         .max()
@@ -540,17 +552,20 @@ pub(crate) fn subscribe_packet(plan: &Plan, j: usize) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
         properties: Default::default(),
-        filters: vec![SubscribeFilter {
-            filter: MqttStr::try_from(match &plan.shared {
-                Some(g) => format!("$share/{g}/{}", filter_of(plan, j)),
-                None => filter_of(plan, j),
+        filters: filters_of(plan, j)
+            .into_iter()
+            .map(|f| SubscribeFilter {
+                filter: MqttStr::try_from(match &plan.shared {
+                    Some(g) => format!("$share/{g}/{f}"),
+                    None => f,
+                })
+                .unwrap_or_default(),
+                options: SubscriptionOptions {
+                    qos: plan.qos,
+                    ..Default::default()
+                },
             })
-            .unwrap_or_default(),
-            options: SubscriptionOptions {
-                qos: plan.qos,
-                ..Default::default()
-            },
-        }],
+            .collect(),
     })
 }
 

@@ -7,6 +7,10 @@ use std::collections::HashMap;
 #[derive(Debug, Default, Clone)]
 pub struct SeqTracker {
     seen: Vec<u64>,
+    /// Per sequence number, arrivals after the first (saturating): filled
+    /// only once a repeat arrives, so that copies a subscriber may get for
+    /// overlapping filters can be told from duplicates.
+    repeats: Vec<u8>,
     max: Option<u64>,
     /// Distinct sequence numbers received.
     pub unique: u64,
@@ -26,6 +30,11 @@ impl SeqTracker {
         let mask = 1u64 << bit;
         if self.seen[word] & mask != 0 {
             self.duplicates += 1;
+            let i = seq as usize;
+            if self.repeats.len() <= i {
+                self.repeats.resize(i + 1, 0);
+            }
+            self.repeats[i] = self.repeats[i].saturating_add(1);
             return false;
         }
         self.seen[word] |= mask;
@@ -35,6 +44,21 @@ impl SeqTracker {
             _ => self.max = Some(seq),
         }
         true
+    }
+
+    /// Repeat arrivals split into those `allowed` per message may explain
+    /// (one copy per further matching filter) and the duplicates beyond.
+    pub fn repeats_within(&self, allowed: u64) -> (u64, u64) {
+        if allowed == 0 {
+            return (0, self.duplicates);
+        }
+        let allowed = u8::try_from(allowed).unwrap_or(u8::MAX);
+        let overlap: u64 = self
+            .repeats
+            .iter()
+            .map(|&r| u64::from(r.min(allowed)))
+            .sum();
+        (overlap, self.duplicates - overlap)
     }
 
     /// Distinct sequence numbers below `n` that were received.
@@ -98,29 +122,35 @@ pub struct Integrity {
     pub expected: u64,
     /// Of those, how many never arrived.
     pub lost: u64,
-    /// Extra copies.
+    /// Extra copies beyond what overlapping filters allow.
     pub duplicates: u64,
+    /// Extra copies of a message for a subscriber whose filters it matched
+    /// more than once (at most one per further matching filter).
+    pub overlap: u64,
     /// Out-of-order first arrivals.
     pub reordered: u64,
 }
 
 /// Compares what subscribers saw with what they should have seen.
 /// `expected_from(sub, pub)` is how many of that publisher's messages
-/// (sequence 0..n) the subscriber must get: the acknowledged ones for QoS
-/// 1/2, the sent ones for QoS 0, zero if the topic does not match.
+/// (sequence 0..n) the subscriber must get (the acknowledged ones for QoS
+/// 1/2, the sent ones for QoS 0, zero if the topic does not match), and how
+/// many of its filters match them: a copy per further match is allowed.
 pub fn integrity(
     logs: &[SubscriberLog],
     publishers: usize,
-    expected_from: impl Fn(usize, usize) -> u64,
+    expected_from: impl Fn(usize, usize) -> (u64, u64),
 ) -> Integrity {
     let mut r = Integrity::default();
     for (s, log) in logs.iter().enumerate() {
         for p in 0..publishers {
-            let want = expected_from(s, p);
+            let (want, copies) = expected_from(s, p);
             r.expected += want;
             if let Some(t) = log.get(&(p as u32)) {
                 r.lost += want - t.unique_below(want).min(want);
-                r.duplicates += t.duplicates;
+                let (overlap, dups) = t.repeats_within(copies.saturating_sub(1));
+                r.overlap += overlap;
+                r.duplicates += dups;
                 r.reordered += t.reordered;
             } else {
                 r.lost += want;
@@ -164,7 +194,7 @@ mod tests {
         }
         b.entry(0).or_default().record(10); // also went to `a`
         let group = merge(&[a, b]);
-        let r = integrity(&[group], 1, |_, _| 100);
+        let r = integrity(&[group], 1, |_, _| (100, 1));
         assert_eq!(
             (r.expected, r.lost, r.duplicates, r.reordered),
             (100, 1, 1, 1)
@@ -178,8 +208,26 @@ mod tests {
         for s in (0..100).filter(|s| s % 10 != 0) {
             t.record(s);
         }
-        let r = integrity(&[log], 2, |_, p| if p == 0 { 100 } else { 5 });
+        let r = integrity(&[log], 2, |_, p| (if p == 0 { 100 } else { 5 }, 1));
         assert_eq!(r.expected, 105);
         assert_eq!(r.lost, 10 + 5);
+    }
+
+    // Two matching filters: a second copy of each message is allowed, a
+    // third is a duplicate; a subscriber with one matching filter gets no
+    // such allowance.
+    #[test]
+    fn overlapping_filters_allow_a_copy_per_match() {
+        let mut log = SubscriberLog::new();
+        let t = log.entry(0).or_default();
+        for s in 0..10 {
+            t.record(s);
+            t.record(s);
+        }
+        t.record(3);
+        let two = integrity(&[log.clone()], 1, |_, _| (10, 2));
+        assert_eq!((two.lost, two.overlap, two.duplicates), (0, 10, 1));
+        let one = integrity(&[log], 1, |_, _| (10, 1));
+        assert_eq!((one.lost, one.overlap, one.duplicates), (0, 0, 11));
     }
 }

@@ -21,14 +21,20 @@ struct Faults {
     /// Act as one shared subscription: each message to one subscriber in
     /// turn, and a duplicate to the next one.
     shared: bool,
+    /// Send a subscriber one copy per matching filter (as Mosquitto does
+    /// for overlapping subscriptions), not one per message.
+    per_filter: bool,
 }
+
+/// A subscriber's socket and its filters.
+type Subscribers = Mutex<Vec<(TcpStream, Vec<String>)>>;
 
 /// A tiny broker: accepts, acknowledges, and forwards every PUBLISH to every
 /// subscriber as QoS 0, applying `Faults`.
 fn fake_broker(faults: Faults) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let subs: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let subs: Arc<Subscribers> = Arc::default();
     let count = Arc::new(AtomicU64::new(0));
     let held: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
     std::thread::spawn(move || {
@@ -44,7 +50,7 @@ fn fake_broker(faults: Faults) -> SocketAddr {
 fn serve(
     mut s: TcpStream,
     f: Faults,
-    subs: &Mutex<Vec<TcpStream>>,
+    subs: &Subscribers,
     count: &AtomicU64,
     held: &Mutex<Option<Vec<u8>>>,
 ) {
@@ -67,13 +73,26 @@ fn serve(
                     properties: Default::default(),
                 }))),
                 Packet::Subscribe(sub) => {
+                    let filters: Vec<String> = sub
+                        .filters
+                        .iter()
+                        .map(|f| {
+                            let f = f.filter.as_str();
+                            // $share/GROUP/FILTER matches as FILTER.
+                            f.strip_prefix("$share/")
+                                .and_then(|r| r.split_once('/'))
+                                .map_or(f, |(_, rest)| rest)
+                                .to_string()
+                        })
+                        .collect();
+                    let n = filters.len();
                     subs.lock()
                         .expect("lock")
-                        .push(s.try_clone().expect("clone"));
+                        .push((s.try_clone().expect("clone"), filters));
                     Some(Packet::SubAck(SubAck {
                         packet_id: sub.packet_id,
                         properties: Default::default(),
-                        reasons: vec![ReasonCode::GRANTED_QOS_0],
+                        reasons: vec![ReasonCode::GRANTED_QOS_0; n],
                     }))
                 }
                 Packet::Publish(p) => {
@@ -101,11 +120,22 @@ fn serve(
                         if f.shared {
                             if !subs.is_empty() {
                                 let at = (n as usize + k) % subs.len();
-                                let _ = subs[at].write_all(frame);
+                                let _ = subs[at].0.write_all(frame);
                             }
                         } else {
-                            for sub in subs.iter_mut() {
-                                let _ = sub.write_all(frame);
+                            for (sub, filters) in subs.iter_mut() {
+                                let matches = filters
+                                    .iter()
+                                    .filter(|fl| ringmq::topic::matches(fl, p.topic.as_str()))
+                                    .count();
+                                let copies = if f.per_filter {
+                                    matches
+                                } else {
+                                    matches.min(1)
+                                };
+                                for _ in 0..copies {
+                                    let _ = sub.write_all(frame);
+                                }
                             }
                         }
                     }
@@ -294,6 +324,123 @@ fn reordering_is_counted() {
     assert_eq!(field(&out, "duplicates"), 0, "{out}");
 }
 
+/// A fan-in run of `pubs` publishers of `count` QoS 1 messages each into
+/// two subscribers with `filters`, on two worker threads.
+fn fan_in_with_filters(addr: &str, pubs: &str, count: &str, filters: &[&str]) -> String {
+    let mut args = vec![
+        "fan-in",
+        "--broker",
+        addr,
+        "--publishers",
+        pubs,
+        "--subscribers",
+        "2",
+        "--qos",
+        "1",
+        "--count",
+        count,
+        "--threads",
+        "2",
+        "--drain",
+        "1s",
+    ];
+    for f in filters {
+        args.extend(["--filter", f]);
+    }
+    let (ok, out) = bench(&args);
+    assert!(ok, "{out}");
+    out
+}
+
+// Each subscriber holds two overlapping filters, and the broker sends a
+// copy per matching filter (as Mosquitto does; MQTT allows it): the second
+// copy is an overlap copy, not a duplicate; what the broker duplicated or
+// dropped on top is still counted exactly. 1,500 messages: every 10th
+// dropped (150), every 7th not dropped sent twice (214 - 21 = 193).
+#[test]
+fn overlapping_filters_are_counted_apart_from_duplicates() {
+    let filters = ["bench/fan-in/#", "bench/fan-in/+"];
+    let per_filter = fake_broker(Faults {
+        drop_every: 10,
+        dup_every: 7,
+        per_filter: true,
+        ..Faults::default()
+    })
+    .to_string();
+    let out = fan_in_with_filters(&per_filter, "3", "500", &filters);
+    assert_eq!(field(&out, "acked"), 1500, "{out}");
+    assert_eq!(field(&out, "expected"), 3000, "{out}");
+    assert_eq!(field(&out, "lost"), 2 * 150, "{out}");
+    // Every message that arrived came twice (once per filter), those sent
+    // twice four times: one overlap copy each, two duplicates each.
+    assert_eq!(field(&out, "overlap_copies"), 2 * 1350, "{out}");
+    assert_eq!(field(&out, "duplicates"), 2 * 2 * 193, "{out}");
+    assert_eq!(field(&out, "received"), 2 * (1157 * 2 + 193 * 4), "{out}");
+
+    // The same filters, a broker that sends one copy per subscriber.
+    let once = fake_broker(Faults {
+        drop_every: 10,
+        dup_every: 7,
+        ..Faults::default()
+    })
+    .to_string();
+    let out = fan_in_with_filters(&once, "3", "500", &filters);
+    assert_eq!(field(&out, "lost"), 2 * 150, "{out}");
+    assert_eq!(field(&out, "overlap_copies"), 193 * 2, "{out}");
+    assert_eq!(field(&out, "duplicates"), 0, "{out}");
+}
+
+// Filters that overlap for one publisher only, and miss another: only the
+// matching publishers are expected, and only the doubly matched one's
+// second copies are overlap copies.
+#[test]
+fn partly_overlapping_filters_expect_only_what_matches() {
+    let addr = fake_broker(Faults {
+        per_filter: true,
+        ..Faults::default()
+    })
+    .to_string();
+    let out = fan_in_with_filters(&addr, "3", "300", &["bench/fan-in/+", "bench/fan-in/1"]);
+    assert_eq!(field(&out, "expected"), 2 * 900, "{out}");
+    assert_eq!(field(&out, "lost"), 0, "{out}");
+    assert_eq!(field(&out, "overlap_copies"), 2 * 300, "{out}");
+    assert_eq!(field(&out, "duplicates"), 0, "{out}");
+    assert_eq!(field(&out, "received"), 2 * 1200, "{out}");
+    let out = fan_in_with_filters(&addr, "3", "300", &["bench/fan-in/0", "bench/fan-in/2"]);
+    assert_eq!(field(&out, "expected"), 2 * 600, "{out}");
+    assert_eq!(field(&out, "lost"), 0, "{out}");
+    assert_eq!(field(&out, "received"), 2 * 600, "{out}");
+    assert_eq!(field(&out, "overlap_copies"), 0, "{out}");
+}
+
+// Reordering seen by several subscribers of one publisher: each counts it.
+#[test]
+fn reordering_is_counted_for_every_subscriber() {
+    let addr = fake_broker(Faults {
+        swap_every: 5,
+        ..Faults::default()
+    })
+    .to_string();
+    let (ok, out) = bench(&[
+        "fan-out",
+        "--broker",
+        &addr,
+        "--subscribers",
+        "3",
+        "--count",
+        "1001",
+        "--threads",
+        "2",
+        "--drain",
+        "1s",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "expected"), 3 * 1001, "{out}");
+    assert_eq!(field(&out, "lost"), 0, "{out}");
+    assert_eq!(field(&out, "reordered"), 3 * 200, "{out}");
+    assert_eq!(field(&out, "duplicates"), 0, "{out}");
+}
+
 #[test]
 fn nonsense_flags_are_refused() {
     for args in [
@@ -308,6 +455,8 @@ fn nonsense_flags_are_refused() {
         vec!["backlog", "--leave-backlog", "--restart-cmd", "ringmq"],
         vec!["pairs", "--shared", "g"],
         vec!["fan-out", "--shared", "a/b"],
+        vec!["fan-out", "--shared", "g", "--filter", "a", "--filter", "b"],
+        vec!["fan-in", "--filter", "a/#/b"],
         vec!["nonsense"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
@@ -393,6 +542,25 @@ fn every_scenario_runs_against_ringmq() {
             ],
         ),
         ("backlog", vec!["--count", "1000", "--subscribers", "3"]),
+        // Overlapping filters on each subscriber: ringmq sends each message
+        // once per subscriber (the copy MQTT requires), so no copies more.
+        (
+            "fan-in",
+            vec![
+                "--publishers",
+                "2",
+                "--subscribers",
+                "2",
+                "--filter",
+                "bench/fan-in/#",
+                "--filter",
+                "bench/fan-in/+",
+                "--rate",
+                "2000",
+                "--qos",
+                "1",
+            ],
+        ),
         // Beside a subscriber that never reads, the healthy ones lose nothing
         // (and the stuck one is not counted).
         (
