@@ -52,7 +52,7 @@ pub struct Timer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Publish this will now, as if its client had published it.
-    PublishWill(LastWill),
+    PublishWill(Box<LastWill>),
     /// Call [`Life::fire`] with `timer` at `at`.
     Arm {
         /// When.
@@ -88,7 +88,7 @@ pub struct Life {
     /// How long the session outlives its connection (`None`: forever).
     pub expiry: Option<Duration>,
     /// The latest connection's will, until it is published or discarded.
-    pub will: Option<LastWill>,
+    pub will: Option<Box<LastWill>>,
     /// Its subscriptions (the shard's trie holds the same, for routing).
     pub subscriptions: HashMap<TopicFilter, SubOpts>,
     /// The latest connection's generation.
@@ -190,7 +190,7 @@ impl Life {
         self.generation = generation;
         self.version = version;
         self.expiry = expiry;
-        self.will = will;
+        self.will = will.map(Box::new);
         self.online = true;
         out.push(Effect::Persist);
     }

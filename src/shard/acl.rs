@@ -36,7 +36,11 @@ impl Shard {
     pub(crate) fn set_grants(&mut self, key: u32, g: Option<Arc<Grants>>) {
         self.grants_epoch += 1;
         let epoch = self.grants_epoch;
-        if let Some(e) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) {
+        if let Some(e) = self
+            .sessions
+            .get_mut(key as usize)
+            .and_then(Option::as_deref_mut)
+        {
             e.grants = g;
             e.grants_epoch = epoch;
         }
@@ -56,7 +60,7 @@ impl Shard {
         Some(
             self.sessions
                 .get(key as usize)
-                .and_then(Option::as_ref)
+                .and_then(Option::as_deref)
                 .and_then(|e| e.grants.as_deref()),
         )
     }
@@ -78,7 +82,7 @@ impl Shard {
         if self.acl.is_none() {
             return 0; // no ACL: nothing is checked anyway
         }
-        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_deref) else {
             return 0;
         };
         match &e.grants {

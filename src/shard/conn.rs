@@ -167,7 +167,7 @@ pub struct Conn {
     /// Set while a resend check is armed for this connection.
     pub resend_armed: Cell<bool>,
     /// Topic aliases the broker sends with (MQTT 5, when the client allows).
-    pub out_aliases: RefCell<Option<super::aliases::OutAliases>>,
+    pub out_aliases: RefCell<Option<Box<super::aliases::OutAliases>>>,
     /// Why the connection ended, once known (`None` at close: the peer
     /// closed it or the socket failed).
     pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,

@@ -594,7 +594,7 @@ async fn serve(
     // A socket that is not a client yet may buffer at most one CONNECT.
     let mut codec = Codec::server(max_connect);
     let mut level = None;
-    let first = glommio::timer::timeout(timeout, async {
+    let first = Box::pin(glommio::timer::timeout(timeout, async {
         // TLS records that came with the handshake's last flight.
         link.buffered(&mut buf)?;
         loop {
@@ -625,12 +625,12 @@ async fn serve(
                 ));
             }
         }
-    })
+    }))
     .await;
     let connect = match first {
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(_)) => return, // the codec refuses anything else first
-        Ok(Err(e)) => return refuse_malformed(&shard, &link, level, e).await,
+        Ok(Err(e)) => return Box::pin(refuse_malformed(&shard, &link, level, e)).await,
         Err(glommio::GlommioError::TimedOut(_)) => {
             let mut s = shard.borrow_mut();
             s.metrics.connect_timeouts += 1;
@@ -663,7 +663,11 @@ async fn serve(
         (owner_of(connect.client_id.as_str(), nr), None)
     };
     if owner == me {
-        adopt(shard, link, *connect, buf.freeze(), assigned).await;
+        // A task of its own, as a handoff gets: this one's future holds
+        // the CONNECT phase's state (a kilobyte), which an idle client
+        // would otherwise keep for its whole life.
+        let a = adopt(shard, link, connect, buf.freeze(), assigned);
+        glommio::spawn_local(a).detach();
         return;
     }
     let Ok(handoff) = link.into_handoff() else {
@@ -724,21 +728,24 @@ async fn refuse_malformed(
 }
 
 /// Takes over a connection handed over by another shard.
-pub(crate) async fn adopt_handoff(
+/// Not async itself: the handoff becomes a link at once, so the task holds
+/// only the link.
+pub(crate) fn adopt_handoff(
     shard: Rc<RefCell<Shard>>,
     handoff: Handoff,
-    connect: Connect,
+    connect: Box<Connect>,
     leftover: Bytes,
     assigned: Option<String>,
-) {
-    adopt(shard, Link::adopt(handoff), connect, leftover, assigned).await;
+) -> impl std::future::Future<Output = ()> {
+    adopt(shard, Link::adopt(handoff), connect, leftover, assigned)
 }
 
 /// Serves a connection whose session this shard owns.
 async fn adopt(
     shard: Rc<RefCell<Shard>>,
     link: Link,
-    connect: Connect,
+    // Boxed: an async fn keeps its arguments for its whole life.
+    connect: Box<Connect>,
     leftover: Bytes,
     assigned: Option<String>,
 ) {
@@ -773,8 +780,38 @@ async fn adopt(
     conn.peer.set(link.peer_addr());
     if version.is_v5() {
         *conn.out_aliases.borrow_mut() =
-            super::aliases::OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
+            super::aliases::OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0))
+                .map(Box::new);
     }
+    // Boxed: the CONNECT and the password check are done with before the
+    // connection's long life in `read_loop`, and a task's future is as
+    // large as its largest state (the blocking pool's handle alone is over
+    // a kilobyte), so they must not be inline.
+    let flow = Box::pin(connect_client(&shard, &conn, &link, connect, assigned)).await;
+    if flow == Flow::Continue {
+        read_loop(
+            &shard,
+            &conn,
+            &link,
+            version,
+            max_packet,
+            leftover,
+            &congestion,
+        )
+        .await;
+    }
+    shard.borrow_mut().on_close(&conn, Instant::now());
+}
+
+/// Checks the client's credentials (a password file check runs on the
+/// blocking pool), starts its writer and handles its CONNECT.
+async fn connect_client(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<Conn>,
+    link: &Link,
+    connect: Box<Connect>,
+    assigned: Option<String>,
+) -> Flow {
     let identity = link.identity();
     let check = shard.borrow_mut().auth_check(&connect, identity.as_deref());
     let auth = match check {
@@ -799,24 +836,9 @@ async fn adopt(
     }
     let now = Instant::now();
     glommio::spawn_local(write_loop(shard.clone(), conn.clone(), link.clone())).detach();
-    let flow = {
-        let mut s = shard.borrow_mut();
-        s.add_conn(conn.clone());
-        s.on_connect(&conn, connect, assigned, auth, now)
-    };
-    if flow == Flow::Continue {
-        read_loop(
-            &shard,
-            &conn,
-            &link,
-            version,
-            max_packet,
-            leftover,
-            &congestion,
-        )
-        .await;
-    }
-    shard.borrow_mut().on_close(&conn, Instant::now());
+    let mut s = shard.borrow_mut();
+    s.add_conn(conn.clone());
+    s.on_connect(conn, *connect, assigned, auth, now)
 }
 
 async fn read_loop(

@@ -199,14 +199,14 @@ pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: Pi
                     assigned,
                 } = m
                 {
-                    glommio::spawn_local(super::connection::adopt_handoff(
+                    let f = super::connection::adopt_handoff(
                         shard.clone(),
                         link,
-                        *connect,
+                        connect,
                         leftover,
                         assigned,
-                    ))
-                    .detach();
+                    );
+                    glommio::spawn_local(f).detach();
                 }
             }
         }

@@ -485,7 +485,7 @@ impl Shard {
             let free_at = if self.acl.is_some() {
                 self.sessions
                     .get(key as usize)
-                    .and_then(Option::as_ref)
+                    .and_then(Option::as_deref)
                     .map_or(0, |e| e.grants_epoch)
             } else {
                 0
@@ -499,7 +499,7 @@ impl Shard {
                     && *publisher_is_me.get_or_insert_with(|| {
                         self.sessions
                             .get(key as usize)
-                            .and_then(Option::as_ref)
+                            .and_then(Option::as_deref)
                             .is_some_and(|e| *e.life.client_id == *msg.publisher)
                     })
                 {

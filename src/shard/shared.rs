@@ -185,7 +185,7 @@ impl Shard {
     fn is_online(&self, session: u32) -> bool {
         self.sessions
             .get(session as usize)
-            .and_then(Option::as_ref)
+            .and_then(Option::as_deref)
             .is_some_and(super::SessionEntry::is_online)
     }
 
@@ -243,7 +243,7 @@ impl Shard {
         let start = g.next;
         let ranked = |shard: &Shard, i: usize| {
             let (s, _) = g.members[(start + i) % n];
-            let e = shard.sessions.get(s as usize).and_then(Option::as_ref);
+            let e = shard.sessions.get(s as usize).and_then(Option::as_deref);
             let online = shard.is_online(s);
             let room = e.is_some_and(|e| !e.session.queue_high());
             if !shard.acl_allows(s, Want::Read, msg.topic.as_str()) {

@@ -244,7 +244,7 @@ impl Shard {
             Some(_) => Some(
                 self.sessions
                     .get(key as usize)
-                    .and_then(Option::as_ref)
+                    .and_then(Option::as_deref)
                     .and_then(|e| e.grants.clone())
                     .unwrap_or_default(),
             ),

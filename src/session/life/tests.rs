@@ -62,7 +62,7 @@ fn a_clean_session_ends_with_its_connection_and_its_will_goes() {
     let mut l = online(Some(Duration::ZERO), Some(will(None)));
     assert_eq!(
         detach(&mut l, t0),
-        vec![Effect::PublishWill(will(None)), Effect::End]
+        vec![Effect::PublishWill(Box::new(will(None))), Effect::End]
     );
     assert!(!l.is_online());
     let mut l = online(Some(Duration::ZERO), None);
@@ -92,7 +92,10 @@ fn a_session_without_expiry_stays_forever() {
     );
     assert_eq!(
         fire(&mut l, TimerKind::Will, 1),
-        vec![Effect::PublishWill(will(Some(5))), Effect::Persist]
+        vec![
+            Effect::PublishWill(Box::new(will(Some(5)))),
+            Effect::Persist
+        ]
     );
     // Published once: a second firing has nothing left to send.
     assert!(fire(&mut l, TimerKind::Will, 1).is_empty());
@@ -115,7 +118,10 @@ fn the_will_delay_is_capped_by_the_session_expiry() {
     // Both due at once: the deadline queue pops the will first.
     assert_eq!(
         fire(&mut l, TimerKind::Will, 1),
-        vec![Effect::PublishWill(will(Some(100))), Effect::Persist]
+        vec![
+            Effect::PublishWill(Box::new(will(Some(100)))),
+            Effect::Persist
+        ]
     );
     assert_eq!(fire(&mut l, TimerKind::Expire, 1), vec![Effect::End]);
 }
@@ -126,7 +132,7 @@ fn a_will_still_waiting_goes_when_the_session_expires() {
     detach(&mut l, Instant::now());
     assert_eq!(
         fire(&mut l, TimerKind::Expire, 1),
-        vec![Effect::PublishWill(will(Some(100))), Effect::End]
+        vec![Effect::PublishWill(Box::new(will(Some(100)))), Effect::End]
     );
 }
 
@@ -185,7 +191,7 @@ fn disconnect_discards_the_will_unless_asked_to_keep_it() {
         .expect("valid");
     assert_eq!(
         detach(&mut l, t0),
-        vec![Effect::PublishWill(will(None)), Effect::End]
+        vec![Effect::PublishWill(Box::new(will(None))), Effect::End]
     );
 }
 
@@ -220,7 +226,7 @@ fn disconnect_may_change_the_expiry_but_not_from_zero() {
     assert_eq!(l.expiry, Some(Duration::ZERO));
     assert_eq!(
         detach(&mut l, t0),
-        vec![Effect::PublishWill(will(None)), Effect::End]
+        vec![Effect::PublishWill(Box::new(will(None))), Effect::End]
     );
 }
 
@@ -249,7 +255,10 @@ fn a_takeover_that_ends_the_session_publishes_the_old_will() {
         let mut l = online(old_expiry, Some(will(None)));
         let mut fx = Vec::new();
         assert_eq!(l.takeover(clean_start, &mut fx), Takeover::Replace);
-        assert_eq!(fx, vec![Effect::PublishWill(will(None)), Effect::End]);
+        assert_eq!(
+            fx,
+            vec![Effect::PublishWill(Box::new(will(None))), Effect::End]
+        );
     }
     let mut l = online(Some(s(60)), Some(will(Some(10))));
     let mut fx = Vec::new();
@@ -272,7 +281,7 @@ fn a_clean_start_on_an_offline_session_ends_it_without_its_waiting_will() {
 fn a_session_read_back_counts_the_time_it_was_offline() {
     let t0 = Instant::now();
     let mut l = Life::new("c".into(), V5, Some(s(60)));
-    l.will = Some(will(Some(10)));
+    l.will = Some(Box::new(will(Some(10))));
     let mut fx = Vec::new();
     l.recover(5, Some(s(4)), t0, &mut fx);
     assert_eq!(
@@ -284,13 +293,13 @@ fn a_session_read_back_counts_the_time_it_was_offline() {
     );
     // Its will delay ran out while the broker was down: it goes at once.
     let mut l = Life::new("c".into(), V5, Some(s(60)));
-    l.will = Some(will(Some(10)));
+    l.will = Some(Box::new(will(Some(10))));
     let mut fx = Vec::new();
     l.recover(6, Some(s(20)), t0, &mut fx);
     assert_eq!(
         fx,
         vec![
-            Effect::PublishWill(will(Some(10))),
+            Effect::PublishWill(Box::new(will(Some(10)))),
             arm(t0 + s(40), TimerKind::Expire, 6)
         ]
     );
@@ -299,10 +308,13 @@ fn a_session_read_back_counts_the_time_it_was_offline() {
 #[test]
 fn a_session_that_expired_while_the_broker_was_down_ends_with_its_will() {
     let mut l = Life::new("c".into(), V5, Some(s(60)));
-    l.will = Some(will(Some(10)));
+    l.will = Some(Box::new(will(Some(10))));
     let mut fx = Vec::new();
     l.recover(1, Some(s(61)), Instant::now(), &mut fx);
-    assert_eq!(fx, vec![Effect::PublishWill(will(Some(10))), Effect::End]);
+    assert_eq!(
+        fx,
+        vec![Effect::PublishWill(Box::new(will(Some(10)))), Effect::End]
+    );
 }
 
 #[test]

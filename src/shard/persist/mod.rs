@@ -168,7 +168,7 @@ impl Shard {
     /// Gives session `key` a log id if it is durable and has none yet, and
     /// writes its state (created, reconnected, disconnected, will).
     pub(crate) fn log_session(&mut self, key: u32) {
-        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_deref) else {
             return;
         };
         if !self.is_durable(e.life.expiry) {
@@ -194,7 +194,7 @@ impl Shard {
                 e.sid = sid;
             }
         }
-        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+        let Some(e) = self.sessions.get(key as usize).and_then(Option::as_deref) else {
             return;
         };
         // A session logged for the first time brings whatever subscriptions
@@ -304,7 +304,7 @@ impl Shard {
             if d.qos == crate::protocol::QoS::AtMostOnce {
                 continue;
             }
-            if let Some(e) = self.sessions.get(*key as usize).and_then(Option::as_ref) {
+            if let Some(e) = self.sessions.get(*key as usize).and_then(Option::as_deref) {
                 if e.sid != 0 {
                     refs.push((e.sid, i));
                 }
@@ -602,7 +602,7 @@ impl Shard {
             let offline = (s.offline_since != 0)
                 .then(|| Duration::from_millis(wall.saturating_sub(s.offline_since)));
             let mut life = Life::new(s.client_id, s.version, s.expiry);
-            life.will = s.will;
+            life.will = s.will.map(Box::new);
             life.username = s.username;
             let mut fx = Vec::new();
             life.recover(self.next_generation(), offline, now, &mut fx);
@@ -614,7 +614,7 @@ impl Shard {
             for f in fx {
                 match f {
                     Effect::PublishWill(w) => {
-                        self.overdue_wills.push((life.client_id.clone(), w));
+                        self.overdue_wills.push((life.client_id.clone(), *w));
                         will_went = true;
                     }
                     f => rest.push(f),
