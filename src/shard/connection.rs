@@ -740,15 +740,16 @@ pub(crate) fn adopt_handoff(
     adopt(shard, Link::adopt(handoff), connect, leftover, assigned)
 }
 
-/// Serves a connection whose session this shard owns.
-async fn adopt(
+/// Serves a connection whose session this shard owns. The setup runs
+/// before the future exists, so that the task, which lives as long as the
+/// connection, holds only what the read loop needs.
+fn adopt(
     shard: Rc<RefCell<Shard>>,
     link: Link,
-    // Boxed: an async fn keeps its arguments for its whole life.
     connect: Box<Connect>,
     leftover: Bytes,
     assigned: Option<String>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let now = Instant::now();
     let version = connect.protocol;
     let (max_packet, max_keepalive) = {
@@ -783,24 +784,19 @@ async fn adopt(
             super::aliases::OutAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0))
                 .map(Box::new);
     }
-    // Boxed: the CONNECT and the password check are done with before the
-    // connection's long life in `read_loop`, and a task's future is as
-    // large as its largest state (the blocking pool's handle alone is over
-    // a kilobyte), so they must not be inline.
-    let flow = Box::pin(connect_client(&shard, &conn, &link, connect, assigned)).await;
-    if flow == Flow::Continue {
-        read_loop(
-            &shard,
-            &conn,
-            &link,
-            version,
-            max_packet,
-            leftover,
-            &congestion,
-        )
-        .await;
+    let buf = BytesMut::from(&leftover[..]);
+    drop(leftover);
+    async move {
+        // Boxed: the CONNECT and the password check are done with before
+        // the connection's long life in `read_loop`, and a task's future is
+        // as large as its largest state (the blocking pool's handle alone
+        // is over a kilobyte), so they must not be inline.
+        let flow = Box::pin(connect_client(&shard, &conn, &link, connect, assigned)).await;
+        if flow == Flow::Continue {
+            read_loop(&shard, &conn, &link, max_packet, buf, &congestion).await;
+        }
+        shard.borrow_mut().on_close(&conn, Instant::now());
     }
-    shard.borrow_mut().on_close(&conn, Instant::now());
 }
 
 /// Checks the client's credentials (a password file check runs on the
@@ -845,13 +841,12 @@ async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<Conn>,
     link: &Link,
-    version: ProtocolVersion,
     max_packet: usize,
-    leftover: Bytes,
+    mut buf: BytesMut,
     congestion: &Congestion,
 ) {
+    let version = conn.version;
     let mut codec = Codec::new(version, max_packet);
-    let mut buf = BytesMut::from(&leftover[..]);
     let mut filled = false;
     loop {
         {
