@@ -202,10 +202,9 @@ fn wrap_comment(out: &mut String, text: &str) {
 }
 
 fn toml_value(v: &str) -> String {
-    if v == "true" || v == "false" || (v.parse::<i64>().is_ok() && !v.starts_with(['+', '0'])) {
-        return v.to_string();
-    }
-    if v == "0" {
+    // Numbers as typed stay numbers, but not `+1` or `007` (TOML refuses them).
+    let number = v.parse::<i64>().is_ok() && (v == "0" || !v.starts_with(['+', '0']));
+    if v == "true" || v == "false" || number {
         return v.to_string();
     }
     Value::from(v).to_string().trim().to_string()

@@ -184,6 +184,7 @@ impl Metrics {
     /// Counts a packet of `kind` and `bytes` read from a client.
     #[inline]
     pub fn packet_in(&mut self, kind: crate::protocol::PacketType, bytes: usize) {
+        self.messages_received += 1;
         self.packets_in[kind as usize] += 1;
         self.packet_bytes_in[kind as usize] += bytes as u64;
     }

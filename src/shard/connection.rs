@@ -603,7 +603,6 @@ async fn serve(
             match codec.decode(&mut buf) {
                 Ok(Some(p)) => {
                     let mut s = shard.borrow_mut();
-                    s.metrics.messages_received += 1;
                     s.metrics.packet_in(p.packet_type(), before - buf.len());
                     return Ok(Ok(p));
                 }
@@ -857,7 +856,6 @@ async fn read_loop(
                 let before = buf.len();
                 match codec.decode(&mut buf) {
                     Ok(Some(p)) => {
-                        s.metrics.messages_received += 1;
                         s.metrics.packet_in(p.packet_type(), before - buf.len());
                         if s.on_packet(conn, p, now) == Flow::Close {
                             conn.close();

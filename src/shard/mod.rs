@@ -246,8 +246,6 @@ pub struct Shard {
     /// Shared subscriptions: local members, everyone's counts.
     pub(crate) shared_subs: shared::SharedSubs,
     pub(crate) retained: RetainedIndex<Arc<Message>>,
-    /// Of `retained`, the broker's own `$SYS` topics.
-    pub(crate) sys_retained: usize,
     pub(crate) timers: DeadlineQueue<TimerKey>,
     /// The deadline the timer task sleeps until, and its waker: arming an
     /// earlier one wakes it to sleep again until that.
@@ -343,7 +341,6 @@ impl Shard {
             interest: SubscriptionTrie::new(),
             shared_subs: shared::SharedSubs::default(),
             retained: RetainedIndex::default(),
-            sys_retained: 0,
             timers: DeadlineQueue::default(),
             timer_at: None,
             timer_waker: None,
@@ -843,6 +840,15 @@ impl Shard {
     /// sessions, so taken per `$SYS` interval or scrape, not per message.
     pub(crate) fn snapshot(&self) -> Metrics {
         let mut m = self.metrics;
+        // The broker's own $SYS topics are not the users' retained messages.
+        let sys_topics = TopicFilter::new(crate::protocol::MqttStr::from_static("$SYS/#"))
+            .expect("a valid filter");
+        let mut sys = 0;
+        self.retained.for_each_match(&sys_topics, |_| {
+            sys += 1;
+            true
+        });
+        m.retained = (self.retained.len() - sys) as u64;
         for e in self.sessions.iter().flatten() {
             if e.life.expiry != Some(std::time::Duration::ZERO) {
                 m.sessions_persistent += 1;

@@ -387,21 +387,14 @@ impl Shard {
 
     fn set_retained(&mut self, topic: TopicName, msg: Option<Arc<Message>>) {
         self.log_retained(&topic, msg.as_ref());
-        // The broker's own $SYS topics are not the users' retained messages.
-        let sys = usize::from(topic.is_broker_sys());
         match msg {
             Some(m) => {
-                if self.retained.insert(&topic, m).is_none() {
-                    self.sys_retained += sys;
-                }
+                self.retained.insert(&topic, m);
             }
             None => {
-                if self.retained.remove(&topic).is_some() {
-                    self.sys_retained -= sys;
-                }
+                self.retained.remove(&topic);
             }
         }
-        self.metrics.retained = (self.retained.len() - self.sys_retained) as u64;
     }
 
     /// Delivers `msg` here and sends it to the other `shards` whose

@@ -591,11 +591,8 @@ impl Shard {
     ) {
         let wall = wall_ms();
         for m in retained.values() {
-            if self.retained.insert(&m.topic, m.clone()).is_none() && m.topic.is_broker_sys() {
-                self.sys_retained += 1;
-            }
+            self.retained.insert(&m.topic, m.clone());
         }
-        self.metrics.retained = (self.retained.len() - self.sys_retained) as u64;
         let limits = self.limits();
         for (sid, s) in rec.sessions {
             // Time spent down counts against the expiry and the will delay.
