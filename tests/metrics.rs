@@ -323,3 +323,69 @@ fn the_grafana_dashboard_uses_real_metrics() {
         );
     }
 }
+
+/// Scrapes until the writers retired on all shards reach `n` (bounded).
+fn wait_retired(m: SocketAddr, n: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = Samples::scrape(m).sum("ringmq_writers_retired_total", &[]);
+        if got >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{got} writers retired, want {n}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+// A connection that has been quiet through a writer sweep keeps no writer
+// task (what an idle client costs); its reader starts one again when bytes
+// come, or writes a few itself. Everything still arrives: a small delivery
+// across shards, a 600 KB one that needs the writer, a PINGRESP, and at
+// shutdown the v5 DISCONNECT 0x8B.
+#[test]
+fn quiet_connections_lose_their_writer_and_nothing_else() {
+    use ringmq::protocol::{Disconnect, ProtocolVersion::V5, ReasonCode};
+    let (mut b, m) = broker(2);
+    let (mut sub, _) = Raw::connect(b.addr, V5, &id_on_shard("qsub", 0, 2), true);
+    sub.subscribe(1, &[("q/#", QoS::AtLeastOnce)]);
+    let (mut quiet, _) = Raw::connect(b.addr, V5, &id_on_shard("qquiet", 1, 2), true);
+    let (mut publ, _) = Raw::connect(b.addr, V311, &id_on_shard("qpub", 1, 2), true);
+    // Connections whose last bytes were their CONNACK need no writer at
+    // all; the subscriber's (a SUBACK too) ends after a quiet sweep.
+    let first = wait_retired(m, 0.0);
+    std::thread::sleep(Duration::from_millis(4500));
+    let retired = wait_retired(m, first);
+
+    publ.publish("q/a", b"small", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let p = sub.recv_publish();
+    assert_eq!(&p.payload[..], b"small");
+    sub.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+
+    let big = vec![7u8; 600_000];
+    publ.publish("q/big", &big, QoS::AtMostOnce, 0, false);
+    let p = sub.recv_publish();
+    assert_eq!(p.payload.len(), big.len());
+    assert!(p.payload.iter().all(|&x| x == 7));
+
+    sub.send(&Packet::PingReq);
+    assert_eq!(sub.recv(), Packet::PingResp);
+
+    // The subscriber's writer, started for the large one, ends again.
+    wait_retired(m, retired + 1.0);
+    let h = b.handle.take().expect("running");
+    let stopper = std::thread::spawn(move || {
+        h.shutdown();
+        h.join();
+    });
+    for (name, c) in [("quiet", &mut quiet), ("subscriber", &mut sub)] {
+        assert_eq!(
+            c.expect_closed(),
+            vec![Packet::Disconnect(Disconnect::new(
+                ReasonCode::SERVER_SHUTTING_DOWN
+            ))],
+            "{name}"
+        );
+    }
+    stopper.join().expect("shutdown");
+}

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub sys_publishes_refused: u64,
     pub accept_errors: u64,
     pub slow_consumers: u64,
+    /// Writer tasks ended after a quiet sweep (started again at the next
+    /// byte): what an idle client does not cost.
+    pub writers_retired: u64,
     pub slow_consumer_drops: u64,
     /// Times an online client's full-ish queue held its shard's publishers.
     pub queue_holds: u64,
@@ -143,6 +146,7 @@ impl Metrics {
         self.sys_publishes_refused += o.sys_publishes_refused;
         self.accept_errors += o.accept_errors;
         self.slow_consumers += o.slow_consumers;
+        self.writers_retired += o.writers_retired;
         self.slow_consumer_drops += o.slow_consumer_drops;
         self.queue_holds += o.queue_holds;
         self.receive_maximum_exceeded += o.receive_maximum_exceeded;

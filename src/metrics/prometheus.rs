@@ -356,6 +356,11 @@ pub fn render(s: &Scrape) -> String {
             |m| m.slow_consumers,
         ),
         (
+            "ringmq_writers_retired_total",
+            "Writer tasks ended after a quiet sweep; an idle connection keeps only its reader.",
+            |m| m.writers_retired,
+        ),
+        (
             "ringmq_queue_holds_total",
             "Times a full-ish online queue held the shard's publishers.",
             |m| m.queue_holds,

@@ -61,6 +61,26 @@ pub const STUCK_COOLDOWN: Duration = Duration::from_secs(10);
 /// seen in steps (see [`STUCK_AFTER`]).
 pub const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A writer that took no bytes through a whole sweep of this period (so for
+/// one to two of them) ends; the reader starts a new one at the next byte.
+/// An idle client then costs no writer task (a third of what it cost). A
+/// client that gets a message every few seconds pays a task spawn for each,
+/// about a microsecond.
+pub const WRITER_SWEEP: Duration = Duration::from_secs(2);
+
+/// What [`Conn::take_outbox`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Bytes to write (or, with `spare` empty, the transport's own).
+    Bytes,
+    /// Nothing yet: the waker was registered.
+    Wait,
+    /// Closing, and everything was taken: flush the transport and close.
+    Done,
+    /// Idle through a sweep: end the writer, the connection stays open.
+    Retire,
+}
+
 /// How many of a shard's connections are congested, and the readers waiting
 /// for that to end (shared by the shard's connections, on one thread).
 #[derive(Debug, Default)]
@@ -172,7 +192,16 @@ pub struct Conn {
     /// closed it or the socket failed).
     pub close_reason: Cell<Option<crate::protocol::ReasonCode>>,
     outbox: RefCell<BytesMut>,
+    /// The writer's, while it waits for bytes.
     waker: Cell<Option<Waker>>,
+    /// The reader's: woken for bytes while no writer runs, to start one.
+    reader_waker: Cell<Option<Waker>>,
+    /// A writer task runs for this connection.
+    writer_live: Cell<bool>,
+    /// The writer took no bytes since the last sweep.
+    writer_idle: Cell<bool>,
+    /// The sweep told the writer to end.
+    retire: Cell<bool>,
     /// The transport has bytes of its own to send (TLS): the writer runs
     /// even with an empty outbox.
     poked: Cell<bool>,
@@ -234,6 +263,10 @@ impl Conn {
             // Grows with use: an idle connection should hold next to nothing.
             outbox: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
+            reader_waker: Cell::new(None),
+            writer_live: Cell::new(false),
+            writer_idle: Cell::new(false),
+            retire: Cell::new(false),
             poked: Cell::new(false),
             closing: Cell::new(false),
             congested_since: Cell::new(None),
@@ -460,7 +493,92 @@ impl Conn {
     fn wake(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
+        } else if !self.writer_live.get() {
+            if let Some(r) = self.reader_waker.take() {
+                r.wake_by_ref();
+                self.reader_waker.set(Some(r));
+            }
         }
+    }
+
+    /// For the reader: true when no writer runs and one is needed (bytes
+    /// wait, the transport has its own, or the connection closes). The
+    /// caller starts it; from here on it counts as running.
+    pub fn start_writer(&self) -> bool {
+        if self.writer_live.get() {
+            return false;
+        }
+        let wanted = self.closing.get() || self.poked.get() || !self.outbox.borrow().is_empty();
+        if wanted {
+            self.writer_live.set(true);
+            self.writer_idle.set(false);
+            self.retire.set(false);
+        }
+        wanted
+    }
+
+    /// For the reader, while no writer runs: hands the queued bytes to
+    /// `send` (a write that does not wait) when they are few and nothing
+    /// else is owed, so that a client that gets a packet now and then (a
+    /// CONNACK, a PINGRESP) needs no writer task. Returns true when all of
+    /// them went; otherwise a writer must take the rest.
+    pub fn write_direct(&self, send: impl FnOnce(&[u8]) -> usize) -> bool {
+        if self.writer_live.get()
+            || self.closing.get()
+            || self.poked.get()
+            || self.drain_blocked.get()
+            || self.writing.get() > 0
+        {
+            return false;
+        }
+        let mut out = self.outbox.borrow_mut();
+        if out.is_empty() {
+            return true;
+        }
+        if out.len() > WRITE_CHUNK_BYTES {
+            return false;
+        }
+        let n = send(&out[..]);
+        let done = n == out.len();
+        if done {
+            out.clear();
+        } else {
+            bytes::Buf::advance(&mut *out, n);
+        }
+        drop(out);
+        if n > 0 {
+            self.wrote(0, Instant::now());
+        }
+        done
+    }
+
+    /// For the reader: where [`Conn::wake`] finds it while no writer runs.
+    /// `None` when the reader ends.
+    pub fn set_reader_waker(&self, w: Option<&Waker>) {
+        self.reader_waker.set(w.cloned());
+    }
+
+    /// For the shard, every [`WRITER_SWEEP`]: a writer that waits and took
+    /// nothing since the last sweep is told to end. Returns true if told.
+    pub fn sweep_writer(&self) -> bool {
+        let quiet = self.writer_live.get()
+            && !self.closing.get()
+            && !self.poked.get()
+            && !self.drain_blocked.get()
+            && self.writing.get() == 0
+            && self.outbox.borrow().is_empty();
+        if !quiet {
+            return false;
+        }
+        if !self.writer_idle.replace(true) {
+            return false;
+        }
+        let Some(w) = self.waker.take() else {
+            return false; // writing, or not yet waiting
+        };
+        self.retire.set(true);
+        w.wake();
+        true
     }
 
     /// Wakes the writer for the transport's own bytes.
@@ -470,11 +588,11 @@ impl Conn {
     }
 
     /// For the writer task: takes the queued bytes, swapping in `spare`, or
-    /// registers `waker`. `None` means closed and flushed; `Some(true)` with
-    /// `spare` empty means the transport has bytes of its own to send.
-    pub fn take_outbox(&self, spare: &mut BytesMut, waker: &Waker) -> Option<bool> {
+    /// registers `waker` (see [`Take`]).
+    pub fn take_outbox(&self, spare: &mut BytesMut, waker: &Waker) -> Take {
         if self.poked.take() && self.outbox.borrow().is_empty() {
-            return Some(true);
+            self.writer_idle.set(false);
+            return Take::Bytes;
         }
         let mut out = self.outbox.borrow_mut();
         if !out.is_empty() {
@@ -484,12 +602,19 @@ impl Conn {
                 self.last_progress.set(Instant::now());
             }
             self.writing.set(self.writing.get() + spare.len());
-            return Some(true);
+            self.writer_idle.set(false);
+            self.retire.set(false);
+            return Take::Bytes;
         }
         if self.closing.get() {
-            return None;
+            return Take::Done;
+        }
+        if self.retire.take() {
+            self.writer_live.set(false);
+            self.waker.set(None);
+            return Take::Retire;
         }
         self.waker.set(Some(waker.clone()));
-        Some(false)
+        Take::Wait
     }
 }

@@ -28,6 +28,7 @@ use crate::protocol::{
     Disconnect, Packet, ProtocolVersion, ReasonCode,
 };
 
+use super::conn::Take;
 use super::mesh::{receiver_loop, sender_loop, Batch, MESH_PAUSE_MSGS};
 use super::pipe::{PipeReceiver, PipeSender};
 use super::{owner_of, Congestion, Conn, Flow, Shard, ShardMsg, Shared};
@@ -794,7 +795,11 @@ fn adopt(
         if flow == Flow::Continue {
             read_loop(&shard, &conn, &link, max_packet, buf, &congestion).await;
         }
+        conn.set_reader_waker(None);
         shard.borrow_mut().on_close(&conn, Instant::now());
+        // Flushes what is left, says goodbye at the transport's level and
+        // shuts the socket (closing, so a retired writer is started again).
+        mind_writer(&shard, &conn, &link);
     }
 }
 
@@ -830,10 +835,26 @@ async fn connect_client(
         connect.password = None;
     }
     let now = Instant::now();
-    glommio::spawn_local(write_loop(shard.clone(), conn.clone(), link.clone())).detach();
-    let mut s = shard.borrow_mut();
-    s.add_conn(conn.clone());
-    s.on_connect(conn, *connect, assigned, auth, now)
+    let flow = {
+        let mut s = shard.borrow_mut();
+        s.add_conn(conn.clone());
+        s.on_connect(conn, *connect, assigned, auth, now)
+    };
+    mind_writer(shard, conn, link);
+    flow
+}
+
+/// Starts `conn`'s writer when none runs (it ended after a quiet sweep, see
+/// [`super::conn::WRITER_SWEEP`], or never started) and it has work. The
+/// reader calls it wherever it may be woken, since a send wakes the reader
+/// while no writer runs.
+fn mind_writer(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>, link: &Link) {
+    if link.is_plain() && conn.write_direct(|b| link.try_send(b)) {
+        return;
+    }
+    if conn.start_writer() {
+        glommio::spawn_local(write_loop(shard.clone(), conn.clone(), link.clone())).detach();
+    }
 }
 
 async fn read_loop(
@@ -847,6 +868,11 @@ async fn read_loop(
     let version = conn.version;
     let mut codec = Codec::new(version, max_packet);
     let mut filled = false;
+    poll_fn(|cx| {
+        conn.set_reader_waker(Some(cx.waker()));
+        Poll::Ready(())
+    })
+    .await;
     loop {
         {
             let mut s = shard.borrow_mut();
@@ -884,6 +910,7 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
+        mind_writer(shard, conn, link);
         if buf.is_empty() {
             // An idle connection holds no read memory (what its messages
             // still share stays with them).
@@ -904,6 +931,7 @@ async fn read_loop(
         // acknowledgements, or it could never drain).
         // Parked on a waker: woken when congestion ends or the mesh drains.
         poll_fn(|cx| {
+            mind_writer(shard, conn, link);
             let paused = !conn.is_closing()
                 && (shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS
                     || (congestion.get() > 0 && !conn.is_congested())
@@ -919,7 +947,15 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
-        match link.read(&mut buf, READ_BYTES).await {
+        let mut read = std::pin::pin!(link.read(&mut buf, READ_BYTES));
+        let got = poll_fn(|cx| {
+            // Closing wakes this reader while no writer runs: the writer
+            // it starts flushes and shuts the socket, and this read ends.
+            mind_writer(shard, conn, link);
+            read.as_mut().poll(cx)
+        })
+        .await;
+        match got {
             Ok(Read::Closed) => return,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
@@ -957,14 +993,15 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link) {
         conn.poke();
     }
     loop {
-        let more = poll_fn(|cx| match conn.take_outbox(&mut spare, cx.waker()) {
-            Some(true) => Poll::Ready(true),
-            Some(false) => Poll::Pending,
-            None => Poll::Ready(false),
+        let took = poll_fn(|cx| match conn.take_outbox(&mut spare, cx.waker()) {
+            Take::Wait => Poll::Pending,
+            t => Poll::Ready(t),
         })
         .await;
-        if !more {
-            break;
+        match took {
+            Take::Bytes => {}
+            Take::Retire => return,
+            Take::Wait | Take::Done => break,
         }
         if spare.is_empty() && link.write(&[], &mut wire).await.is_err() {
             failed = true;

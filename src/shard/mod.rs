@@ -274,6 +274,8 @@ pub struct Shard {
     pub(crate) scratch_matches: Vec<SubEntry>,
     /// True once shutdown began on this shard.
     pub stopping: bool,
+    /// When idle writers were last swept ([`conn::WRITER_SWEEP`]).
+    writers_swept: Option<Instant>,
     /// Connections whose outbox is past [`CONGESTED_OUTBOX_BYTES`].
     pub congestion: Congestion,
     /// Rate limits of the log lines a flood would repeat.
@@ -358,6 +360,7 @@ impl Shard {
             scratch_packets: Vec::new(),
             scratch_matches: Vec::new(),
             stopping: false,
+            writers_swept: None,
             congestion: Congestion::default(),
             log_limits: LogLimits::default(),
             store: None,
@@ -753,6 +756,21 @@ impl Shard {
         self.check_congested(now);
         self.maybe_checkpoint();
         self.retry_log_space();
+        self.sweep_writers(now);
+    }
+
+    /// Ends the writers that stayed idle through a whole sweep period.
+    fn sweep_writers(&mut self, now: Instant) {
+        let last = *self.writers_swept.get_or_insert(now);
+        if now.duration_since(last) < conn::WRITER_SWEEP {
+            return;
+        }
+        self.writers_swept = Some(now);
+        for c in self.conns.values() {
+            if c.sweep_writer() {
+                self.metrics.writers_retired += 1;
+            }
+        }
     }
 
     /// Marks the congested connections whose writers made no progress for
@@ -984,7 +1002,7 @@ mod size_tests {
             size_of::<super::SessionEntry>()
         );
         assert!(
-            size_of::<super::Conn>() <= 336,
+            size_of::<super::Conn>() <= 368,
             "{}",
             size_of::<super::Conn>()
         );

@@ -81,7 +81,8 @@ impl Layer {
         self.ws = Some(Box::new(ws));
     }
 
-    fn is_plain(&self) -> bool {
+    /// True for plain TCP: the bytes on the socket are MQTT's.
+    pub fn is_plain(&self) -> bool {
         self.tls.is_none() && self.ws.is_none()
     }
 
@@ -413,6 +414,30 @@ impl Link {
             bytes = &bytes[n..];
         }
         Ok(())
+    }
+
+    /// True for plain TCP (no TLS or WebSocket state between MQTT and the
+    /// socket), where [`Link::try_send`] may be used.
+    pub fn is_plain(&self) -> bool {
+        self.layer.borrow().is_plain()
+    }
+
+    /// Writes what the socket takes of `bytes` now, without waiting, and
+    /// returns how many it took (0 when it would block or failed: the
+    /// writer task then goes the long way and sees the error). Plain TCP
+    /// only.
+    pub fn try_send(&self, bytes: &[u8]) -> usize {
+        debug_assert!(self.is_plain());
+        // SAFETY: a send from a live buffer on the socket this link owns.
+        let n = unsafe {
+            libc::send(
+                self.fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(n).unwrap_or(0)
     }
 
     /// Says goodbye at the layer's level and flushes that (best effort).
