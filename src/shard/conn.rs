@@ -501,6 +501,11 @@ impl Conn {
         }
     }
 
+    /// True while a writer task runs for this connection.
+    pub fn has_writer(&self) -> bool {
+        self.writer_live.get()
+    }
+
     /// For the reader: true when no writer runs and one is needed (bytes
     /// wait, the transport has its own, or the connection closes). The
     /// caller starts it; from here on it counts as running.
@@ -512,9 +517,17 @@ impl Conn {
         if wanted {
             self.writer_live.set(true);
             self.writer_idle.set(false);
-            self.retire.set(false);
         }
         wanted
+    }
+
+    /// Nothing but the outbox is owed: not closing, no bytes of the
+    /// transport's own, no drain waiting for room, nothing half written.
+    fn owes_only_outbox(&self) -> bool {
+        !self.closing.get()
+            && !self.poked.get()
+            && !self.drain_blocked.get()
+            && self.writing.get() == 0
     }
 
     /// For the reader, while no writer runs: hands the queued bytes to
@@ -523,12 +536,7 @@ impl Conn {
     /// CONNACK, a PINGRESP) needs no writer task. Returns true when all of
     /// them went; otherwise a writer must take the rest.
     pub fn write_direct(&self, send: impl FnOnce(&[u8]) -> usize) -> bool {
-        if self.writer_live.get()
-            || self.closing.get()
-            || self.poked.get()
-            || self.drain_blocked.get()
-            || self.writing.get() > 0
-        {
+        if self.writer_live.get() || !self.owes_only_outbox() {
             return false;
         }
         let mut out = self.outbox.borrow_mut();
@@ -547,6 +555,8 @@ impl Conn {
         }
         drop(out);
         if n > 0 {
+            // Progress, and the outbox shrank: `wrote` counts both (0: these
+            // bytes never counted as being written).
             self.wrote(0, Instant::now());
         }
         done
@@ -561,12 +571,8 @@ impl Conn {
     /// For the shard, every [`WRITER_SWEEP`]: a writer that waits and took
     /// nothing since the last sweep is told to end. Returns true if told.
     pub fn sweep_writer(&self) -> bool {
-        let quiet = self.writer_live.get()
-            && !self.closing.get()
-            && !self.poked.get()
-            && !self.drain_blocked.get()
-            && self.writing.get() == 0
-            && self.outbox.borrow().is_empty();
+        let quiet =
+            self.writer_live.get() && self.owes_only_outbox() && self.outbox.borrow().is_empty();
         if !quiet {
             return false;
         }

@@ -849,6 +849,9 @@ async fn connect_client(
 /// reader calls it wherever it may be woken, since a send wakes the reader
 /// while no writer runs.
 fn mind_writer(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>, link: &Link) {
+    if conn.has_writer() {
+        return; // the common case, on every poll of a busy reader
+    }
     if link.is_plain() && conn.write_direct(|b| link.try_send(b)) {
         return;
     }
@@ -910,7 +913,6 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
-        mind_writer(shard, conn, link);
         if buf.is_empty() {
             // An idle connection holds no read memory (what its messages
             // still share stays with them).
@@ -931,6 +933,8 @@ async fn read_loop(
         // acknowledgements, or it could never drain).
         // Parked on a waker: woken when congestion ends or the mesh drains.
         poll_fn(|cx| {
+            // Its first poll runs at once: the answers to this reader's own
+            // packets go out here.
             mind_writer(shard, conn, link);
             let paused = !conn.is_closing()
                 && (shard.borrow().mesh_backlog() > MESH_PAUSE_MSGS

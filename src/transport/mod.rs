@@ -6,8 +6,9 @@
 //! writer only while there is traffic; a quiet connection's reader writes
 //! the odd small packet itself, [`Link::try_send`]); they share one socket
 //! (one fd: a 20,000-fd limit holds 19,000 clients, not half that) and one
-//! [`Layer`], each borrowed only inside a poll, never across an await. The layer is sans-IO: ciphertext in, plaintext out and
-//! back, so the shard's one-write-per-batch holds for TLS as for TCP.
+//! [`Layer`], each borrowed only inside a poll, never across an await. The
+//! layer is sans-IO: ciphertext in, plaintext out and back, so the shard's
+//! one-write-per-batch holds for TLS as for TCP.
 
 pub mod tls;
 pub mod ws;
@@ -82,8 +83,7 @@ impl Layer {
         self.ws = Some(Box::new(ws));
     }
 
-    /// True for plain TCP: the bytes on the socket are MQTT's.
-    pub fn is_plain(&self) -> bool {
+    fn is_plain(&self) -> bool {
         self.tls.is_none() && self.ws.is_none()
     }
 
@@ -394,7 +394,7 @@ impl Link {
     /// # Errors
     /// The socket failed.
     pub async fn write(&self, plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
-        let direct = self.layer.borrow().is_plain();
+        let direct = self.is_plain();
         let bytes: &[u8] = if direct {
             plain
         } else {
@@ -443,7 +443,7 @@ impl Link {
 
     /// Says goodbye at the layer's level and flushes that (best effort).
     pub async fn close(&self, wire: &mut Vec<u8>) {
-        if self.layer.borrow().is_plain() {
+        if self.is_plain() {
             return;
         }
         self.layer.borrow_mut().close();
