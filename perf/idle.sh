@@ -6,6 +6,7 @@
 #
 #   perf/idle.sh                   # 10,000 clients, 3 rounds
 #   N=20000 ALT_BIN=/tmp/old/ringmq perf/idle.sh
+#   SETTLE=9 DURATION=11s perf/idle.sh   # RSS read 9 s after the clients start (quiet readers park after 2-4 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -37,10 +38,10 @@ for round in $(seq "$ROUNDS"); do
   for c in $CONFIGS; do
     start "$c"; sleep 0.5
     before=$(rss "$pid")
-    "$bench" connections --broker 127.0.0.1:$port --subscribers "$N" --ramp 0 --duration 8s \
+    "$bench" connections --broker 127.0.0.1:$port --subscribers "$N" --ramp 0 --duration "${DURATION:-8s}" \
       --json --quiet --client-prefix "idle$round" >"$work/out.json" 2>/dev/null &
     bp=$!
-    sleep 6
+    sleep "${SETTLE:-6}"
     during=$(rss "$pid")
     wait "$bp" || true
     n=$(grep -o '"connected":[0-9]*' "$work/out.json" | cut -d: -f2)

@@ -389,3 +389,87 @@ fn quiet_connections_lose_their_writer_and_nothing_else() {
     }
     stopper.join().expect("shutdown");
 }
+
+fn wait_parked(m: SocketAddr, n: f64) -> Samples {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = Samples::scrape(m);
+        let got = s.sum("ringmq_parked_connections", &[]);
+        if got >= n {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} connections parked, want {n}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// A quiet connection keeps no reader task either: its socket waits in the
+// shard's epoll set and a new reader serves it when bytes or work come.
+// Parked clients on both shards get a delivery from a publisher that is
+// parked too, answer a PINGREQ, lose their session to a takeover, miss
+// their keep-alive (the will goes out), and get 0x8B at shutdown.
+#[test]
+fn quiet_connections_park_and_come_back() {
+    use ringmq::protocol::{Disconnect, LastWill, ProtocolVersion::V5, ReasonCode};
+    let (mut b, m) = broker(2);
+    let (mut sub0, _) = Raw::connect(b.addr, V5, &id_on_shard("psub", 0, 2), true);
+    sub0.subscribe(1, &[("p/#", QoS::AtLeastOnce)]);
+    let sub1_id = id_on_shard("psub", 1, 2);
+    let (mut sub1, _) = Raw::connect(b.addr, V311, &sub1_id, false);
+    sub1.subscribe(1, &[("p/#", QoS::AtLeastOnce)]);
+    let mut c = common::connect_packet(V311, &id_on_shard("pwill", 0, 2), true);
+    c.keep_alive = 2;
+    c.will = Some(LastWill {
+        topic: common::s("p/will"),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (_silent, _) = Raw::connect_with(b.addr, c);
+    let (mut publ, _) = Raw::connect(b.addr, V311, &id_on_shard("ppub", 1, 2), true);
+    let before = wait_parked(m, 4.0).sum("ringmq_readers_parked_total", &[]);
+
+    // Woken by readiness (the publish) and by a wake (the deliveries).
+    publ.publish("p/a", b"to the parked", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    for sub in [&mut sub0, &mut sub1] {
+        let p = sub.recv_publish();
+        assert_eq!(&p.payload[..], b"to the parked");
+        sub.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+    }
+    sub0.send(&Packet::PingReq);
+    assert_eq!(sub0.recv(), Packet::PingResp);
+
+    // The silent client misses its keep-alive while parked: the timer
+    // closes it and its will reaches both subscribers.
+    for sub in [&mut sub0, &mut sub1] {
+        let p = sub.recv_publish();
+        assert_eq!((p.topic.as_str(), &p.payload[..]), ("p/will", &b"gone"[..]));
+        sub.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+    }
+
+    // A takeover of a parked client closes the old connection.
+    wait_parked(m, 3.0);
+    let (_sub1b, ack) = Raw::connect(b.addr, V311, &sub1_id, false);
+    assert!(ack.session_present);
+    assert_eq!(sub1.expect_closed(), vec![]);
+
+    let s = wait_parked(m, 3.0);
+    assert!(s.sum("ringmq_readers_parked_total", &[]) > before);
+    let h = b.handle.take().expect("running");
+    let stopper = std::thread::spawn(move || {
+        h.shutdown();
+        h.join();
+    });
+    assert_eq!(
+        sub0.expect_closed(),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::SERVER_SHUTTING_DOWN
+        ))]
+    );
+    stopper.join().expect("shutdown");
+}

@@ -54,6 +54,9 @@ pub struct Metrics {
     /// Writer tasks ended after a quiet sweep (started again at the next
     /// byte): what an idle client does not cost.
     pub writers_retired: u64,
+    /// Readers ended after a quiet sweep, their sockets parked (served by
+    /// a new task at the next byte or wake).
+    pub readers_parked: u64,
     pub slow_consumer_drops: u64,
     /// Times an online client's full-ish queue held its shard's publishers.
     pub queue_holds: u64,
@@ -109,6 +112,8 @@ pub struct Metrics {
     /// and the bytes those queued hold.
     pub sessions_persistent: u64,
     pub inflight: u64,
+    /// Connections parked now (gauge).
+    pub parked: u64,
     pub queued_messages: u64,
     pub queued_bytes: u64,
     /// From reading a PUBLISH to handing the message to a subscriber's
@@ -147,6 +152,8 @@ impl Metrics {
         self.accept_errors += o.accept_errors;
         self.slow_consumers += o.slow_consumers;
         self.writers_retired += o.writers_retired;
+        self.readers_parked += o.readers_parked;
+        self.parked += o.parked;
         self.slow_consumer_drops += o.slow_consumer_drops;
         self.queue_holds += o.queue_holds;
         self.receive_maximum_exceeded += o.receive_maximum_exceeded;

@@ -314,6 +314,13 @@ pub fn render(s: &Scrape) -> String {
     );
     o.per_shard(
         s,
+        "ringmq_parked_connections",
+        "gauge",
+        "Quiet connections waiting without a reader task.",
+        |m| m.parked,
+    );
+    o.per_shard(
+        s,
         "ringmq_inflight_messages",
         "gauge",
         "QoS 1/2 messages sent and not yet acknowledged.",
@@ -359,6 +366,11 @@ pub fn render(s: &Scrape) -> String {
             "ringmq_writers_retired_total",
             "Writer tasks ended after a quiet sweep; an idle connection keeps only its reader.",
             |m| m.writers_retired,
+        ),
+        (
+            "ringmq_readers_parked_total",
+            "Reader tasks ended after a quiet sweep; the socket waits in the shard's epoll set.",
+            |m| m.readers_parked,
         ),
         (
             "ringmq_queue_holds_total",

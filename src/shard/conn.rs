@@ -67,6 +67,8 @@ pub const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 /// client that gets a message every few seconds pays a task spawn for each,
 /// about a microsecond.
 pub const WRITER_SWEEP: Duration = Duration::from_secs(2);
+/// How long a new connection must have read nothing to park at once.
+pub const FRESH_QUIET: Duration = Duration::from_millis(50);
 
 /// What [`Conn::take_outbox`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,8 +159,9 @@ pub type Congestion = std::rc::Rc<CongestionState>;
 pub struct Conn {
     /// Unique on this shard.
     pub id: u64,
-    /// The socket, for shutting it down from the shard.
-    pub fd: RawFd,
+    /// The socket, for shutting it down from the shard (a new number after
+    /// each park, see [`super::park`]).
+    fd: Cell<RawFd>,
     /// Protocol version from CONNECT.
     pub version: ProtocolVersion,
     /// The client's Maximum Packet Size.
@@ -202,6 +205,11 @@ pub struct Conn {
     writer_idle: Cell<bool>,
     /// The sweep told the writer to end.
     retire: Cell<bool>,
+    /// The sweep asked the reader to park, and it may be parked (see
+    /// [`super::park`]).
+    park: Cell<bool>,
+    /// The socket and transport state while parked.
+    parked: Cell<Option<Box<crate::transport::Handoff>>>,
     /// The transport has bytes of its own to send (TLS): the writer runs
     /// even with an empty outbox.
     poked: Cell<bool>,
@@ -245,7 +253,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             id,
-            fd,
+            fd: Cell::new(fd),
             version,
             max_packet_bytes,
             keep_alive,
@@ -267,6 +275,8 @@ impl Conn {
             writer_live: Cell::new(false),
             writer_idle: Cell::new(false),
             retire: Cell::new(false),
+            park: Cell::new(false),
+            parked: Cell::new(None),
             poked: Cell::new(false),
             closing: Cell::new(false),
             congested_since: Cell::new(None),
@@ -566,6 +576,69 @@ impl Conn {
     /// `None` when the reader ends.
     pub fn set_reader_waker(&self, w: Option<&Waker>) {
         self.reader_waker.set(w.cloned());
+    }
+
+    /// The socket's fd now.
+    pub fn fd(&self) -> RawFd {
+        self.fd.get()
+    }
+
+    /// For the parking: the socket's new fd.
+    pub fn set_fd(&self, fd: RawFd) {
+        self.fd.set(fd);
+    }
+
+    /// For the shard, every [`WRITER_SWEEP`] (and once for a new
+    /// connection, with [`FRESH_QUIET`]): a reader with no writer that read
+    /// nothing for `quiet_for`, and waits in a read, is asked to park.
+    /// Returns true if asked.
+    pub fn sweep_reader(&self, now: Instant, quiet_for: Duration) -> bool {
+        let quiet = !self.writer_live.get()
+            && self.owes_only_outbox()
+            && self.outbox.borrow().is_empty()
+            && !self.reader_held.get()
+            && !self.queue_held.get()
+            && now.saturating_duration_since(self.last_seen.get()) >= quiet_for;
+        if !quiet || self.park.get() {
+            return false;
+        }
+        let Some(r) = self.reader_waker.take() else {
+            return false; // not reading, or parked already
+        };
+        self.park.set(true);
+        r.wake_by_ref();
+        self.reader_waker.set(Some(r));
+        true
+    }
+
+    /// For the reader, before it reads: true when the sweep asked it to
+    /// park and it still may (nothing came or was queued since).
+    /// The flag stays set while the connection is parked, so that the
+    /// sweep leaves it alone; [`Conn::unparked`] clears it.
+    pub fn take_park(&self) -> bool {
+        let ok = self.park.get()
+            && !self.writer_live.get()
+            && self.owes_only_outbox()
+            && self.outbox.borrow().is_empty();
+        if !ok {
+            self.park.set(false);
+        }
+        ok
+    }
+
+    /// For the parking: keeps the socket while no task serves it.
+    pub fn park_socket(&self, h: crate::transport::Handoff) {
+        self.parked.set(Some(Box::new(h)));
+    }
+
+    /// For the parking: the socket back, if parked.
+    pub fn unpark_socket(&self) -> Option<crate::transport::Handoff> {
+        self.parked.take().map(|b| *b)
+    }
+
+    /// For the parking: served by a reader task again.
+    pub fn unparked(&self) {
+        self.park.set(false);
     }
 
     /// For the shard, every [`WRITER_SWEEP`]: a writer that waits and took

@@ -162,6 +162,13 @@ pub async fn run(start: ShardStart) {
         }
     }
     glommio::spawn_local(stuck_watchdog(shard.clone())).detach();
+    match super::park::Parking::start(id) {
+        Ok(p) => {
+            glommio::spawn_local(unpark_loop(shard.clone(), p.inbox())).detach();
+            shard.borrow_mut().parking = Some(p);
+        }
+        Err(e) => tracing::warn!(shard = id, error = %e, "cannot park quiet connections"),
+    }
     shard.borrow_mut().arm_inflight_ttl(Instant::now());
     shard.borrow_mut().arm_sys(Instant::now());
     glommio::spawn_local(timer_loop(shard.clone())).detach();
@@ -238,7 +245,7 @@ pub async fn run(start: ShardStart) {
                 );
                 for c in s.conns.values() {
                     // SAFETY: plain syscall on a socket this shard owns.
-                    unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+                    unsafe { libc::shutdown(c.fd(), libc::SHUT_RDWR) };
                 }
             }
             late
@@ -264,6 +271,8 @@ pub async fn run(start: ShardStart) {
     if let Some(c) = commit {
         c.await;
     }
+    // Ends the watcher thread and the unpark task.
+    shard.borrow_mut().parking = None;
     // Whatever the mode, a clean stop leaves the log on disk.
     let mut s = shard.borrow_mut();
     if let Some(st) = s.store.as_mut() {
@@ -792,15 +801,129 @@ fn adopt(
         // as large as its largest state (the blocking pool's handle alone
         // is over a kilobyte), so they must not be inline.
         let flow = Box::pin(connect_client(&shard, &conn, &link, connect, assigned)).await;
-        if flow == Flow::Continue {
-            read_loop(&shard, &conn, &link, max_packet, buf, &congestion).await;
-        }
-        conn.set_reader_waker(None);
-        shard.borrow_mut().on_close(&conn, Instant::now());
-        // Flushes what is left, says goodbye at the transport's level and
-        // shuts the socket (closing, so a retired writer is started again).
-        mind_writer(&shard, &conn, &link);
+        let end = if flow == Flow::Continue {
+            read_loop(&shard, &conn, &link, max_packet, buf, &congestion).await
+        } else {
+            End::Closed
+        };
+        finish(&shard, conn, link, end);
     }
+}
+
+/// Serves a connection that comes back from the parking (its socket
+/// turned readable, or the shard woke it).
+fn resume(
+    shard: Rc<RefCell<Shard>>,
+    conn: Rc<Conn>,
+    link: Link,
+) -> impl std::future::Future<Output = ()> {
+    let (max_packet, congestion) = {
+        let s = shard.borrow();
+        (s.config.max_packet_bytes, s.congestion.clone())
+    };
+    async move {
+        let end = read_loop(
+            &shard,
+            &conn,
+            &link,
+            max_packet,
+            BytesMut::new(),
+            &congestion,
+        )
+        .await;
+        finish(&shard, conn, link, end);
+    }
+}
+
+/// After the read loop: a parked connection's socket goes to the parking,
+/// a closed one is closed.
+fn finish(shard: &Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link, end: End) {
+    conn.set_reader_waker(None);
+    if end == End::Park {
+        let Err((conn, link)) = park(shard, conn, link) else {
+            return;
+        };
+        // Not parked after all (out of fds): served by a task again.
+        glommio::spawn_local(resume(shard.clone(), conn, link)).detach();
+        return;
+    }
+    shard.borrow_mut().on_close(&conn, Instant::now());
+    // Flushes what is left, says goodbye at the transport's level and
+    // shuts the socket (closing, so a retired writer is started again).
+    mind_writer(shard, &conn, &link);
+}
+
+/// Hands a quiet connection's socket to the shard's parking; gives it back
+/// if it cannot be parked.
+fn park(shard: &Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link) -> Result<(), (Rc<Conn>, Link)> {
+    if shard.borrow().parking.is_none() {
+        conn.unparked();
+        return Err((conn, link));
+    }
+    let h = match link.try_handoff() {
+        Ok(h) => h,
+        Err((link, e)) => {
+            tracing::debug!(conn = conn.id, error = %e, "cannot park");
+            conn.unparked();
+            return Err((conn, link));
+        }
+    };
+    let mut s = shard.borrow_mut();
+    let p = s.parking.as_mut().expect("checked above");
+    match p.park(&conn, h) {
+        Ok(()) => {
+            s.metrics.readers_parked += 1;
+            Ok(())
+        }
+        Err((h, e)) => {
+            tracing::debug!(conn = conn.id, error = %e, "cannot park");
+            drop(s);
+            let link = Link::adopt(h);
+            conn.set_fd(link.fd());
+            Err((conn, link))
+        }
+    }
+}
+
+/// The shard's unpark task: serves again each parked connection the
+/// watcher thread or a wake gave back, until the parking stops.
+pub(crate) async fn unpark_loop(
+    shard: Rc<RefCell<Shard>>,
+    inbox: std::sync::Arc<super::park::Inbox>,
+) {
+    let mut ids = Vec::new();
+    loop {
+        let more = poll_fn(|cx| match inbox.take(cx.waker(), &mut ids) {
+            None => Poll::Ready(false),
+            Some(()) if ids.is_empty() => Poll::Pending,
+            Some(()) => Poll::Ready(true),
+        })
+        .await;
+        if !more {
+            return;
+        }
+        for id in ids.drain(..) {
+            let back = {
+                let mut s = shard.borrow_mut();
+                let conn = s.conns.get(&id).cloned();
+                conn.and_then(|c| Some((s.parking.as_mut()?.unpark(&c)?, c)))
+            };
+            if let Some((h, conn)) = back {
+                let link = Link::adopt(h);
+                conn.set_fd(link.fd());
+                glommio::spawn_local(resume(shard.clone(), conn, link)).detach();
+            }
+        }
+    }
+}
+
+/// How a read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The connection is closed or closing.
+    Closed,
+    /// Quiet: its socket goes to the parking.
+    Park,
 }
 
 /// Checks the client's credentials (a password file check runs on the
@@ -867,7 +990,7 @@ async fn read_loop(
     max_packet: usize,
     mut buf: BytesMut,
     congestion: &Congestion,
-) {
+) -> End {
     let version = conn.version;
     let mut codec = Codec::new(version, max_packet);
     let mut filled = false;
@@ -911,7 +1034,7 @@ async fn read_loop(
             }
         }
         if conn.is_closing() {
-            return;
+            return End::Closed;
         }
         if buf.is_empty() {
             // An idle connection holds no read memory (what its messages
@@ -949,18 +1072,27 @@ async fn read_loop(
         })
         .await;
         if conn.is_closing() {
-            return;
+            return End::Closed;
         }
+        // Only a reader with nothing half read may park: the codec keeps no
+        // state between packets, so an empty buffer is all it would need.
+        let may_park = buf.is_empty();
         let mut read = std::pin::pin!(link.read(&mut buf, READ_BYTES));
         let got = poll_fn(|cx| {
             // Closing wakes this reader while no writer runs: the writer
             // it starts flushes and shuts the socket, and this read ends.
             mind_writer(shard, conn, link);
-            read.as_mut().poll(cx)
+            if may_park && conn.take_park() && link.is_quiet() {
+                return Poll::Ready(None);
+            }
+            read.as_mut().poll(cx).map(Some)
         })
         .await;
+        let Some(got) = got else {
+            return End::Park;
+        };
         match got {
-            Ok(Read::Closed) => return,
+            Ok(Read::Closed) => return End::Closed,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
                     // Bytes the transport refused (a text WebSocket frame,
@@ -975,7 +1107,7 @@ async fn read_loop(
                         "transport error, closing"
                     );
                 }
-                return;
+                return End::Closed;
             }
             Ok(Read::Data { raw, filled: f }) => {
                 filled = f;

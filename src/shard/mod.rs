@@ -20,6 +20,7 @@ mod connection;
 mod log_limit;
 mod mesh;
 mod metrics_http;
+mod park;
 pub mod persist;
 pub mod pipe;
 mod publish;
@@ -43,7 +44,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -276,6 +277,17 @@ pub struct Shard {
     pub stopping: bool,
     /// When idle writers were last swept ([`conn::WRITER_SWEEP`]).
     writers_swept: Option<Instant>,
+    /// Where quiet connections wait without a reader task (none in tests
+    /// that run a shard without its threads).
+    pub(crate) parking: Option<park::Parking>,
+    /// Connections that came since the last tick, and those that came in
+    /// the tick before: the latter, if quiet, park at once rather than
+    /// at the next sweep (see [`Shard::park_fresh`]).
+    fresh: Vec<u64>,
+    fresh_due: Vec<u64>,
+    /// Readers asked to park since the freed memory was last released.
+    parks_since_release: usize,
+    released_at: Option<Instant>,
     /// Connections whose outbox is past [`CONGESTED_OUTBOX_BYTES`].
     pub congestion: Congestion,
     /// Rate limits of the log lines a flood would repeat.
@@ -361,6 +373,11 @@ impl Shard {
             scratch_matches: Vec::new(),
             stopping: false,
             writers_swept: None,
+            parking: None,
+            fresh: Vec::new(),
+            fresh_due: Vec::new(),
+            parks_since_release: 0,
+            released_at: None,
             congestion: Congestion::default(),
             log_limits: LogLimits::default(),
             store: None,
@@ -566,7 +583,7 @@ impl Shard {
     /// 10 ms): a message goes at most 1/8 of the TTL late.
     pub(crate) fn arm_inflight_ttl(&mut self, now: Instant) {
         if let Some(ttl) = self.config.inflight_ttl {
-            let every = (ttl / 16).max(std::time::Duration::from_millis(10));
+            let every = (ttl / 16).max(Duration::from_millis(10));
             self.arm(now + every, TimerKey::InflightTtl);
         }
     }
@@ -756,21 +773,68 @@ impl Shard {
         self.check_congested(now);
         self.maybe_checkpoint();
         self.retry_log_space();
-        self.sweep_writers(now);
+        let asked = self.sweep_writers(now) + self.park_fresh(now);
+        if self.parking.is_some() {
+            self.release_freed(asked, now);
+        }
     }
 
-    /// Ends the writers that stayed idle through a whole sweep period.
-    fn sweep_writers(&mut self, now: Instant) {
-        let last = *self.writers_swept.get_or_insert(now);
-        if now.duration_since(last) < conn::WRITER_SWEEP {
+    /// Parks the connections of the tick before last that went quiet after
+    /// their first packets (CONNECT, SUBSCRIBE). Their reader tasks and
+    /// polls are then freed within a tick or two, so a storm of clients
+    /// that go idle never holds a reader for each at once: an allocator
+    /// keeps the pages of the peak, so what never coexists is what saves.
+    fn park_fresh(&mut self, now: Instant) -> usize {
+        let mut due = std::mem::replace(&mut self.fresh_due, std::mem::take(&mut self.fresh));
+        let mut asked = 0;
+        for id in due.drain(..) {
+            if let Some(c) = self.conns.get(&id) {
+                asked += usize::from(c.sweep_reader(now, conn::FRESH_QUIET));
+            }
+        }
+        self.fresh = due;
+        asked
+    }
+
+    /// After readers parked, gives the pages they freed back to the OS:
+    /// mimalloc keeps a thread's empty pages until that thread allocates
+    /// again, and an idle shard does not. Once a storm of parks is over (a
+    /// tick without new ones), or once a second while it lasts: a forced
+    /// collect walks the whole heap.
+    fn release_freed(&mut self, asked: usize, now: Instant) {
+        self.parks_since_release += asked;
+        if self.parks_since_release == 0 {
             return;
         }
+        let last = *self.released_at.get_or_insert(now);
+        if asked > 0 && now.duration_since(last) < Duration::from_secs(1) {
+            return;
+        }
+        self.parks_since_release = 0;
+        self.released_at = Some(now);
+        // SAFETY: mimalloc's own collection of this thread's heap (a no-op
+        // for memory of another global allocator, when embedded).
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
+
+    /// Ends the writers that stayed idle through a whole sweep period, and
+    /// asks the readers that did to park. Returns how many were asked.
+    fn sweep_writers(&mut self, now: Instant) -> usize {
+        let last = *self.writers_swept.get_or_insert(now);
+        if now.duration_since(last) < conn::WRITER_SWEEP {
+            return 0;
+        }
         self.writers_swept = Some(now);
+        let parking = self.parking.is_some();
+        let mut asked = 0;
         for c in self.conns.values() {
             if c.sweep_writer() {
                 self.metrics.writers_retired += 1;
+            } else if parking {
+                asked += usize::from(c.sweep_reader(now, conn::WRITER_SWEEP));
             }
         }
+        asked
     }
 
     /// Marks the congested connections whose writers made no progress for
@@ -822,6 +886,9 @@ impl Shard {
         self.metrics.clients_connected += 1;
         self.metrics.clients_total += 1;
         self.arm_keep_alive(&conn);
+        if self.parking.is_some() {
+            self.fresh.push(conn.id);
+        }
         // This shard's own peak, for `$SYS/broker/shard/K/...`.
         self.metrics.clients_maximum = self
             .metrics
@@ -867,6 +934,7 @@ impl Shard {
             true
         });
         m.retained = (self.retained.len() - sys) as u64;
+        m.parked = self.parking.as_ref().map_or(0, |p| p.count() as u64);
         for e in self.sessions.iter().flatten() {
             if e.life.expiry != Some(std::time::Duration::ZERO) {
                 m.sessions_persistent += 1;

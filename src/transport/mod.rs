@@ -345,6 +345,13 @@ impl Link {
         self.layer.borrow().wants_write()
     }
 
+    /// True when nothing but new bytes on the socket can give the reader
+    /// work: the layer owes no bytes and holds no close for it.
+    pub fn is_quiet(&self) -> bool {
+        let layer = self.layer.borrow();
+        !layer.wants_write() && !layer.eof
+    }
+
     /// The client side of a WebSocket upgrade (ringmq-bench): sends the
     /// request, reads the answer, and frames the link from then on; MQTT
     /// bytes behind the answer go to `plain`. The caller bounds it in time.
@@ -462,20 +469,32 @@ impl Link {
     /// # Errors
     /// The fd could not be duplicated (out of fds), or the link is shared.
     pub fn into_handoff(self) -> io::Result<Handoff> {
-        let fd = self.fd();
-        // glommio's stream cannot give its fd up, so the owner shard gets
-        // a duplicate and this one closes the original at once.
+        self.try_handoff().map_err(|(_, e)| e)
+    }
+
+    /// As [`Link::into_handoff`], but a link that cannot be handed off
+    /// comes back whole, still serving its socket.
+    ///
+    /// # Errors
+    /// As [`Link::into_handoff`], with the link.
+    pub fn try_handoff(self) -> Result<Handoff, (Link, io::Error)> {
+        if Rc::strong_count(&self.socket) != 1 || Rc::strong_count(&self.layer) != 1 {
+            return Err((self, io::Error::other("link still shared at handoff")));
+        }
+        // glommio's stream cannot give its fd up, so the new owner gets a
+        // duplicate and the stream closes the original.
         // SAFETY: dup of an open socket; the copy is owned from here on.
-        let dup = unsafe { libc::dup(fd) };
+        let dup = unsafe { libc::dup(self.fd()) };
         if dup < 0 {
-            return Err(io::Error::last_os_error());
+            return Err((self, io::Error::last_os_error()));
         }
         // SAFETY: dup returned a fresh fd nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
         let Link { socket, layer } = self;
         drop(socket);
         let layer = Rc::try_unwrap(layer)
-            .map_err(|_| io::Error::other("link still shared at handoff"))?
+            .map_err(|_| ())
+            .expect("counted above")
             .into_inner();
         Ok(Handoff { fd, layer })
     }
