@@ -393,7 +393,8 @@ pub struct Session {
     limits: Limits,
     window: usize,
     inflight: VecDeque<Inflight>,
-    pending: Pending<Entry>,
+    /// Boxed: it keeps the session slot small (see the shard's size test).
+    pending: Box<Pending<Entry>>,
     next_id: u16,
     /// Bytes the connection's outbox can still take: a drain of the pending
     /// queue stops there (see [`Session::set_room`]).
@@ -420,7 +421,7 @@ impl Session {
             limits,
             window: usize::from(window.max(1)),
             inflight: VecDeque::new(),
-            pending: Pending::default(),
+            pending: Box::default(),
             room: usize::MAX,
             blocked: false,
             idle: true,
@@ -936,7 +937,7 @@ impl Session {
             }
         }
         if self.pending.is_empty() {
-            self.pending = b.pending;
+            *self.pending = b.pending;
         } else {
             while let Some(e) = b.pending.pop_front() {
                 self.pending.push_back(e);
