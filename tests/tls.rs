@@ -633,3 +633,60 @@ fn sessions_resume_on_any_shard() {
         "{kinds:?}"
     );
 }
+
+// A TLS connection parks like any other when quiet, its rustls state kept
+// with its socket: after parking, the subscriber gets a delivery and a
+// PINGRESP and the publisher its PUBACK, over the same TLS sessions, twice.
+#[test]
+fn parked_tls_connections_keep_their_sessions() {
+    let pki = Pki::new("tls-park");
+    let mut cfg = tls_config(2, &pki, None, false);
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let b = start_with(cfg);
+    let m = b
+        .handle
+        .as_ref()
+        .and_then(|h| h.metrics_addr())
+        .expect("metrics");
+    let addr = tls_addr(&b);
+    let tls = tls_connect(addr, &pki.ca_path(), None).expect("handshake");
+    let (mut sub, _) = Client::connect(tls, V5, &id_on_shard("tp-sub", 0, 2)).expect("connect");
+    sub.send(&Packet::Subscribe(ringmq::protocol::Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        filters: vec![ringmq::protocol::SubscribeFilter {
+            filter: s("tp/#"),
+            options: ringmq::protocol::SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        }],
+    }))
+    .expect("send");
+    assert!(matches!(sub.recv().expect("suback"), Packet::SubAck(_)));
+    let tls = tls_connect(addr, &pki.ca_path(), None).expect("handshake");
+    let (mut publ, _) = Client::connect(tls, V311, &id_on_shard("tp-pub", 1, 2)).expect("connect");
+    let mut parks = 0.0;
+    for round in 1..=2u16 {
+        parks = wait_metric(m, "ringmq_readers_parked_total", parks + 2.0);
+        wait_metric(m, "ringmq_parked_connections", 2.0);
+        let mut p =
+            ringmq::protocol::Publish::new(s("tp/x"), bytes::Bytes::from(vec![round as u8; 100]));
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = Some(pid(round));
+        publ.send(&Packet::Publish(p)).expect("publish");
+        assert!(matches!(publ.recv().expect("puback"), Packet::PubAck(_)));
+        match sub.recv().expect("publish") {
+            Packet::Publish(p) => {
+                assert_eq!(&p.payload[..], &[round as u8; 100][..]);
+                sub.send(&Packet::PubAck(ringmq::protocol::Ack::new(
+                    p.packet_id.expect("id"),
+                )))
+                .expect("ack");
+            }
+            other => panic!("{other:?}"),
+        }
+        sub.send(&Packet::PingReq).expect("ping");
+        assert_eq!(sub.recv().expect("pingresp"), Packet::PingResp);
+    }
+}

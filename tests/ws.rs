@@ -341,3 +341,57 @@ fn websocket_connections_move_between_shards() {
         );
     }
 }
+
+// A quiet WebSocket connection parks with its framing state: the start of
+// a frame that came before it parked is completed by the rest after, and the
+// PUBLISH it carried comes back to the (parked, woken) subscriber itself.
+#[test]
+fn a_parked_websocket_keeps_its_half_frame() {
+    let mut cfg = ws_config(2);
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let b = start_with(cfg);
+    let m = b
+        .handle
+        .as_ref()
+        .and_then(|h| h.metrics_addr())
+        .expect("metrics");
+    let (mut t, head) = upgrade(ws_addr(&b), "mqtt");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut hello = encode(&Packet::Connect(Box::new(connect_packet(
+        V5,
+        &id_on_shard("ws-park", 1, 2),
+        true,
+    ))));
+    hello.extend(encode(&Packet::Subscribe(ringmq::protocol::Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        filters: vec![ringmq::protocol::SubscribeFilter {
+            filter: s("wp/t"),
+            options: Default::default(),
+        }],
+    })));
+    t.write_all(&frame(OpCode::Data(Data::Binary), &hello))
+        .expect("write");
+    let (p, _, _) = read_frames(&mut t, 2);
+    assert!(matches!(&p[1], Packet::SubAck(_)), "{p:?}");
+    let publish = ringmq::protocol::Publish::new(s("wp/t"), bytes::Bytes::from_static(b"whole"));
+    let wire = frame(
+        OpCode::Data(Data::Binary),
+        &encode(&Packet::Publish(publish)),
+    );
+    // Inside the frame's header (its mask key): the framing holds these
+    // bytes, and the MQTT bytes behind the reader stay empty (a reader with
+    // half a packet of its own does not park).
+    let (first, rest) = wire.split_at(4);
+    t.write_all(first).expect("write");
+    let parks = metric_sum(m, "ringmq_readers_parked_total");
+    wait_metric(m, "ringmq_readers_parked_total", parks + 1.0);
+    wait_metric(m, "ringmq_parked_connections", 1.0);
+    t.write_all(rest).expect("write");
+    let (p, _, closed) = read_frames(&mut t, 1);
+    assert!(!closed);
+    assert!(
+        matches!(&p[0], Packet::Publish(p) if &p.payload[..] == b"whole"),
+        "{p:?}"
+    );
+}

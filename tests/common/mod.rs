@@ -534,3 +534,34 @@ pub fn skipped(why: &str) {
         let _ = writeln!(f, "{why}");
     }
 }
+
+/// The sum over shards of `name` (a sample without labels other than
+/// `shard`) from a broker's `/metrics`, read with a bare HTTP GET.
+#[allow(dead_code)]
+pub fn metric_sum(metrics: SocketAddr, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect(metrics).expect("metrics connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `name` sums to at least `n` (bounded), and returns it.
+#[allow(dead_code)]
+pub fn wait_metric(metrics: SocketAddr, name: &str, n: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = metric_sum(metrics, name);
+        if got >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{name} is {got}, want {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
