@@ -1,11 +1,13 @@
 //! The async shell of a shard: listeners, connection reader and writer
 //! tasks, connection handoff, the mesh tasks and the ticker.
 //!
-//! Every connection has two tasks on one [`Link`] (one socket, plain or
-//! TLS): the reader decodes packets and calls into the [`Shard`]; the
-//! writer flushes the connection's outbox (everything one loop turn queued,
-//! in one write) and shuts the socket down when the shard closes the
-//! connection.
+//! A busy connection has two tasks on one [`Link`] (one socket, plain, TLS
+//! or WebSocket): the reader decodes packets and calls into the [`Shard`];
+//! the writer flushes the connection's outbox (everything one loop turn
+//! queued, in one write) and shuts the socket down when the shard closes
+//! the connection. A quiet one has neither: its writer retires after a
+//! quiet sweep, its reader parks the link (see [`super::park`]) and a new
+//! reader serves it when it turns readable or is woken.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};

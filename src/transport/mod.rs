@@ -4,7 +4,8 @@
 //!
 //! A connection's reader and writer are two tasks on one shard thread (the
 //! writer only while there is traffic; a quiet connection's reader writes
-//! the odd small packet itself, [`Link::try_send`]); they share one socket
+//! the odd small packet itself, [`Link::try_send`], and a quiet reader
+//! parks its link as a [`Handoff`] and ends); they share one socket
 //! (one fd: a 20,000-fd limit holds 19,000 clients, not half that) and one
 //! [`Layer`], each borrowed only inside a poll, never across an await. The
 //! layer is sans-IO: ciphertext in, plaintext out and back, so the shard's
