@@ -165,7 +165,9 @@ pub struct Conn {
     /// Protocol version from CONNECT.
     pub version: ProtocolVersion,
     /// The client's Maximum Packet Size.
-    pub max_packet_bytes: usize,
+    /// (u32: the largest MQTT allows is under 2^28, and the connection
+    /// stays within mimalloc's 320-byte class.)
+    pub max_packet_bytes: u32,
     /// Keep alive agreed at CONNECT (zero: off).
     pub keep_alive: Duration,
     /// When the last packet arrived.
@@ -173,7 +175,8 @@ pub struct Conn {
     /// Session slot this connection is attached to (None once detached).
     pub session: Cell<Option<u32>>,
     /// Inbound topic aliases (MQTT 5).
-    pub topic_aliases: RefCell<HashMap<u16, TopicName>>,
+    /// Boxed on first use: most clients set none.
+    pub topic_aliases: RefCell<Option<Box<HashMap<u16, TopicName>>>>,
     /// Set when the client sent DISCONNECT (no will then, unless 0x04).
     pub clean_disconnect: Cell<bool>,
     /// Where the client connects from, for log lines.
@@ -255,11 +258,11 @@ impl Conn {
             id,
             fd: Cell::new(fd),
             version,
-            max_packet_bytes,
+            max_packet_bytes: u32::try_from(max_packet_bytes).unwrap_or(u32::MAX),
             keep_alive,
             last_seen: Cell::new(now),
             session: Cell::new(None),
-            topic_aliases: RefCell::new(HashMap::new()),
+            topic_aliases: RefCell::new(None),
             clean_disconnect: Cell::new(false),
             peer: Cell::new(None),
             client_id: RefCell::new(None),
@@ -407,7 +410,7 @@ impl Conn {
         }
         let mut out = self.outbox.borrow_mut();
         let before = out.len();
-        encode_packet(p, self.version, self.max_packet_bytes, &mut out)?;
+        encode_packet(p, self.version, self.max_packet_bytes as usize, &mut out)?;
         let n = out.len() - before;
         let congested = out.len() + self.writing.get() > CONGESTED_OUTBOX_BYTES;
         drop(out);

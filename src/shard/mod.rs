@@ -1073,7 +1073,7 @@ mod size_tests {
             size_of::<super::SessionEntry>()
         );
         assert!(
-            size_of::<super::Conn>() <= 368,
+            size_of::<super::Conn>() <= 320,
             "{}",
             size_of::<super::Conn>()
         );

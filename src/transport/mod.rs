@@ -265,11 +265,15 @@ impl Link {
         }
     }
 
-    /// Takes over a handed-off connection.
+    /// Takes over a handed-off (or parked) connection, whose socket was set
+    /// up by [`Link::new`] before.
     pub fn adopt(h: Handoff) -> Link {
         // SAFETY: the fd came in a Handoff, which owned it.
         let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
-        Link::new(stream, h.layer)
+        Link {
+            socket: Rc::new(RefCell::new(stream)),
+            layer: Rc::new(RefCell::new(h.layer)),
+        }
     }
 
     /// The socket's fd, for a shutdown from the shard.
