@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{config, id_on_shard, python, start_with, Raw};
+use common::{config, id_on_shard, metric_sum, python, start_with_metrics, wait_metric, Raw};
 use ringmq::protocol::{Ack, Packet, ProtocolVersion::V311, QoS};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,15 +90,8 @@ fn http(addr: SocketAddr, request: &[u8]) -> String {
 
 fn broker(cores: usize) -> (common::Broker, SocketAddr) {
     let mut cfg = config(cores);
-    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     cfg.sys_interval = Some(Duration::from_millis(50));
-    let b = start_with(cfg);
-    let m = b
-        .handle
-        .as_ref()
-        .and_then(|h| h.metrics_addr())
-        .expect("metrics addr");
-    (b, m)
+    start_with_metrics(cfg)
 }
 
 // A publisher on one shard, a persistent subscriber on the other: every
@@ -390,22 +383,6 @@ fn quiet_connections_lose_their_writer_and_nothing_else() {
     stopper.join().expect("shutdown");
 }
 
-fn wait_parked(m: SocketAddr, n: f64) -> Samples {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = Samples::scrape(m);
-        let got = s.sum("ringmq_parked_connections", &[]);
-        if got >= n {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{got} connections parked, want {n}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 // A quiet connection keeps no reader task either: its socket waits in the
 // shard's epoll set and a new reader serves it when bytes or work come.
 // Parked clients on both shards get a delivery from a publisher that is
@@ -431,7 +408,8 @@ fn quiet_connections_park_and_come_back() {
     });
     let (_silent, _) = Raw::connect_with(b.addr, c);
     let (mut publ, _) = Raw::connect(b.addr, V311, &id_on_shard("ppub", 1, 2), true);
-    let before = wait_parked(m, 4.0).sum("ringmq_readers_parked_total", &[]);
+    wait_metric(m, "ringmq_parked_connections", 4.0);
+    let before = metric_sum(m, "ringmq_readers_parked_total");
 
     // Woken by readiness (the publish) and by a wake (the deliveries).
     publ.publish("p/a", b"to the parked", QoS::AtLeastOnce, 1, false);
@@ -453,13 +431,13 @@ fn quiet_connections_park_and_come_back() {
     }
 
     // A takeover of a parked client closes the old connection.
-    wait_parked(m, 3.0);
+    wait_metric(m, "ringmq_parked_connections", 3.0);
     let (_sub1b, ack) = Raw::connect(b.addr, V311, &sub1_id, false);
     assert!(ack.session_present);
     assert_eq!(sub1.expect_closed(), vec![]);
 
-    let s = wait_parked(m, 3.0);
-    assert!(s.sum("ringmq_readers_parked_total", &[]) > before);
+    wait_metric(m, "ringmq_parked_connections", 3.0);
+    assert!(metric_sum(m, "ringmq_readers_parked_total") > before);
     let h = b.handle.take().expect("running");
     let stopper = std::thread::spawn(move || {
         h.shutdown();

@@ -179,13 +179,7 @@ fn v3_global_session_expiry() {
 fn offline_queue_drops_oldest_when_full() {
     let mut cfg = config(2);
     cfg.max_queued_messages = 5;
-    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let b = start_with(cfg);
-    let m = b
-        .handle
-        .as_ref()
-        .and_then(|h| h.metrics_addr())
-        .expect("metrics");
+    let (b, m) = start_with_metrics(cfg);
     let (mut sub, _) = Raw::connect(b.addr, V311, "qfull", false);
     sub.subscribe(1, &[("qf", QoS::AtLeastOnce)]);
     drop(sub);

@@ -640,14 +640,8 @@ fn sessions_resume_on_any_shard() {
 #[test]
 fn parked_tls_connections_keep_their_sessions() {
     let pki = Pki::new("tls-park");
-    let mut cfg = tls_config(2, &pki, None, false);
-    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let b = start_with(cfg);
-    let m = b
-        .handle
-        .as_ref()
-        .and_then(|h| h.metrics_addr())
-        .expect("metrics");
+    let cfg = tls_config(2, &pki, None, false);
+    let (b, m) = start_with_metrics(cfg);
     let addr = tls_addr(&b);
     let tls = tls_connect(addr, &pki.ca_path(), None).expect("handshake");
     let (mut sub, _) = Client::connect(tls, V5, &id_on_shard("tp-sub", 0, 2)).expect("connect");

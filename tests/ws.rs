@@ -347,14 +347,8 @@ fn websocket_connections_move_between_shards() {
 // PUBLISH it carried comes back to the (parked, woken) subscriber itself.
 #[test]
 fn a_parked_websocket_keeps_its_half_frame() {
-    let mut cfg = ws_config(2);
-    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let b = start_with(cfg);
-    let m = b
-        .handle
-        .as_ref()
-        .and_then(|h| h.metrics_addr())
-        .expect("metrics");
+    let cfg = ws_config(2);
+    let (b, m) = start_with_metrics(cfg);
     let (mut t, head) = upgrade(ws_addr(&b), "mqtt");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut hello = encode(&Packet::Connect(Box::new(connect_packet(

@@ -535,6 +535,19 @@ pub fn skipped(why: &str) {
     }
 }
 
+/// A broker serving `/metrics` too, and that address.
+#[allow(dead_code)]
+pub fn start_with_metrics(mut cfg: Config) -> (Broker, SocketAddr) {
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let b = start_with(cfg);
+    let m = b
+        .handle
+        .as_ref()
+        .and_then(|h| h.metrics_addr())
+        .expect("metrics addr");
+    (b, m)
+}
+
 /// The sum over shards of `name` (a sample without labels other than
 /// `shard`) from a broker's `/metrics`, read with a bare HTTP GET.
 #[allow(dead_code)]
