@@ -165,9 +165,7 @@ pub struct Conn {
     /// Protocol version from CONNECT.
     pub version: ProtocolVersion,
     /// The client's Maximum Packet Size.
-    /// (u32: the largest MQTT allows is under 2^28, and the connection
-    /// stays within mimalloc's 320-byte class.)
-    pub max_packet_bytes: u32,
+    pub max_packet_bytes: usize,
     /// Keep alive agreed at CONNECT (zero: off).
     pub keep_alive: Duration,
     /// When the last packet arrived.
@@ -175,8 +173,7 @@ pub struct Conn {
     /// Session slot this connection is attached to (None once detached).
     pub session: Cell<Option<u32>>,
     /// Inbound topic aliases (MQTT 5).
-    /// Boxed on first use: most clients set none.
-    pub topic_aliases: RefCell<Option<Box<HashMap<u16, TopicName>>>>,
+    pub topic_aliases: RefCell<HashMap<u16, TopicName>>,
     /// Set when the client sent DISCONNECT (no will then, unless 0x04).
     pub clean_disconnect: Cell<bool>,
     /// Where the client connects from, for log lines.
@@ -258,11 +255,11 @@ impl Conn {
             id,
             fd: Cell::new(fd),
             version,
-            max_packet_bytes: u32::try_from(max_packet_bytes).unwrap_or(u32::MAX),
+            max_packet_bytes,
             keep_alive,
             last_seen: Cell::new(now),
             session: Cell::new(None),
-            topic_aliases: RefCell::new(None),
+            topic_aliases: RefCell::new(HashMap::new()),
             clean_disconnect: Cell::new(false),
             peer: Cell::new(None),
             client_id: RefCell::new(None),
@@ -410,7 +407,7 @@ impl Conn {
         }
         let mut out = self.outbox.borrow_mut();
         let before = out.len();
-        encode_packet(p, self.version, self.max_packet_bytes as usize, &mut out)?;
+        encode_packet(p, self.version, self.max_packet_bytes, &mut out)?;
         let n = out.len() - before;
         let congested = out.len() + self.writing.get() > CONGESTED_OUTBOX_BYTES;
         drop(out);

@@ -1061,7 +1061,9 @@ mod tests {
 /// aliases) and the pending queue are boxed. A session slot stays within
 /// mimalloc's 384-byte size class: in the 512 one it shared pages with
 /// glommio's poll sources, which parked readers free, and their holes kept
-/// those pages from going back.
+/// those pages from going back. The connection shares the 384 one with the
+/// slots: a 320-byte connection (tried) measured no better, likely sharing
+/// pages with what a connection storm frees.
 #[cfg(test)]
 mod size_tests {
     #[test]
@@ -1073,7 +1075,7 @@ mod size_tests {
             size_of::<super::SessionEntry>()
         );
         assert!(
-            size_of::<super::Conn>() <= 320,
+            size_of::<super::Conn>() <= 368,
             "{}",
             size_of::<super::Conn>()
         );

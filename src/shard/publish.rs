@@ -127,13 +127,8 @@ impl Shard {
             Some(alias) if alias > self.config.max_topic_alias => {
                 return self.protocol_error(conn, ReasonCode::TOPIC_ALIAS_INVALID);
             }
-            Some(alias) if p.topic.is_empty() => match conn
-                .topic_aliases
-                .borrow()
-                .as_ref()
-                .and_then(|m| m.get(&alias).cloned())
-            {
-                Some(t) => t,
+            Some(alias) if p.topic.is_empty() => match conn.topic_aliases.borrow().get(&alias) {
+                Some(t) => t.clone(),
                 None => return self.protocol_error(conn, ReasonCode::PROTOCOL_ERROR),
             },
             alias => {
@@ -141,10 +136,7 @@ impl Shard {
                     return self.protocol_error(conn, ReasonCode::TOPIC_NAME_INVALID);
                 };
                 if let Some(a) = alias {
-                    conn.topic_aliases
-                        .borrow_mut()
-                        .get_or_insert_with(Box::default)
-                        .insert(a, t.clone());
+                    conn.topic_aliases.borrow_mut().insert(a, t.clone());
                 }
                 t
             }
