@@ -65,11 +65,16 @@ fn mosquitto_clients_exchange_messages() {
                 .expect("mosquitto_pub runs");
             assert!(st.success());
         }
-        let got: Vec<String> = lines
+        let mut got: Vec<String> = lines
             .map_while(Result::ok)
             .filter(|l| l.starts_with(&topic))
             .take(3)
             .collect();
+        // Three publishers (three clients, three topics): order is kept per
+        // client [v3:MQTT-4.6.0-6], not across them. A publisher owned by the
+        // subscriber's shard can overtake one whose message is still on the
+        // mesh (seen once in CI: 0, 2, 1).
+        got.sort();
         assert_eq!(
             got,
             (0..3)
