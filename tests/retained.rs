@@ -220,14 +220,10 @@ fn a_retained_publish_racing_a_subscribe_on_another_shard_arrives_once() {
     let (mut publisher, _) = Raw::connect(b.addr, V5, &id_on_shard("race-pub", 0, 2), true);
     const N: usize = 300;
     for i in 0..N {
-        sub.send(&Packet::Subscribe(ringmq::protocol::Subscribe {
-            packet_id: pid(i as u16 + 1),
-            properties: Default::default(),
-            filters: vec![ringmq::protocol::SubscribeFilter {
-                filter: s(&format!("race/{i}")),
-                options: Default::default(),
-            }],
-        }));
+        sub.send(&subscribe_packet(
+            i as u16 + 1,
+            &[(&format!("race/{i}"), QoS::AtMostOnce)],
+        ));
         publisher.publish(&format!("race/{i}"), b"r", QoS::AtMostOnce, 0, true);
     }
     let mut got = vec![0u32; N];

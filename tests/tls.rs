@@ -222,18 +222,8 @@ fn mqtt_over_tls_across_shards() {
         let tls = tls_connect(addr, &pki.ca_path(), None).expect("handshake");
         let (mut c, reason) = Client::connect(tls, v, &id).expect("connect");
         assert_eq!(reason, ReasonCode::SUCCESS);
-        c.send(&Packet::Subscribe(ringmq::protocol::Subscribe {
-            packet_id: pid(1),
-            properties: Default::default(),
-            filters: vec![ringmq::protocol::SubscribeFilter {
-                filter: s("tls/#"),
-                options: ringmq::protocol::SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-        }))
-        .expect("send");
+        c.send(&subscribe_packet(1, &[("tls/#", QoS::AtLeastOnce)]))
+            .expect("send");
         assert!(matches!(c.recv().expect("suback"), Packet::SubAck(_)));
         subs.push(c);
     }
@@ -645,18 +635,8 @@ fn parked_tls_connections_keep_their_sessions() {
     let addr = tls_addr(&b);
     let tls = tls_connect(addr, &pki.ca_path(), None).expect("handshake");
     let (mut sub, _) = Client::connect(tls, V5, &id_on_shard("tp-sub", 0, 2)).expect("connect");
-    sub.send(&Packet::Subscribe(ringmq::protocol::Subscribe {
-        packet_id: pid(1),
-        properties: Default::default(),
-        filters: vec![ringmq::protocol::SubscribeFilter {
-            filter: s("tp/#"),
-            options: ringmq::protocol::SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        }],
-    }))
-    .expect("send");
+    sub.send(&subscribe_packet(1, &[("tp/#", QoS::AtLeastOnce)]))
+        .expect("send");
     assert!(matches!(sub.recv().expect("suback"), Packet::SubAck(_)));
     let tls = tls_connect(addr, &pki.ca_path(), None).expect("handshake");
     let (mut publ, _) = Client::connect(tls, V311, &id_on_shard("tp-pub", 1, 2)).expect("connect");

@@ -141,14 +141,7 @@ fn packets_span_frames_and_share_them() {
         "{p:?}"
     );
     assert_eq!(controls, vec![OpCode::Control(Control::Pong)]);
-    let mut both = encode(&Packet::Subscribe(ringmq::protocol::Subscribe {
-        packet_id: pid(1),
-        properties: Default::default(),
-        filters: vec![ringmq::protocol::SubscribeFilter {
-            filter: s("ws/t"),
-            options: Default::default(),
-        }],
-    }));
+    let mut both = encode(&subscribe_packet(1, &[("ws/t", QoS::AtMostOnce)]));
     t.write_all(&frame(OpCode::Data(Data::Binary), &both))
         .expect("write");
     let (p, _, _) = read_frames(&mut t, 1);
@@ -311,14 +304,10 @@ fn websocket_connections_move_between_shards() {
         assert!(head.starts_with("HTTP/1.1 101"));
         let id = id_on_shard(&format!("ws-move{i}"), i % 2, 2);
         let mut bytes = encode(&Packet::Connect(Box::new(connect_packet(V5, &id, true))));
-        bytes.extend(encode(&Packet::Subscribe(ringmq::protocol::Subscribe {
-            packet_id: pid(1),
-            properties: Default::default(),
-            filters: vec![ringmq::protocol::SubscribeFilter {
-                filter: s(&format!("ws/move/{i}")),
-                options: Default::default(),
-            }],
-        })));
+        bytes.extend(encode(&subscribe_packet(
+            1,
+            &[(&format!("ws/move/{i}"), QoS::AtMostOnce)],
+        )));
         // CONNECT and SUBSCRIBE in one frame: the SUBSCRIBE travels with
         // the handoff as bytes already read.
         t.write_all(&frame(OpCode::Data(Data::Binary), &bytes))
@@ -356,14 +345,7 @@ fn a_parked_websocket_keeps_its_half_frame() {
         &id_on_shard("ws-park", 1, 2),
         true,
     ))));
-    hello.extend(encode(&Packet::Subscribe(ringmq::protocol::Subscribe {
-        packet_id: pid(1),
-        properties: Default::default(),
-        filters: vec![ringmq::protocol::SubscribeFilter {
-            filter: s("wp/t"),
-            options: Default::default(),
-        }],
-    })));
+    hello.extend(encode(&subscribe_packet(1, &[("wp/t", QoS::AtMostOnce)])));
     t.write_all(&frame(OpCode::Data(Data::Binary), &hello))
         .expect("write");
     let (p, _, _) = read_frames(&mut t, 2);

@@ -205,10 +205,10 @@ pub struct Conn {
     writer_idle: Cell<bool>,
     /// The sweep told the writer to end.
     retire: Cell<bool>,
-    /// The sweep asked the reader to park, and it may be parked (see
-    /// [`super::park`]).
+    /// The sweep asked the reader to park (see [`super::park`]).
     park: Cell<bool>,
-    /// The socket and transport state while parked.
+    /// The socket and transport state while parked (`Some` is what parked
+    /// means).
     parked: Cell<Option<Box<crate::transport::Handoff>>>,
     /// The transport has bytes of its own to send (TLS): the writer runs
     /// even with an empty outbox.
@@ -599,11 +599,11 @@ impl Conn {
             && !self.reader_held.get()
             && !self.queue_held.get()
             && now.saturating_duration_since(self.last_seen.get()) >= quiet_for;
-        if !quiet || self.park.get() {
+        if !quiet || self.park.get() || self.is_parked() {
             return false;
         }
         let Some(r) = self.reader_waker.take() else {
-            return false; // not reading, or parked already
+            return false; // not reading
         };
         self.park.set(true);
         r.wake_by_ref();
@@ -613,17 +613,19 @@ impl Conn {
 
     /// For the reader, before it reads: true when the sweep asked it to
     /// park and it still may (nothing came or was queued since).
-    /// The flag stays set while the connection is parked, so that the
-    /// sweep leaves it alone; [`Conn::unparked`] clears it.
     pub fn take_park(&self) -> bool {
-        let ok = self.park.get()
+        self.park.take()
             && !self.writer_live.get()
             && self.owes_only_outbox()
-            && self.outbox.borrow().is_empty();
-        if !ok {
-            self.park.set(false);
-        }
-        ok
+            && self.outbox.borrow().is_empty()
+    }
+
+    /// True while parked: no task serves the connection.
+    pub fn is_parked(&self) -> bool {
+        let h = self.parked.take();
+        let parked = h.is_some();
+        self.parked.set(h);
+        parked
     }
 
     /// For the parking: keeps the socket while no task serves it.
@@ -634,11 +636,6 @@ impl Conn {
     /// For the parking: the socket back, if parked.
     pub fn unpark_socket(&self) -> Option<crate::transport::Handoff> {
         self.parked.take().map(|b| *b)
-    }
-
-    /// For the parking: served by a reader task again.
-    pub fn unparked(&self) {
-        self.park.set(false);
     }
 
     /// For the shard, every [`WRITER_SWEEP`]: a writer that waits and took

@@ -842,7 +842,7 @@ fn resume(
 fn finish(shard: &Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link, end: End) {
     conn.set_reader_waker(None);
     if end == End::Park {
-        let Err((conn, link)) = park(shard, conn, link) else {
+        let Err(link) = park(shard, &conn, link) else {
             return;
         };
         // Not parked after all (out of fds): served by a task again.
@@ -855,36 +855,16 @@ fn finish(shard: &Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link, end: End) {
     mind_writer(shard, &conn, &link);
 }
 
-/// Hands a quiet connection's socket to the shard's parking; gives it back
-/// if it cannot be parked.
-fn park(shard: &Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link) -> Result<(), (Rc<Conn>, Link)> {
-    if shard.borrow().parking.is_none() {
-        conn.unparked();
-        return Err((conn, link));
-    }
-    let h = match link.try_handoff() {
-        Ok(h) => h,
-        Err((link, e)) => {
-            tracing::debug!(conn = conn.id, error = %e, "cannot park");
-            conn.unparked();
-            return Err((conn, link));
-        }
-    };
+/// Hands a quiet connection's socket to the shard's parking; gives the link
+/// back if it cannot be parked.
+fn park(shard: &Rc<RefCell<Shard>>, conn: &Conn, link: Link) -> Result<(), Link> {
     let mut s = shard.borrow_mut();
-    let p = s.parking.as_mut().expect("checked above");
-    match p.park(&conn, h) {
-        Ok(()) => {
-            s.metrics.readers_parked += 1;
-            Ok(())
-        }
-        Err((h, e)) => {
-            tracing::debug!(conn = conn.id, error = %e, "cannot park");
-            drop(s);
-            let link = Link::adopt(h);
-            conn.set_fd(link.fd());
-            Err((conn, link))
-        }
-    }
+    let Some(p) = s.parking.as_mut() else {
+        return Err(link);
+    };
+    p.park(conn, link)?;
+    s.metrics.readers_parked += 1;
+    Ok(())
 }
 
 /// The shard's unpark task: serves again each parked connection the
@@ -910,9 +890,7 @@ pub(crate) async fn unpark_loop(
                 let conn = s.conns.get(&id).cloned();
                 conn.and_then(|c| Some((s.parking.as_mut()?.unpark(&c)?, c)))
             };
-            if let Some((h, conn)) = back {
-                let link = Link::adopt(h);
-                conn.set_fd(link.fd());
+            if let Some((link, conn)) = back {
                 glommio::spawn_local(resume(shard.clone(), conn, link)).detach();
             }
         }

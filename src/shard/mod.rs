@@ -774,9 +774,7 @@ impl Shard {
         self.maybe_checkpoint();
         self.retry_log_space();
         let asked = self.sweep_writers(now) + self.park_fresh(now);
-        if self.parking.is_some() {
-            self.release_freed(asked, now);
-        }
+        self.release_freed(asked, now);
     }
 
     /// Parks the connections of the tick before last that went quiet after
@@ -934,7 +932,7 @@ impl Shard {
             true
         });
         m.retained = (self.retained.len() - sys) as u64;
-        m.parked = self.parking.as_ref().map_or(0, |p| p.count() as u64);
+        m.parked = self.conns.values().filter(|c| c.is_parked()).count() as u64;
         for e in self.sessions.iter().flatten() {
             if e.life.expiry != Some(std::time::Duration::ZERO) {
                 m.sessions_persistent += 1;

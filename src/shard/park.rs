@@ -25,7 +25,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
 
 use super::Conn;
-use crate::transport::Handoff;
+use crate::transport::{Handoff, Link};
 
 /// The epoll data that stands for the stop eventfd (connection ids start at 1).
 const STOP: u64 = u64::MAX;
@@ -79,13 +79,12 @@ impl Wake for Unpark {
     }
 }
 
-/// One shard's parked connections (each holds its own socket, see
-/// [`Conn::park_socket`]) and the thread that watches them.
+/// One shard's epoll set of parked connections (each keeps its own socket,
+/// see [`Conn::park_socket`]) and the thread that watches it.
 pub struct Parking {
     epoll: Arc<OwnedFd>,
     stop: OwnedFd,
     inbox: Arc<Inbox>,
-    count: usize,
 }
 
 impl Parking {
@@ -110,12 +109,7 @@ impl Parking {
         std::thread::Builder::new()
             .name(format!("ringmq-park-{shard}"))
             .spawn(move || watch(&ep, &ib))?;
-        Ok(Parking {
-            epoll,
-            stop,
-            inbox,
-            count: 0,
-        })
+        Ok(Parking { epoll, stop, inbox })
     }
 
     /// The inbox the shard's unpark task drains.
@@ -123,18 +117,18 @@ impl Parking {
         self.inbox.clone()
     }
 
-    /// Connections parked now.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
-    /// Parks `conn` with its socket and transport state. Data that came
-    /// before the socket joined the set still counts: epoll reports what is
-    /// readable when it is added.
+    /// Parks `conn` with its link's socket and transport state. Data that
+    /// came before the socket joined the set still counts: epoll reports
+    /// what is readable when it is added.
     ///
     /// # Errors
-    /// epoll refused the socket; the caller then serves it again.
-    pub fn park(&mut self, conn: &Conn, h: Handoff) -> Result<(), (Handoff, io::Error)> {
+    /// The link could not be handed off (out of fds) or epoll refused the
+    /// socket: the link comes back, for a reader to serve it again.
+    pub fn park(&mut self, conn: &Conn, link: Link) -> Result<(), Link> {
+        let h = link.try_handoff().map_err(|(link, e)| {
+            tracing::debug!(conn = conn.id, error = %e, "cannot park");
+            link
+        })?;
         let fd = h.fd.as_raw_fd();
         let events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT;
         if let Err(e) = ctl(
@@ -144,8 +138,8 @@ impl Parking {
             conn.id,
             events,
         ) {
-            conn.unparked();
-            return Err((h, e));
+            tracing::debug!(conn = conn.id, error = %e, "cannot park");
+            return Err(serve(conn, h));
         }
         conn.set_fd(fd);
         let waker = Waker::from(Arc::new(Unpark {
@@ -155,15 +149,13 @@ impl Parking {
         }));
         conn.set_reader_waker(Some(&waker));
         conn.park_socket(h);
-        self.count += 1;
         Ok(())
     }
 
-    /// Takes `conn`'s socket out of the set, if it is still parked (an id
-    /// may come twice: readable and woken).
-    pub fn unpark(&mut self, conn: &Conn) -> Option<Handoff> {
+    /// Takes `conn`'s socket out of the set and gives it back as a link, if
+    /// it is still parked (an id may come twice: readable and woken).
+    pub fn unpark(&mut self, conn: &Conn) -> Option<Link> {
         let h = conn.unpark_socket()?;
-        self.count -= 1;
         let _ = ctl(
             self.epoll.as_raw_fd(),
             libc::EPOLL_CTL_DEL,
@@ -172,16 +164,20 @@ impl Parking {
             0,
         );
         conn.set_reader_waker(None);
-        conn.unparked();
-        Some(h)
+        Some(serve(conn, h))
     }
+}
+
+/// The link a reader serves `conn` with again.
+fn serve(conn: &Conn, h: Handoff) -> Link {
+    let link = Link::adopt(h);
+    conn.set_fd(link.fd());
+    link
 }
 
 impl std::fmt::Debug for Parking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Parking")
-            .field("parked", &self.count)
-            .finish_non_exhaustive()
+        f.debug_struct("Parking").finish_non_exhaustive()
     }
 }
 

@@ -210,20 +210,7 @@ impl Raw {
     }
 
     pub fn subscribe(&mut self, id: u16, filters: &[(&str, QoS)]) -> SubAck {
-        self.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(id),
-            properties: Default::default(),
-            filters: filters
-                .iter()
-                .map(|(f, q)| SubscribeFilter {
-                    filter: s(f),
-                    options: SubscriptionOptions {
-                        qos: *q,
-                        ..Default::default()
-                    },
-                })
-                .collect(),
-        }));
+        self.send(&subscribe_packet(id, filters));
         loop {
             match self.recv() {
                 // [v3:MQTT-2.3.1-7] [v5:MQTT-2.2.1-6] SUBACK carries the
@@ -255,6 +242,24 @@ impl Raw {
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
+}
+
+/// A SUBSCRIBE of `filters`, each with its QoS and default options.
+pub fn subscribe_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: pid(id),
+        properties: Default::default(),
+        filters: filters
+            .iter()
+            .map(|(f, q)| SubscribeFilter {
+                filter: s(f),
+                options: SubscriptionOptions {
+                    qos: *q,
+                    ..Default::default()
+                },
+            })
+            .collect(),
+    })
 }
 
 pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
