@@ -37,6 +37,7 @@ lazy_static! {
     };
 }
 
+#[allow(dead_code)] // ringmq patch 1: `heavy` no longer calls it
 mod syscall {
     /// Commands for the membarrier system call.
     ///
@@ -94,6 +95,7 @@ mod syscall {
     }
 }
 
+#[allow(dead_code)] // ringmq patch 1: `heavy` no longer calls it
 mod mprotect {
     use core::{cell::UnsafeCell, mem, ptr, sync::atomic};
 
@@ -219,10 +221,10 @@ pub(crate) fn light() {
 #[inline]
 #[allow(dead_code)]
 pub(crate) fn heavy() {
-    use self::Strategy::*;
-    match *STRATEGY {
-        Membarrier => syscall::barrier(),
-        Mprotect => mprotect::barrier(),
-        Fallback => atomic::fence(atomic::Ordering::SeqCst),
-    }
+    // ringmq patch (PATCHES.md, 1): a SeqCst fence, not a process-wide
+    // barrier. The only caller is the sleep handshake, and its other side,
+    // `SleepNotifier::notify`, now issues a SeqCst fence of its own, so
+    // the pair is a plain Dekker handshake. `membarrier` interrupted every
+    // CPU running one of the process's threads on every park.
+    atomic::fence(atomic::Ordering::SeqCst)
 }

@@ -306,6 +306,12 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ringmq patch (PATCHES.md, 1): pairs with the fence in
+        // `membarrier::heavy`: whatever the caller published (a queued
+        // waker, a channel slot) is ordered before the load of
+        // `should_notify`, so either the sleeper sees it or we see the
+        // sleeper.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
