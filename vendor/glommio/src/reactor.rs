@@ -119,12 +119,9 @@ impl Timers {
         self.timers.insert((when, id), waker);
     }
 
-    /// Return the deadline of the next event and the number of
+    /// Return the duration until next event and the number of
     /// ready and woke timers.
-    ///
-    /// ringmq patch (PATCHES.md, 2): a deadline, not a duration, so that
-    /// the reactor can keep a kernel timer it armed for the same deadline.
-    fn process_timers(&mut self) -> (Option<Instant>, usize) {
+    fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
         // Split timers into ready and pending timers.
@@ -140,7 +137,7 @@ impl Timers {
             .timers
             .keys()
             .next()
-            .map(|(when, _)| *when);
+            .map(|(when, _)| when.saturating_duration_since(now));
         (next, woke)
     }
 }
@@ -819,8 +816,8 @@ impl Reactor {
 
     /// Processes ready timers and extends the list of wakers to wake.
     ///
-    /// Returns the deadline of the next timer
-    fn process_timers(&self) -> (Option<Instant>, usize) {
+    /// Returns the duration until the next timer
+    fn process_timers(&self) -> (Option<Duration>, usize) {
         let mut timers = self.timers.borrow_mut();
         timers.process_timers()
     }
@@ -861,7 +858,7 @@ impl Reactor {
         Ok(woke > 0)
     }
 
-    fn process_external_events(&self) -> (Option<Instant>, usize) {
+    fn process_external_events(&self) -> (Option<Duration>, usize) {
         let (next_timer, mut woke) = self.process_timers();
         woke += self.process_shared_channels();
         (next_timer, woke)

@@ -224,12 +224,6 @@ impl Source {
         })
     }
 
-    /// ringmq patch (PATCHES.md, 2): queued for or in the kernel, not yet
-    /// completed (nor cancelled).
-    pub(crate) fn is_in_flight(&self) -> bool {
-        self.inner.borrow().enqueued.is_some()
-    }
-
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

@@ -1044,24 +1044,12 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source, armed: bool) -> io::Result<usize> {
+    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
-        if armed {
-            // ringmq patch (PATCHES.md, 2): the link from an earlier sleep
-            // has not fired, so the rings are still linked.
-            return self
-                .ring
-                .cq()
-                .wait(1)
-                .map(|_| 1)
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok);
-        }
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1234,13 +1222,7 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // ringmq patch (PATCHES.md, 2): the timer armed for the executor's next
-    // user timer, with its deadline, apart from the preemption timer.
-    user_timeout_src: Cell<Option<(Source, Instant)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
-    // ringmq patch (PATCHES.md, 2): the poll that links the latency ring to
-    // the main ring, kept armed across sleeps until it fires.
-    link_rings_src: RefCell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1371,9 +1353,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            user_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
-            link_rings_src: RefCell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1746,29 +1726,14 @@ impl Reactor {
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        // ringmq patch (PATCHES.md, 2): the link stays in the ring until it
-        // fires (the latency ring had an event); a wake from the main ring
-        // no longer cancels it only for the next sleep to add it again.
-        let mut link = self.link_rings_src.borrow_mut();
-        let armed = link.as_ref().is_some_and(Source::is_in_flight);
-        if !armed {
-            *link = Some(Source::new(
-                IoRequirements::default(),
-                self.link_fd,
-                SourceType::LinkRings,
-                None,
-                None,
-            ));
-        }
-        let res = ring
-            .sleep(link.as_ref().unwrap(), armed)
-            .or_else(Self::busy_ok)
-            .map(|_| {});
-        if !armed && !link.as_ref().unwrap().is_in_flight() {
-            // Never submitted (no SQE to be had): nothing to keep.
-            *link = None;
-        }
-        res
+        let link_rings = Source::new(
+            IoRequirements::default(),
+            self.link_fd,
+            SourceType::LinkRings,
+            None,
+            None,
+        );
+        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1832,7 +1797,7 @@ impl Reactor {
     pub(crate) fn wait<Preempt, F>(
         &self,
         preempt_timer: Preempt,
-        user_timer: Option<Instant>,
+        user_timer: Option<Duration>,
         mut woke: usize,
         process_remote_channels: F,
     ) -> io::Result<bool>
@@ -1849,46 +1814,22 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // ringmq patch (PATCHES.md, 2): the released code cancelled the
-        // latency timer and replaced the throughput timer on every call,
-        // and armed a new latency timer before it returned: three to five
-        // SQEs and two `io_uring_enter`s per turn of the executor's loop,
-        // and as many again around every sleep. Here the preemption timer
-        // stays armed while we do not sleep (it was armed at most one
-        // preemption period ago; an earlier preemption is harmless, the
-        // executor just looks again), and so does the throughput timer.
-        let preempt = preempt_timer();
-        let mut preempt_src = self
-            .latency_preemption_timeout_src
-            .take()
-            .filter(Source::is_in_flight);
-        let mut user_src = self
-            .user_timeout_src
-            .take()
-            .filter(|(s, _)| s.is_in_flight());
-        if preempt.is_none() {
-            // We may sleep: the preemption timer would only wake us for
-            // nothing. The user timer is armed afresh for every sleep, as
-            // the released code does: keeping one armed for the same
-            // deadline across sleeps hung shards at shutdown in about one
-            // test run in ten, for a reason not found (see PATCHES.md).
-            preempt_src = None;
-            user_src = None;
-        }
+        // Cancel the old timer regardless of whether we can sleep:
+        // if we won't sleep, we will register the new timer with its new
+        // value.
+        //
+        // But if we will sleep, there might be a timer registered that needs
+        // to be removed otherwise we'll wake up when it expires.
+        drop(self.latency_preemption_timeout_src.take());
 
-        // The throughput-based timeout counts completions on the main ring;
-        // one still in flight goes on counting.
-        let throughput = self
-            .throughput_preemption_timeout_src
-            .take()
-            .filter(Source::is_in_flight)
-            .unwrap_or_else(|| {
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                )
-            });
-        self.throughput_preemption_timeout_src.set(Some(throughput));
+        // Schedule the throughput-based timeout immediately: it won't matter if we end
+        // up sleeping.
+        self.throughput_preemption_timeout_src.replace(Some(
+            main_ring.prepare_throughput_preemption_timer(
+                self.ring_depth() as u32,
+                self.eventfd_src.raw(),
+            ),
+        ));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1900,7 +1841,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt.is_none()
+        let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1909,9 +1850,9 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let (None, Some(at)) = (&user_src, user_timer) {
-                let dur = at.saturating_duration_since(Instant::now());
-                user_src = Some((lat_ring.prepare_latency_preemption_timer(dur), at));
+            if let Some(dur) = user_timer {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1920,8 +1861,8 @@ impl Reactor {
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. (ringmq patch 1: a SeqCst fence paired with one in
-            // `SleepNotifier::notify`.)
+            // details. This translates to `sys_membarrier()` /
+            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
             membarrier::heavy();
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
@@ -1938,14 +1879,11 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt {
-            if !preempt_src.as_ref().is_some_and(Source::is_in_flight) {
-                preempt_src = Some(lat_ring.prepare_latency_preemption_timer(preempt));
-                flush_rings!(lat_ring, main_ring)?;
-            }
+        if let Some(preempt) = preempt_timer() {
+            self.latency_preemption_timeout_src
+                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            flush_rings!(lat_ring, main_ring)?;
         }
-        self.latency_preemption_timeout_src.set(preempt_src);
-        self.user_timeout_src.set(user_src);
 
         // A Note about `need_preempt`:
         //
