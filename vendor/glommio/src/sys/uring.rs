@@ -854,6 +854,11 @@ impl UringCommon for PollRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        if queue.is_empty() {
+            // ringmq patch (PATCHES.md, 3): no clock read for nothing; the
+            // reactor asks every ring several times per loop turn.
+            return Some(false);
+        }
         let source_map = &mut *self.source_map.borrow_mut();
         let now = Instant::now();
 
@@ -1186,6 +1191,11 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        if queue.is_empty() {
+            // ringmq patch (PATCHES.md, 3): no clock read for nothing; the
+            // reactor asks every ring several times per loop turn.
+            return Some(false);
+        }
         let source_map = &mut *self.source_map.borrow_mut();
         let now = Instant::now();
 
