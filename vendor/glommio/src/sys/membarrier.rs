@@ -37,7 +37,6 @@ lazy_static! {
     };
 }
 
-#[allow(dead_code)] // ringmq patch 1: `heavy` no longer calls it
 mod syscall {
     /// Commands for the membarrier system call.
     ///
@@ -95,7 +94,6 @@ mod syscall {
     }
 }
 
-#[allow(dead_code)] // ringmq patch 1: `heavy` no longer calls it
 mod mprotect {
     use core::{cell::UnsafeCell, mem, ptr, sync::atomic};
 
