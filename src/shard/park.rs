@@ -229,10 +229,11 @@ fn watch(epoll: &OwnedFd, inbox: &Inbox) {
             )
         };
         if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            tracing::error!(error = %io::Error::last_os_error(), "epoll_wait of parked connections failed");
+            tracing::error!(error = %e, "epoll_wait of parked connections failed");
             return;
         }
         let mut any = false;
