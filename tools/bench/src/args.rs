@@ -119,9 +119,15 @@ pub struct Args {
     /// Speak MQTT over WebSocket (path /mqtt; with --tls, over TLS).
     #[arg(long)]
     pub ws: bool,
-    /// New connections per second; 0 = all at once.
+    /// New connections per second; 0 = as fast as the broker answers.
     #[arg(long, default_value_t = 0)]
     pub ramp: u64,
+    /// connections: CONNECTs in flight at once per worker thread. 1 times
+    /// one CONNACK round trip after another; more is a reconnect storm
+    /// (every client of a restarted broker at once), which measures what a
+    /// connection costs the broker rather than its latency.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connect_window: u64,
     /// Worker threads (each a glommio executor); default: every core.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -178,6 +184,8 @@ pub struct Plan {
     /// MQTT over WebSocket.
     pub ws: bool,
     pub ramp: u64,
+    /// connections: CONNECTs in flight at once per worker.
+    pub connect_window: usize,
     pub threads: usize,
     pub drain: Duration,
     /// Subscribers that never read.
@@ -330,6 +338,7 @@ impl Args {
             tls,
             ws: self.ws,
             ramp: self.ramp,
+            connect_window: self.connect_window as usize,
             threads,
             drain: self.drain,
             stuck: self.stuck.unwrap_or(if s == SlowConsumer { 1 } else { 0 }),

@@ -18,7 +18,7 @@ use ringmq::protocol::{
 };
 
 use crate::args::{Plan, Scenario, STAMP_BYTES};
-use crate::client::{connect, Outbox, Role};
+use crate::client::{connect, Client, Outbox, Role};
 use crate::track::SubscriberLog;
 
 /// Phases the main thread moves the workers through.
@@ -352,6 +352,49 @@ async fn pace(plan: &Plan, share_len: usize, n: usize) {
     }
 }
 
+/// The idle clients of `connections`, paced by --ramp, at most
+/// --connect-window of them between CONNECT and CONNACK at a time: their
+/// CONNECT-to-CONNACK latencies, how many connected, and the clients.
+async fn connect_idle(
+    plan: &Plan,
+    ctl: &Arc<Control>,
+    share: &Share,
+) -> (Histogram<u64>, usize, Vec<Client>) {
+    let window = Rc::new(glommio::sync::Semaphore::new(plan.connect_window as u64));
+    let done = Rc::new(RefCell::new((histogram(), 0, Vec::new())));
+    let shared_plan = Rc::new(plan.clone());
+    let mut tasks = Vec::with_capacity(share.subs.len());
+    for (n, &j) in share.subs.iter().enumerate() {
+        pace(plan, share.subs.len(), n).await;
+        let Ok(permit) = window.acquire_static_permit(1).await else {
+            break;
+        };
+        let (plan, ctl, done) = (shared_plan.clone(), ctl.clone(), done.clone());
+        tasks.push(glommio::spawn_local(async move {
+            let id = format!("{}-s{j}", plan.client_prefix);
+            let t = Instant::now();
+            match connect(&plan, &id, !plan.persistent, Rc::new(Idle)).await {
+                Ok((c, _)) => {
+                    let mut d = done.borrow_mut();
+                    let _ = d.0.record((t.elapsed().as_micros() as u64).max(1));
+                    d.1 += 1;
+                    d.2.push(c);
+                }
+                Err(e) => ctl.fail(e),
+            }
+            ctl.subs_ready.fetch_add(1, Ordering::AcqRel);
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    Rc::try_unwrap(done)
+        .map_err(|_| ())
+        .expect("every connect task ended")
+        .into_inner()
+}
+
 async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> WorkerResult {
     let latency = Rc::new(RefCell::new(histogram()));
     let mut connect_hist = histogram();
@@ -359,23 +402,17 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
     let mut subs = Vec::new();
     let mut held = Vec::new();
 
-    // Subscribers (or idle clients), paced by --ramp.
+    if plan.scenario == Scenario::Connections {
+        (connect_hist, connected, held) = connect_idle(&plan, &ctl, &share).await;
+    }
+    // Subscribers, paced by --ramp.
     for (n, &j) in share.subs.iter().enumerate() {
+        if plan.scenario == Scenario::Connections {
+            break;
+        }
         pace(&plan, share.subs.len(), n).await;
         let id = format!("{}-s{j}", plan.client_prefix);
         let t = Instant::now();
-        if plan.scenario == Scenario::Connections {
-            match connect(&plan, &id, !plan.persistent, Rc::new(Idle)).await {
-                Ok((c, _)) => {
-                    let _ = connect_hist.record((t.elapsed().as_micros() as u64).max(1));
-                    connected += 1;
-                    held.push(c);
-                }
-                Err(e) => ctl.fail(e),
-            }
-            ctl.subs_ready.fetch_add(1, Ordering::AcqRel);
-            continue;
-        }
         let role = Rc::new(Subscriber {
             closed: Cell::new(false),
             log: RefCell::new(SubscriberLog::new()),

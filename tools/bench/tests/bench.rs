@@ -421,6 +421,90 @@ fn partly_overlapping_filters_expect_only_what_matches() {
     assert_eq!(field(&out, "overlap_copies"), 0, "{out}");
 }
 
+/// A broker that answers CONNECTs only in batches of `batch` (or after 5 s
+/// without one), and records the most it ever held unanswered.
+fn batching_broker(batch: usize) -> (SocketAddr, Arc<Mutex<(Vec<TcpStream>, usize)>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state: Arc<Mutex<(Vec<TcpStream>, usize)>> = Arc::default();
+    let answer = |held: &mut Vec<TcpStream>| {
+        let mut out = BytesMut::new();
+        Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .encode(ProtocolVersion::V311, &mut out)
+        .expect("encode");
+        for mut s in held.drain(..) {
+            let _ = s.write_all(&out);
+        }
+    };
+    let st = state.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let st = st.clone();
+            std::thread::spawn(move || {
+                let mut codec = Codec::server(1 << 20);
+                let mut buf = BytesMut::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut tmp) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Ok(Some(Packet::Connect(_))) = codec.decode(&mut buf) {
+                        let mut g = st.lock().expect("lock");
+                        g.0.push(stream.try_clone().expect("clone"));
+                        g.1 = g.1.max(g.0.len());
+                        if g.0.len() == batch {
+                            answer(&mut g.0);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let st = state.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        answer(&mut st.lock().expect("lock").0);
+    });
+    (addr, state)
+}
+
+/// `--connect-window` keeps that many CONNECTs in flight per worker: a
+/// broker that answers only once 8 are waiting sees 2 threads of 4 at once
+/// (one at a time would give it 2, each pair answered by the 5 s release),
+/// and never more.
+#[test]
+fn the_connect_window_bounds_the_connects_in_flight() {
+    let (addr, state) = batching_broker(8);
+    let addr = addr.to_string();
+    let (ok, out) = bench(&[
+        "connections",
+        "--broker",
+        &addr,
+        "--subscribers",
+        "40",
+        "--threads",
+        "2",
+        "--connect-window",
+        "4",
+        "--duration",
+        "100ms",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "connected"), 40, "{out}");
+    assert_eq!(
+        state.lock().expect("lock").1,
+        8,
+        "most CONNECTs held at once"
+    );
+}
+
 #[test]
 fn nonsense_flags_are_refused() {
     for args in [
@@ -503,6 +587,10 @@ fn every_scenario_runs_against_ringmq() {
         (
             "connections",
             vec!["--subscribers", "200", "--ramp", "2000"],
+        ),
+        (
+            "connections",
+            vec!["--subscribers", "200", "--connect-window", "32"],
         ),
         ("backlog", vec!["--count", "2000"]),
         // Several subscribers to one filter: the drain waits for every
