@@ -421,12 +421,15 @@ fn partly_overlapping_filters_expect_only_what_matches() {
     assert_eq!(field(&out, "overlap_copies"), 0, "{out}");
 }
 
+/// The sockets whose CONNECT waits for an answer, and the most there were.
+type Held = Mutex<(Vec<TcpStream>, usize)>;
+
 /// A broker that answers CONNECTs only in batches of `batch` (or after 5 s
 /// without one), and records the most it ever held unanswered.
-fn batching_broker(batch: usize) -> (SocketAddr, Arc<Mutex<(Vec<TcpStream>, usize)>>) {
+fn batching_broker(batch: usize) -> (SocketAddr, Arc<Held>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let state: Arc<Mutex<(Vec<TcpStream>, usize)>> = Arc::default();
+    let state: Arc<Held> = Arc::default();
     let answer = |held: &mut Vec<TcpStream>| {
         let mut out = BytesMut::new();
         Packet::ConnAck(Box::new(ConnAck {
