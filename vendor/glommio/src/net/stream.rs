@@ -13,7 +13,7 @@ use std::{
     cell::Cell,
     io,
     net::Shutdown,
-    os::unix::io::{AsRawFd, FromRawFd, RawFd},
+    os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
     rc::{Rc, Weak},
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -223,6 +223,37 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+}
+
+impl<S: IntoRawFd> NonBufferedStream<S> {
+    // ringmq patch (PATCHES.md, 5): gives the socket up without closing it,
+    // so that another executor can take it over with `from_raw_fd`. Pending
+    // polls are cancelled as a drop would; the kernel's hold on the file,
+    // not the fd number, keeps a cancelled poll from seeing anything else.
+    pub(crate) fn into_raw_fd(self) -> RawFd {
+        let NonBufferedStream {
+            reactor,
+            stream,
+            source_tx,
+            source_rx,
+            write_timeout,
+            read_timeout,
+        } = self;
+        if let Some(reactor) = reactor.upgrade() {
+            write_timeout.cancel_timer(&reactor);
+            read_timeout.cancel_timer(&reactor);
+        }
+        drop(source_tx);
+        drop(source_rx);
+        stream.into_raw_fd()
+    }
+}
+
+impl<S: IntoRawFd> GlommioStream<S, NonBuffered> {
+    // ringmq patch (PATCHES.md, 5)
+    pub(crate) fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
+    }
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {

@@ -378,6 +378,14 @@ impl<B: RxBuf> AsRawFd for TcpStream<B> {
     }
 }
 
+// ringmq patch (PATCHES.md, 5): the fd without a close, for a handoff to
+// another executor (which `from_raw_fd` takes it back on) instead of a dup.
+impl IntoRawFd for TcpStream {
+    fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
+    }
+}
+
 impl FromRawFd for TcpStream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
