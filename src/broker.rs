@@ -336,7 +336,7 @@ fn nofile_limit() -> Option<(u64, u64)> {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard one, as a server that holds
-/// a socket (and a dup for its writer) per client must; returns the new
+/// a socket per client must; returns the new
 /// soft limit.
 pub fn raise_fd_limit() -> Option<u64> {
     let (soft, hard) = nofile_limit()?;

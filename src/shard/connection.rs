@@ -845,7 +845,7 @@ fn finish(shard: &Rc<RefCell<Shard>>, conn: Rc<Conn>, link: Link, end: End) {
         let Err(link) = park(shard, &conn, link) else {
             return;
         };
-        // Not parked after all (out of fds): served by a task again.
+        // Not parked after all (epoll refused it): served by a task again.
         glommio::spawn_local(resume(shard.clone(), conn, link)).detach();
         return;
     }

@@ -122,7 +122,7 @@ impl Parking {
     /// what is readable when it is added.
     ///
     /// # Errors
-    /// The link could not be handed off (out of fds) or epoll refused the
+    /// The link is still shared (a task holds it) or epoll refused the
     /// socket: the link comes back, for a reader to serve it again.
     pub fn park(&mut self, conn: &Conn, link: Link) -> Result<(), Link> {
         let h = link.try_handoff().map_err(|(link, e)| {

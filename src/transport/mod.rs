@@ -472,7 +472,7 @@ impl Link {
     /// else holds it (before the reader and writer start).
     ///
     /// # Errors
-    /// The fd could not be duplicated (out of fds), or the link is shared.
+    /// The link is shared.
     pub fn into_handoff(self) -> io::Result<Handoff> {
         self.try_handoff().map_err(|(_, e)| e)
     }
@@ -486,23 +486,23 @@ impl Link {
         if Rc::strong_count(&self.socket) != 1 || Rc::strong_count(&self.layer) != 1 {
             return Err((self, io::Error::other("link still shared at handoff")));
         }
-        // glommio's stream cannot give its fd up, so the new owner gets a
-        // duplicate and the stream closes the original.
-        // SAFETY: dup of an open socket; the copy is owned from here on.
-        let dup = unsafe { libc::dup(self.fd()) };
-        if dup < 0 {
-            return Err((self, io::Error::last_os_error()));
-        }
-        // SAFETY: dup returned a fresh fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
         let Link { socket, layer } = self;
-        drop(socket);
-        let layer = Rc::try_unwrap(layer)
-            .map_err(|_| ())
-            .expect("counted above")
-            .into_inner();
-        Ok(Handoff { fd, layer })
+        let stream = sole(socket);
+        // SAFETY: the stream gave the fd up unclosed; it is owned from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+        Ok(Handoff {
+            fd,
+            layer: sole(layer),
+        })
     }
+}
+
+/// What a counted-alone `Rc<RefCell<T>>` holds.
+fn sole<T>(rc: Rc<RefCell<T>>) -> T {
+    Rc::try_unwrap(rc)
+        .map_err(|_| ())
+        .expect("counted above")
+        .into_inner()
 }
 
 impl std::fmt::Debug for Link {
