@@ -198,6 +198,14 @@ pub async fn run(start: ShardStart) {
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    // The wills route by every shard's subscriptions, not only this one's:
+    // a shard that starts late (a loaded machine) must have had its
+    // recovered ones applied here first, or a will finds no subscriber.
+    let shared = shard.borrow().shared.clone();
+    shared.recovered.fetch_add(1, Ordering::AcqRel);
+    while shared.recovered.load(Ordering::Acquire) < nr_shards && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
     // Sessions that expired and wills that fell due while the broker was
     // down go now, before any client can resume them, and route everywhere.
     {

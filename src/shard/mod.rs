@@ -82,6 +82,9 @@ pub struct Shared {
     pub tls: arc_swap::ArcSwapOption<crate::transport::tls::TlsSettings>,
     /// Bumped at each swap: shards then make their server config again.
     pub tls_gen: AtomicU64,
+    /// Shards whose recovered subscriptions every shard has applied (at
+    /// start); wills due at start wait for all of them.
+    pub recovered: AtomicUsize,
 }
 
 impl Shared {
