@@ -1831,6 +1831,15 @@ impl Reactor {
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
         drop(self.latency_preemption_timeout_src.take());
+        // ringmq patch (PATCHES.md, 6): a turn that will not sleep (it has a
+        // preempt timer) arms the new timer in the same submission as the
+        // old one's cancel, one `io_uring_enter` on the latency ring instead
+        // of two. Its completions are consumed below, as before.
+        let preempt_now = preempt_timer();
+        if let Some(preempt) = preempt_now {
+            self.latency_preemption_timeout_src
+                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1851,7 +1860,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt_now.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1889,7 +1898,9 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        // ringmq patch (PATCHES.md, 6): armed above already when it was
+        // there from the start.
+        if let (None, Some(preempt)) = (preempt_now, preempt_timer()) {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
             flush_rings!(lat_ring, main_ring)?;
