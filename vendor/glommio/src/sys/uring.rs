@@ -1898,13 +1898,9 @@ impl Reactor {
             }
         }
 
-        // ringmq patch (PATCHES.md, 6): armed above already when it was
-        // there from the start.
-        if let (None, Some(preempt)) = (preempt_now, preempt_timer()) {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        // ringmq patch (PATCHES.md, 6): the preempt timer was armed above;
+        // `preempt_timer` is `|| None` (park) or `|| Some(d)` (poll_io), so
+        // reading it again here could not give another answer.
 
         // A Note about `need_preempt`:
         //
