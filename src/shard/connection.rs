@@ -188,24 +188,20 @@ pub async fn run(start: ShardStart) {
     // first client is served.
     let barrier = shard.borrow().broadcasts;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while barrier > 0 && Instant::now() < deadline {
-        let applied = {
-            let s = shard.borrow();
-            (0..nr_shards).all(|p| p == id || s.acked[p] >= barrier)
-        };
-        if applied {
-            break;
-        }
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
+    until(deadline, || {
+        let s = shard.borrow();
+        barrier == 0 || (0..nr_shards).all(|p| p == id || s.acked[p] >= barrier)
+    })
+    .await;
     // The wills route by every shard's subscriptions, not only this one's:
     // a shard that starts late (a loaded machine) must have had its
     // recovered ones applied here first, or a will finds no subscriber.
     let shared = shard.borrow().shared.clone();
     shared.recovered.fetch_add(1, Ordering::AcqRel);
-    while shared.recovered.load(Ordering::Acquire) < nr_shards && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
+    until(deadline, || {
+        shared.recovered.load(Ordering::Acquire) >= nr_shards
+    })
+    .await;
     // Sessions that expired and wills that fell due while the broker was
     // down go now, before any client can resume them, and route everywhere.
     {
@@ -296,6 +292,13 @@ pub async fn run(start: ShardStart) {
 /// and sleeps again: one task and one glommio timer per shard, however many
 /// timers are armed. Arming an earlier deadline wakes it (`Shard::arm`), so
 /// a will or an expiry fires on time rather than at the next tick.
+/// Waits (at start, polling each millisecond) until `done` or `deadline`.
+async fn until(deadline: Instant, done: impl Fn() -> bool) {
+    while !done() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn timer_loop(shard: Rc<RefCell<Shard>>) {
     loop {
         let at = {

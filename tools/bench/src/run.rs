@@ -354,14 +354,14 @@ async fn pace(plan: &Plan, share_len: usize, n: usize) {
 
 /// The idle clients of `connections`, paced by --ramp, at most
 /// --connect-window of them between CONNECT and CONNACK at a time: their
-/// CONNECT-to-CONNACK latencies, how many connected, and the clients.
+/// CONNECT-to-CONNACK latencies and the clients that connected.
 async fn connect_idle(
     plan: &Plan,
     ctl: &Arc<Control>,
     share: &Share,
-) -> (Histogram<u64>, usize, Vec<Client>) {
+) -> (Histogram<u64>, Vec<Client>) {
     let window = Rc::new(glommio::sync::Semaphore::new(plan.connect_window as u64));
-    let done = Rc::new(RefCell::new((histogram(), 0, Vec::new())));
+    let done = Rc::new(RefCell::new((histogram(), Vec::new())));
     let shared_plan = Rc::new(plan.clone());
     let mut tasks = Vec::with_capacity(share.subs.len());
     for (n, &j) in share.subs.iter().enumerate() {
@@ -377,8 +377,7 @@ async fn connect_idle(
                 Ok((c, _)) => {
                     let mut d = done.borrow_mut();
                     let _ = d.0.record((t.elapsed().as_micros() as u64).max(1));
-                    d.1 += 1;
-                    d.2.push(c);
+                    d.1.push(c);
                 }
                 Err(e) => ctl.fail(e),
             }
@@ -402,15 +401,16 @@ async fn worker(plan: Plan, ctl: Arc<Control>, k: usize, share: Share) -> Worker
     let mut subs = Vec::new();
     let mut held = Vec::new();
 
-    if plan.scenario == Scenario::Connections {
-        (connect_hist, connected, held) = connect_idle(&plan, &ctl, &share).await;
-    }
-    // Subscribers, paced by --ramp.
-    for (n, &j) in share.subs.iter().enumerate() {
-        if plan.scenario == Scenario::Connections {
-            break;
-        }
-        pace(&plan, share.subs.len(), n).await;
+    // Idle clients, or subscribers paced by --ramp.
+    let subscribers: &[usize] = if plan.scenario == Scenario::Connections {
+        (connect_hist, held) = connect_idle(&plan, &ctl, &share).await;
+        connected = held.len();
+        &[]
+    } else {
+        &share.subs
+    };
+    for (n, &j) in subscribers.iter().enumerate() {
+        pace(&plan, subscribers.len(), n).await;
         let id = format!("{}-s{j}", plan.client_prefix);
         let t = Instant::now();
         let role = Rc::new(Subscriber {
