@@ -288,10 +288,6 @@ pub async fn run(start: ShardStart) {
     }
 }
 
-/// Sleeps until the shard's earliest session deadline, fires what is due,
-/// and sleeps again: one task and one glommio timer per shard, however many
-/// timers are armed. Arming an earlier deadline wakes it (`Shard::arm`), so
-/// a will or an expiry fires on time rather than at the next tick.
 /// Waits (at start, polling each millisecond) until `done` or `deadline`.
 async fn until(deadline: Instant, done: impl Fn() -> bool) {
     while !done() && Instant::now() < deadline {
@@ -299,6 +295,10 @@ async fn until(deadline: Instant, done: impl Fn() -> bool) {
     }
 }
 
+/// Sleeps until the shard's earliest session deadline, fires what is due,
+/// and sleeps again: one task and one glommio timer per shard, however many
+/// timers are armed. Arming an earlier deadline wakes it (`Shard::arm`), so
+/// a will or an expiry fires on time rather than at the next tick.
 async fn timer_loop(shard: Rc<RefCell<Shard>>) {
     loop {
         let at = {

@@ -457,6 +457,21 @@ impl Drop for BinBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what the broker said: a timeout alone says
+        // nothing of which side lost what.
+        if std::thread::panicking() {
+            let log = self.log();
+            eprintln!(
+                "--- broker {} (pid {}), last {} of {} log lines:",
+                self.addr,
+                self.child.id(),
+                log.len().min(60),
+                log.len()
+            );
+            for l in &log[log.len().saturating_sub(60)..] {
+                eprintln!("  {l}");
+            }
+        }
     }
 }
 
