@@ -224,6 +224,12 @@ impl Source {
         })
     }
 
+    /// ringmq patch (PATCHES.md, 7): queued for or in the kernel, and its
+    /// completion not yet consumed.
+    pub(crate) fn is_in_flight(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

@@ -1076,9 +1076,20 @@ impl SleepableRing {
 
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
-
+            //
+            // ringmq patch (PATCHES.md, 7): the link is submitted and the
+            // wait begun in one `io_uring_enter` (submit and wait), not one
+            // to submit and a second to wait. The kernel waits only once the
+            // SQE is in, and returns the number it took: 1 means linked (and
+            // slept, or found a completion already there), 0 or an error
+            // means the SQE is still ours, as before.
             if self
-                .submit_sqes()
+                .ring
+                .submit_sqes_and_wait(1)
+                .map(|x| {
+                    self.in_kernel += x as usize;
+                    x as usize
+                })
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?
@@ -1091,14 +1102,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings are linked, and we slept. Good morning!
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1839,16 +1844,41 @@ impl Reactor {
         if let Some(preempt) = preempt_now {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+        } else if let Some(dur) = user_timer {
+            // ringmq patch (PATCHES.md, 7): a turn that may sleep arms the
+            // user timer it would sleep with here, in the same submission as
+            // the old timer's cancel, rather than in one more `io_uring_enter`
+            // just before the sleep. If the turn does not sleep after all,
+            // the timer stays armed like a preemption timer (it can only make
+            // the executor look up earlier) and the next turn cancels it. If
+            // it fired already, its completion is consumed below and the
+            // turn must not sleep (see `user_timer_pending`).
+            self.latency_preemption_timeout_src
+                .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
         }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        //
+        // ringmq patch (PATCHES.md, 7): a turn that may sleep keeps the one
+        // the last turn armed, if it has not fired: the released loop has one
+        // in flight across every sleep too (it re-arms in the sleeping turn),
+        // so only its count's start moves; replacing it here cost a cancel,
+        // two SQEs and an `io_uring_enter` on the main ring per sleep.
+        let keep_throughput = preempt_now.is_none() && {
+            let src = self.throughput_preemption_timeout_src.take();
+            let keep = src.as_ref().is_some_and(Source::is_in_flight);
+            self.throughput_preemption_timeout_src.set(src);
+            keep
+        };
+        if !keep_throughput {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1859,9 +1889,20 @@ impl Reactor {
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
+        // ringmq patch (PATCHES.md, 7): the user timer was armed above; if
+        // it has already fired (a deadline microseconds away) and its
+        // completion was consumed, nothing would wake a sleep for it.
+        let user_timer_pending = user_timer.is_none() || {
+            let src = self.latency_preemption_timeout_src.take();
+            let pending = src.as_ref().is_some_and(Source::is_in_flight);
+            self.latency_preemption_timeout_src.set(src);
+            pending
+        };
+
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt_now.is_none()
             && (woke == 0)
+            && user_timer_pending
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
@@ -1869,11 +1910,7 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
-            }
+            // (ringmq patch 7: it is armed and submitted above.)
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
