@@ -126,7 +126,12 @@ where
             let mut sent = 0;
             while sent < n {
                 let k = (n - sent).min(batch);
-                let b: Vec<ShardMsg> = (0..k).map(|_| ShardMsg::Deliver(msg.clone())).collect();
+                let b: Vec<ShardMsg> = (0..k)
+                    .map(|_| ShardMsg::Deliver {
+                        msg: msg.clone(),
+                        report: false,
+                    })
+                    .collect();
                 tx.put(b).await;
                 sent += k;
             }

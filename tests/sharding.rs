@@ -156,3 +156,60 @@ fn sigterm_is_graceful() {
     let status = b.wait_exit(TIMEOUT).expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// Publishes `n` QoS 1 messages on `topic` from `p` (ids from `first`) and
+/// reads their PUBACKs; `sub` receives and acknowledges each.
+fn exchange(p: &mut Raw, sub: &mut Raw, topic: &str, first: u16, n: u16) {
+    for i in first..first + n {
+        p.publish(topic, format!("{i}").as_bytes(), QoS::AtLeastOnce, i, false);
+        match p.recv() {
+            Packet::PubAck(a) => assert_eq!(a.packet_id.get(), i),
+            other => panic!("expected PUBACK {i}, got {other:?}"),
+        }
+        let got = sub.recv_publish();
+        assert_eq!(&got.payload[..], format!("{i}").as_bytes());
+        sub.send(&Packet::PubAck(Ack::new(got.packet_id.expect("QoS 1"))));
+    }
+}
+
+/// A PUBACK waits for another shard's log only where that shard holds a
+/// persistent session subscribed to the topic (DESIGN.md §4.5): a clean
+/// subscriber there costs the publisher no round trip, and a session that
+/// stops being persistent stops holding acknowledgements back.
+#[test]
+fn acknowledgements_wait_only_for_persistent_subscribers_on_other_shards() {
+    let dir = TempDir::new("durable-interest");
+    let mut cfg = config(2);
+    cfg.data_dir = Some(dir.0.clone());
+    let (b, m) = start_with_metrics(cfg);
+    let waited = |m| metric_sum(m, "ringmq_acks_waited_remote_log_total");
+    let (mut p, _) = Raw::connect(b.addr, V5, &id_on_shard("di-pub", 0, 2), true);
+
+    // A clean subscriber on the other shard: the log is not asked.
+    let (mut clean, _) = Raw::connect(b.addr, V311, &id_on_shard("di-clean", 1, 2), true);
+    clean.subscribe(1, &[("di/clean", QoS::AtLeastOnce)]);
+    exchange(&mut p, &mut clean, "di/clean", 1, 10);
+    assert_eq!(waited(m), 0.0);
+
+    // A persistent one (v5, expiry 1 h): every acknowledgement waits.
+    let kept_id = id_on_shard("di-kept", 1, 2);
+    let mut c = connect_packet(V5, &kept_id, true);
+    c.properties.session_expiry_interval = Some(3600);
+    let (mut kept, _) = Raw::connect_with(b.addr, c);
+    kept.subscribe(1, &[("di/kept", QoS::AtLeastOnce)]);
+    exchange(&mut p, &mut kept, "di/kept", 11, 10);
+    assert_eq!(waited(m), 10.0);
+    // The clean subscriber's topic still costs nothing.
+    exchange(&mut p, &mut clean, "di/clean", 21, 5);
+    assert_eq!(waited(m), 10.0);
+
+    // It comes back with expiry 0 and keeps its subscription, but is no
+    // longer logged: acknowledgements stop waiting for its shard.
+    drop(kept);
+    let mut c = connect_packet(V5, &kept_id, false);
+    c.properties.session_expiry_interval = Some(0);
+    let (mut kept, ack) = Raw::connect_with(b.addr, c);
+    assert!(ack.session_present);
+    exchange(&mut p, &mut kept, "di/kept", 26, 10);
+    assert_eq!(waited(m), 10.0);
+}

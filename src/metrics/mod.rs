@@ -104,6 +104,9 @@ pub struct Metrics {
     pub dropped_expired: u64,
     pub dropped_too_large: u64,
     pub no_subscribers: u64,
+    /// QoS 1/2 acknowledgements that waited for another shard's log (a
+    /// logged subscriber there); others wait for this shard's log only.
+    pub acks_waited_remote_log: u64,
     /// Mesh batches (and the messages in them) sent to other shards.
     pub mesh_batches: u64,
     pub mesh_messages: u64,
@@ -182,6 +185,7 @@ impl Metrics {
         self.dropped_expired += o.dropped_expired;
         self.dropped_too_large += o.dropped_too_large;
         self.no_subscribers += o.no_subscribers;
+        self.acks_waited_remote_log += o.acks_waited_remote_log;
         self.mesh_batches += o.mesh_batches;
         self.mesh_messages += o.mesh_messages;
         self.sessions_persistent += o.sessions_persistent;

@@ -432,6 +432,11 @@ pub fn render(s: &Scrape) -> String {
             "Messages sent to other shards.",
             |m| m.mesh_messages,
         ),
+        (
+            "ringmq_acks_waited_remote_log_total",
+            "QoS 1/2 acknowledgements that waited for another shard to log the message (a persistent subscriber there).",
+            |m| m.acks_waited_remote_log,
+        ),
     ] {
         o.per_shard(s, name, "counter", help, f);
     }

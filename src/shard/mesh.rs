@@ -37,10 +37,18 @@ pub const MESH_PAUSE_MSGS: usize = 8 * 1024;
 /// What shards tell each other. Plain `Send` data only: no `Rc`, no slab keys.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Deliver to the receiving shard's matching sessions.
-    Deliver(Arc<Message>),
+    /// Deliver to the receiving shard's matching sessions; `report` when
+    /// the sender's acknowledgement waits for a `Stored` report (the
+    /// receiver had a durable subscriber to it, as far as the sender knew).
+    Deliver {
+        /// The message.
+        msg: Arc<Message>,
+        /// The sender waits for this delivery to be logged.
+        report: bool,
+    },
     /// Deliver to one of the receiving shard's members of shared
-    /// subscription `key` (counted with `Deliver` for `Stored`).
+    /// subscription `key` (counted with `Deliver` for `Stored`, and always
+    /// reported).
     DeliverShared {
         /// The message.
         msg: Arc<Message>,
@@ -58,12 +66,15 @@ pub enum ShardMsg {
         online: u32,
     },
     /// The sender gained its first (`add`) or lost its last local
-    /// subscription to `filter`.
+    /// subscription to `filter`; with `durable`, its first or last one of a
+    /// logged session (a second table: what QoS 1/2 acknowledgements wait for).
     Interest {
         /// The filter.
         filter: TopicFilter,
         /// Gained or lost.
         add: bool,
+        /// The durable table, not the routing one.
+        durable: bool,
     },
     /// An `Interest` or `Retain` message was applied (FIFO, so a count
     /// suffices): what SUBACK and the PUBACK of a retained publish wait for.
@@ -82,7 +93,8 @@ pub enum ShardMsg {
     /// sender sent it (counted over the pair's life), and logged every one
     /// of them it had to but those numbered in `failed` (its log was full):
     /// QoS 1/2 acknowledgements wait for it, and those of `failed` become
-    /// refusals.
+    /// refusals. Sent after deliveries that asked for a report; `failed`
+    /// numbers only those.
     Stored {
         /// Deliveries handled.
         upto: u64,
@@ -180,7 +192,7 @@ pub(crate) async fn receiver_loop(shard: Rc<RefCell<Shard>>, from: usize, rx: Pi
                 let now = Instant::now();
                 for m in batch.by_ref() {
                     let deliver =
-                        matches!(m, ShardMsg::Deliver(_) | ShardMsg::DeliverShared { .. });
+                        matches!(m, ShardMsg::Deliver { .. } | ShardMsg::DeliverShared { .. });
                     match m {
                         ShardMsg::Adopt { .. } if !s.stopping => adopts.push(m),
                         other => s.on_mesh(from, other, now),

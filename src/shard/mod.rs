@@ -247,6 +247,10 @@ pub struct Shard {
     pub(crate) subs: SubscriptionTrie<SubEntry>,
     pub(crate) filter_refs: HashMap<TopicFilter, u32>,
     pub(crate) interest: SubscriptionTrie<u16>,
+    /// The same for subscriptions of logged sessions: a QoS 1/2 publish
+    /// waits for the `Stored` report of only the peers this table names.
+    pub(crate) durable_refs: HashMap<TopicFilter, u32>,
+    pub(crate) durable_interest: SubscriptionTrie<u16>,
     /// Shared subscriptions: local members, everyone's counts.
     pub(crate) shared_subs: shared::SharedSubs,
     pub(crate) retained: RetainedIndex<Arc<Message>>,
@@ -356,6 +360,8 @@ impl Shard {
             subs: SubscriptionTrie::new(),
             filter_refs: HashMap::new(),
             interest: SubscriptionTrie::new(),
+            durable_refs: HashMap::new(),
+            durable_interest: SubscriptionTrie::new(),
             shared_subs: shared::SharedSubs::default(),
             retained: RetainedIndex::default(),
             timers: DeadlineQueue::default(),
@@ -473,7 +479,7 @@ impl Shard {
                 continue;
             }
             self.subs.remove(filter, |s| s.session == key);
-            self.release_filter(filter);
+            self.release_filter(filter, e.sid != 0);
         }
         self.free_sessions.push(key);
     }

@@ -241,6 +241,9 @@ impl Shard {
             ticket: self.ack_ticket(),
             remote,
         };
+        if !gate.remote.is_empty() {
+            self.metrics.acks_waited_remote_log += 1;
+        }
         self.answer_after(conn, key, gate, ack, Vec::new(), now);
         Flow::Continue
     }
@@ -356,6 +359,14 @@ impl Shard {
         let mut shards = ShardSet::default();
         self.interest
             .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
+        // Peers whose logged sessions may take it: only their deliveries
+        // hold the acknowledgement back (a session that is not logged is
+        // lost with the broker anyway, DESIGN.md §4.5).
+        let mut durable = ShardSet::default();
+        if self.store.is_some() && msg.qos != QoS::AtMostOnce {
+            self.durable_interest
+                .match_topic(&msg.topic, |&s| durable.insert(usize::from(s)));
+        }
         if msg.retain {
             let stored = if msg.payload.is_empty() {
                 // [MQTT-3.3.1-6] / [MQTT-3.3.1-7] (v5), [MQTT-3.3.1-10] / [MQTT-3.3.1-11] (v3)
@@ -381,7 +392,7 @@ impl Shard {
             self.broadcasts += 1;
             barrier = Some(self.broadcasts);
         }
-        self.route(msg, &shards, now);
+        self.route(msg, &shards, &durable, now);
         barrier
     }
 
@@ -399,12 +410,15 @@ impl Shard {
 
     /// Delivers `msg` here and sends it to the other `shards` whose
     /// interest matches it.
-    fn route(&mut self, msg: Arc<Message>, shards: &ShardSet, now: Instant) {
+    fn route(&mut self, msg: Arc<Message>, shards: &ShardSet, durable: &ShardSet, now: Instant) {
         for s in shards.iter() {
             if s == self.id {
                 self.deliver_local(&msg, now);
             } else {
-                self.send_delivery(s, msg.qos, ShardMsg::Deliver(msg.clone()));
+                let msg = msg.clone();
+                self.send_delivery(s, msg.qos, durable.contains(s), |report| {
+                    ShardMsg::Deliver { msg, report }
+                });
             }
         }
         let routed = self.route_shared(&msg, now) > 0 || shards.iter().next().is_some();
@@ -413,28 +427,39 @@ impl Shard {
         }
     }
 
-    /// Sends a delivery (`Deliver` or `DeliverShared`) of a message at `qos`
-    /// to shard `s`, counted for its `Stored` reports: a logged one's
-    /// acknowledgement waits for the peer's log.
-    pub(crate) fn send_delivery(&mut self, s: usize, qos: QoS, m: ShardMsg) {
+    /// Sends a delivery (`Deliver` or `DeliverShared`, made by `m` from
+    /// whether it asks for a report) of a message at `qos` to shard `s`,
+    /// counted for its `Stored` reports: when the peer may log it
+    /// (`durable`), the acknowledgement waits for the peer's log.
+    pub(crate) fn send_delivery(
+        &mut self,
+        s: usize,
+        qos: QoS,
+        durable: bool,
+        m: impl FnOnce(bool) -> ShardMsg,
+    ) {
         self.delivers_sent[s] += 1;
-        if self.store.is_some() && qos != QoS::AtMostOnce {
+        let report = durable && self.store.is_some() && qos != QoS::AtMostOnce;
+        if report {
             self.routed_remote.push((s, self.delivers_sent[s]));
         }
-        self.mesh_send(s, m);
+        self.mesh_send(s, m(report));
     }
 
     /// A peer's delivery arrived: handled by `deliver`, counted for the next
-    /// `Stored` report, with its number if this shard's log refused it.
-    fn on_peer_delivery(&mut self, from: usize, qos: QoS, deliver: impl FnOnce(&mut Self)) {
+    /// `Stored` report (sent if it asked for one), with its number if this
+    /// shard's log refused it.
+    fn on_peer_delivery(&mut self, from: usize, report: bool, deliver: impl FnOnce(&mut Self)) {
         self.delivers_received[from] += 1;
-        if self.store.is_some() && qos != QoS::AtMostOnce {
+        if report {
             self.report_due[from] = true;
         }
         deliver(self);
         // The log refused it here: the publisher must hear so, however its
-        // own shard fared.
-        if std::mem::take(&mut self.log_failed) {
+        // own shard fared. One it does not wait for (it learns of the
+        // logged subscriber after this message) is not reported: its
+        // acknowledgement never looks for the number.
+        if std::mem::take(&mut self.log_failed) && report {
             self.failed_from[from].push(self.delivers_received[from]);
         }
     }
@@ -759,13 +784,14 @@ impl Shard {
     pub fn on_mesh(&mut self, from: usize, msg: ShardMsg, now: Instant) {
         match msg {
             ShardMsg::DeliverShared { msg, key } => {
-                self.on_peer_delivery(from, msg.qos, |s| s.deliver_shared(&msg, &key, now));
+                let report = self.store.is_some() && msg.qos != QoS::AtMostOnce;
+                self.on_peer_delivery(from, report, |s| s.deliver_shared(&msg, &key, now));
             }
             ShardMsg::SharedMembers { key, total, online } => {
                 self.on_shared_members(from, &key, total, online);
             }
-            ShardMsg::Deliver(m) => {
-                self.on_peer_delivery(from, m.qos, |s| s.deliver_local(&m, now));
+            ShardMsg::Deliver { msg, report } => {
+                self.on_peer_delivery(from, report, |s| s.deliver_local(&msg, now));
             }
             ShardMsg::Stored { upto, failed } => {
                 let s = &mut self.delivers_stored[from];
@@ -773,14 +799,23 @@ impl Shard {
                 self.delivers_failed[from].extend(failed);
                 self.release_deferred(now);
             }
-            ShardMsg::Interest { filter, add } => {
+            ShardMsg::Interest {
+                filter,
+                add,
+                durable,
+            } => {
                 let shard = from as u16;
+                let table = if durable {
+                    &mut self.durable_interest
+                } else {
+                    &mut self.interest
+                };
                 if add {
-                    if self.interest.insert(&filter, shard).is_err() {
+                    if table.insert(&filter, shard).is_err() {
                         tracing::warn!(filter = filter.as_str(), "interest filter too deep");
                     }
                 } else {
-                    self.interest.remove(&filter, |&s| s == shard);
+                    table.remove(&filter, |&s| s == shard);
                 }
                 self.mesh_send(from, ShardMsg::Applied);
             }

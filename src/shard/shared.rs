@@ -222,7 +222,8 @@ impl Shard {
                         msg: msg.clone(),
                         key,
                     };
-                    self.send_delivery(s, msg.qos, m);
+                    // Shared members are not in the durable table: always wait.
+                    self.send_delivery(s, msg.qos, true, |_| m);
                 }
                 None => continue,
             }

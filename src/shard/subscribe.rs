@@ -124,7 +124,7 @@ impl Shard {
                 continue;
             } else {
                 self.metrics.subscriptions += 1;
-                if let Some(b) = self.hold_filter(&filter) {
+                if let Some(b) = self.hold_filter(&filter, sid != 0) {
                     barrier = Some(b);
                 }
             }
@@ -282,47 +282,89 @@ impl Shard {
         }
     }
 
-    /// Counts one more local subscription to `filter`; the first one adds
-    /// this shard to every shard's interest table and returns the barrier
-    /// (broadcast count) a SUBACK must wait for.
-    pub(crate) fn hold_filter(&mut self, filter: &TopicFilter) -> Option<u64> {
-        let n = self.filter_refs.entry(filter.clone()).or_insert(0);
-        *n += 1;
-        if *n > 1 {
-            return None;
-        }
-        let me = self.id as u16;
-        if self.interest.insert(filter, me).is_err() {
-            return None;
-        }
-        self.broadcasts += 1;
-        let f = filter.clone();
-        self.broadcast(|| ShardMsg::Interest {
-            filter: f.clone(),
-            add: true,
-        });
-        Some(self.broadcasts)
+    /// Counts one more local subscription to `filter` (of a logged session
+    /// if `durable`); the first one adds this shard to every shard's
+    /// interest table (and the first durable one to the durable table) and
+    /// returns the barrier (broadcast count) a SUBACK must wait for.
+    pub(crate) fn hold_filter(&mut self, filter: &TopicFilter, durable: bool) -> Option<u64> {
+        let plain = self.count_filter(filter, false, true);
+        let logged = durable && self.count_filter(filter, true, true);
+        (plain || logged).then_some(self.broadcasts)
     }
 
-    /// Counts one less local subscription to `filter`.
-    pub(crate) fn release_filter(&mut self, filter: &TopicFilter) {
+    /// Counts one less local subscription to `filter` (of a logged session
+    /// if `durable`).
+    pub(crate) fn release_filter(&mut self, filter: &TopicFilter, durable: bool) {
         self.metrics.subscriptions = self.metrics.subscriptions.saturating_sub(1);
-        let Some(n) = self.filter_refs.get_mut(filter) else {
-            return;
-        };
-        *n -= 1;
-        if *n > 0 {
-            return;
+        self.count_filter(filter, false, false);
+        if durable {
+            self.count_filter(filter, true, false);
         }
-        self.filter_refs.remove(filter);
+    }
+
+    /// A session's subscriptions moved into (`add`) or out of the durable
+    /// table: it was logged for the first time, or is no longer logged.
+    /// Returns the barrier to wait for, if anything was broadcast.
+    pub(crate) fn move_durable<'a>(
+        &mut self,
+        filters: impl IntoIterator<Item = &'a TopicFilter>,
+        add: bool,
+    ) -> Option<u64> {
+        let mut sent = false;
+        for f in filters {
+            if !super::shared::is_shared(f) {
+                sent |= self.count_filter(f, true, add);
+            }
+        }
+        sent.then_some(self.broadcasts)
+    }
+
+    /// One more (`add`) or one less local subscription to `filter` in the
+    /// routing or the `durable` table; the first and the last change this
+    /// shard's entry in every shard's table. True if that was broadcast.
+    fn count_filter(&mut self, filter: &TopicFilter, durable: bool, add: bool) -> bool {
+        let refs = if durable {
+            &mut self.durable_refs
+        } else {
+            &mut self.filter_refs
+        };
+        if add {
+            let n = refs.entry(filter.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                return false;
+            }
+        } else {
+            let Some(n) = refs.get_mut(filter) else {
+                return false;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return false;
+            }
+            refs.remove(filter);
+        }
         let me = self.id as u16;
-        self.interest.remove(filter, |&s| s == me);
+        let table = if durable {
+            &mut self.durable_interest
+        } else {
+            &mut self.interest
+        };
+        if add {
+            if table.insert(filter, me).is_err() {
+                return false;
+            }
+        } else {
+            table.remove(filter, |&s| s == me);
+        }
         self.broadcasts += 1;
         let f = filter.clone();
         self.broadcast(|| ShardMsg::Interest {
             filter: f.clone(),
-            add: false,
+            add,
+            durable,
         });
+        true
     }
 
     /// Sends the acknowledgements whose gates opened, in order per connection.
@@ -382,7 +424,7 @@ impl Shard {
                 let sid = self.entry(key).map_or(0, |e| e.sid);
                 self.log_sub(sid, &filter, None);
                 self.subs.remove(&filter, |s| s.session == key);
-                self.release_filter(&filter);
+                self.release_filter(&filter, sid != 0);
                 reasons.push(ReasonCode::SUCCESS);
             } else {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);

@@ -174,10 +174,13 @@ impl Shard {
         if !self.is_durable(e.life.expiry) {
             if e.sid != 0 {
                 let sid = e.sid;
+                let filters: Vec<TopicFilter> = e.life.subscriptions.keys().cloned().collect();
                 self.log_session_end(sid);
                 if let Some(e) = self.entry(key) {
                     e.sid = 0;
                 }
+                // Publishes to it need no longer wait for this log.
+                self.move_durable(&filters, false);
             }
             return;
         }
@@ -228,6 +231,9 @@ impl Shard {
                 w.u8(1).str(u);
             }
         });
+        // (None today, as above; the durable table would hear of them
+        // without a barrier for the CONNACK to wait for.)
+        self.move_durable(subs.iter().map(|(f, _)| f), true);
         for (f, o) in subs {
             self.log_sub(sid, &f, Some(&o));
         }
@@ -651,7 +657,7 @@ impl Shard {
                     .is_ok()
                 {
                     self.metrics.subscriptions += 1;
-                    self.hold_filter(&filter);
+                    self.hold_filter(&filter, true);
                     if let Some(e) = self.entry(key) {
                         e.life.subscriptions.insert(filter, opts);
                     }
