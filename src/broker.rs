@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -298,6 +299,13 @@ pub fn start(config: Config) -> io::Result<BrokerHandle> {
     })
 }
 
+/// How long a port must stay taken before it counts as another
+/// process's: a broker killed with SIGKILL leaves its listening socket
+/// bound for a few milliseconds after it is gone (7 ms here), until the
+/// kernel has torn its io_uring rings down, and a supervisor that restarts
+/// at once must not be refused for that.
+const PORT_GRACE: Duration = Duration::from_secs(1);
+
 /// Refuses an address another socket listens on. Shards bind with
 /// SO_REUSEPORT, which would let a second broker on the port start
 /// silently and the kernel split clients between the two (7 of 10 messages
@@ -308,10 +316,19 @@ fn port_free(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // Connections of a stopped broker lingering in TIME_WAIT do not count.
-    sk.set_reuse_address(true)?;
-    match sk.bind(&addr.into()) {
+    let deadline = Instant::now() + PORT_GRACE;
+    let bound = loop {
+        let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Connections of a stopped broker lingering in TIME_WAIT do not count.
+        sk.set_reuse_address(true)?;
+        match sk.bind(&addr.into()) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    };
+    match bound {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
