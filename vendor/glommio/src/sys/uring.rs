@@ -1865,7 +1865,11 @@ impl Reactor {
         // in flight across every sleep too (it re-arms in the sleeping turn),
         // so only its count's start moves; replacing it here cost a cancel,
         // two SQEs and an `io_uring_enter` on the main ring per sleep.
-        let keep_throughput = preempt_now.is_none() && {
+        // ringmq patch (PATCHES.md, 8): so does every other turn. It has no
+        // deadline, only a count of main-ring completions, so a kept one
+        // preempts after that many completions since it was armed rather
+        // than since this turn began: at most once per that many, as before.
+        let keep_throughput = {
             let src = self.throughput_preemption_timeout_src.take();
             let keep = src.as_ref().is_some_and(Source::is_in_flight);
             self.throughput_preemption_timeout_src.set(src);
