@@ -1325,6 +1325,12 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
+                // ringmq patch (PATCHES.md, 9): preempted before a task ran
+                // (a latency-ring event came after the reactor's last look),
+                // runnable queues still count as work: "nothing ran" sends
+                // the executor to park, and a preemption timer's event wakes
+                // no task, so it would sleep with them queued.
+                ran |= !self.queues.borrow().active_executors.is_empty();
                 break;
             }
             if !self.run_one_task_queue() {

@@ -1230,6 +1230,11 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// ringmq patch (PATCHES.md, 9): how far a kept timer may be from the
+/// deadline a sleep asks for. Both are computed from the same timer
+/// expiry, each with its own clock read taken a few microseconds after it.
+const KEPT_TIMER_SLACK: Duration = Duration::from_micros(50);
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
@@ -1237,6 +1242,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// ringmq patch (PATCHES.md, 9): when the timer above fires.
+    latency_timer_at: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1368,6 +1375,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_at: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1835,16 +1843,45 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
         // ringmq patch (PATCHES.md, 6): a turn that will not sleep (it has a
         // preempt timer) arms the new timer in the same submission as the
         // old one's cancel, one `io_uring_enter` on the latency ring instead
         // of two. Its completions are consumed below, as before.
         let preempt_now = preempt_timer();
-        if let Some(preempt) = preempt_now {
+        // ringmq patch (PATCHES.md, 9): the timer in flight is kept when it
+        // does the new one's job. A turn that will not sleep needs one that
+        // fires no later than its preemption deadline; a turn that may sleep
+        // needs one at its user timer's deadline (within a few
+        // microseconds, the clock reads' spread). Neither a cancel nor a new
+        // timer is then submitted. A turn that may sleep with no user timer
+        // keeps nothing, so a sleep never carries a deadline it did not ask
+        // for.
+        let now = Instant::now();
+        let keep_latency = preempt_now.or(user_timer).is_some_and(|d| {
+            let want = now + d;
+            let src = self.latency_preemption_timeout_src.take();
+            let armed = src.as_ref().is_some_and(Source::is_in_flight);
+            self.latency_preemption_timeout_src.set(src);
+            armed
+                && self.latency_timer_at.get().is_some_and(|at| {
+                    if preempt_now.is_some() {
+                        at <= want
+                    } else {
+                        at.max(want) - at.min(want) <= KEPT_TIMER_SLACK
+                    }
+                })
+        });
+        if keep_latency {
+            // Kept: see above.
+        } else if let Some(preempt) = preempt_now {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_timer_at.set(Some(now + preempt));
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
         } else if let Some(dur) = user_timer {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_timer_at.set(Some(now + dur));
             // ringmq patch (PATCHES.md, 7): a turn that may sleep arms the
             // user timer it would sleep with here, in the same submission as
             // the old timer's cancel, rather than in one more `io_uring_enter`
@@ -1855,6 +1892,9 @@ impl Reactor {
             // turn must not sleep (see `user_timer_pending`).
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+        } else {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_timer_at.set(None);
         }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
