@@ -210,6 +210,10 @@ fn acknowledgements_wait_only_for_persistent_subscribers_on_other_shards() {
     c.properties.session_expiry_interval = Some(0);
     let (mut kept, ack) = Raw::connect_with(b.addr, c);
     assert!(ack.session_present);
+    // The CONNACK does not wait for the other shard to hear (a stale entry
+    // only makes an acknowledgement wait); a SUBACK waits for every
+    // broadcast before its own, the removal among them.
+    kept.subscribe(2, &[("di/barrier", QoS::AtMostOnce)]);
     exchange(&mut p, &mut kept, "di/kept", 26, 10);
     assert_eq!(waited(m), 10.0);
 }
