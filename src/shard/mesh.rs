@@ -47,11 +47,13 @@ pub enum ShardMsg {
         report: bool,
     },
     /// Deliver to one of the receiving shard's members of shared
-    /// subscription `key` (counted with `Deliver` for `Stored`, and always
-    /// reported).
+    /// subscription `key` (counted with `Deliver` for `Stored`).
     DeliverShared {
         /// The message.
         msg: Arc<Message>,
+        /// As for `Deliver` (shared members are not in the durable table,
+        /// so a QoS 1/2 one always asks when the broker logs).
+        report: bool,
         /// The shared subscription, `$share/{group}/{filter}`.
         key: TopicFilter,
     },

@@ -32,6 +32,15 @@ impl ShardSet {
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         (0..256).filter(|i| self.0[i / 64] & (1 << (i % 64)) != 0)
     }
+
+    /// Whether a shard other than `me` is in the set.
+    fn has_other_than(&self, me: usize) -> bool {
+        let mut words = self.0;
+        if let Some(w) = words.get_mut(me / 64) {
+            *w &= !(1 << (me % 64));
+        }
+        words.iter().any(|&w| w != 0)
+    }
 }
 
 impl Shard {
@@ -361,9 +370,10 @@ impl Shard {
             .match_topic(&msg.topic, |&s| shards.insert(usize::from(s)));
         // Peers whose logged sessions may take it: only their deliveries
         // hold the acknowledgement back (a session that is not logged is
-        // lost with the broker anyway, DESIGN.md §4.5).
+        // lost with the broker anyway, DESIGN.md §4.5). A publish no peer
+        // wants skips the walk.
         let mut durable = ShardSet::default();
-        if self.store.is_some() && msg.qos != QoS::AtMostOnce {
+        if self.store.is_some() && msg.qos != QoS::AtMostOnce && shards.has_other_than(self.id) {
             self.durable_interest
                 .match_topic(&msg.topic, |&s| durable.insert(usize::from(s)));
         }
@@ -783,8 +793,7 @@ impl Shard {
     /// A mesh message from shard `from` (everything but connection handoffs).
     pub fn on_mesh(&mut self, from: usize, msg: ShardMsg, now: Instant) {
         match msg {
-            ShardMsg::DeliverShared { msg, key } => {
-                let report = self.store.is_some() && msg.qos != QoS::AtMostOnce;
+            ShardMsg::DeliverShared { msg, key, report } => {
                 self.on_peer_delivery(from, report, |s| s.deliver_shared(&msg, &key, now));
             }
             ShardMsg::SharedMembers { key, total, online } => {

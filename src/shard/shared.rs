@@ -218,12 +218,13 @@ impl Shard {
             match self.shared_subs.pick_shard(&key) {
                 Some(s) if s == self.id => self.deliver_shared(msg, &key, now),
                 Some(s) => {
-                    let m = ShardMsg::DeliverShared {
-                        msg: msg.clone(),
-                        key,
-                    };
+                    let msg = msg.clone();
                     // Shared members are not in the durable table: always wait.
-                    self.send_delivery(s, msg.qos, true, |_| m);
+                    self.send_delivery(s, msg.qos, true, |report| ShardMsg::DeliverShared {
+                        msg,
+                        key,
+                        report,
+                    });
                 }
                 None => continue,
             }

@@ -304,29 +304,26 @@ impl Shard {
 
     /// A session's subscriptions moved into (`add`) or out of the durable
     /// table: it was logged for the first time, or is no longer logged.
-    /// Returns the barrier to wait for, if anything was broadcast.
     pub(crate) fn move_durable<'a>(
         &mut self,
         filters: impl IntoIterator<Item = &'a TopicFilter>,
         add: bool,
-    ) -> Option<u64> {
-        let mut sent = false;
+    ) {
         for f in filters {
             if !super::shared::is_shared(f) {
-                sent |= self.count_filter(f, true, add);
+                self.count_filter(f, true, add);
             }
         }
-        sent.then_some(self.broadcasts)
     }
 
     /// One more (`add`) or one less local subscription to `filter` in the
     /// routing or the `durable` table; the first and the last change this
     /// shard's entry in every shard's table. True if that was broadcast.
     fn count_filter(&mut self, filter: &TopicFilter, durable: bool, add: bool) -> bool {
-        let refs = if durable {
-            &mut self.durable_refs
+        let (refs, table) = if durable {
+            (&mut self.durable_refs, &mut self.durable_interest)
         } else {
-            &mut self.filter_refs
+            (&mut self.filter_refs, &mut self.interest)
         };
         if add {
             let n = refs.entry(filter.clone()).or_insert(0);
@@ -345,11 +342,6 @@ impl Shard {
             refs.remove(filter);
         }
         let me = self.id as u16;
-        let table = if durable {
-            &mut self.durable_interest
-        } else {
-            &mut self.interest
-        };
         if add {
             if table.insert(filter, me).is_err() {
                 return false;
