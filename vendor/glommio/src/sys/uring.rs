@@ -1235,6 +1235,15 @@ impl UringCommon for SleepableRing {
 /// expiry, each with its own clock read taken a few microseconds after it.
 const KEPT_TIMER_SLACK: Duration = Duration::from_micros(50);
 
+/// ringmq patch (PATCHES.md, 7): whether the source in `cell` is still
+/// queued or in the kernel (its completion not yet consumed).
+fn in_flight(cell: &Cell<Option<Source>>) -> bool {
+    let src = cell.take();
+    let armed = src.as_ref().is_some_and(Source::is_in_flight);
+    cell.set(src);
+    armed
+}
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
@@ -1860,10 +1869,7 @@ impl Reactor {
         let now = Instant::now();
         let keep_latency = preempt_now.or(user_timer).is_some_and(|d| {
             let want = now + d;
-            let src = self.latency_preemption_timeout_src.take();
-            let armed = src.as_ref().is_some_and(Source::is_in_flight);
-            self.latency_preemption_timeout_src.set(src);
-            armed
+            in_flight(&self.latency_preemption_timeout_src)
                 && self.latency_timer_at.get().is_some_and(|at| {
                     if preempt_now.is_some() {
                         at <= want
@@ -1887,7 +1893,8 @@ impl Reactor {
             // the old timer's cancel, rather than in one more `io_uring_enter`
             // just before the sleep. If the turn does not sleep after all,
             // the timer stays armed like a preemption timer (it can only make
-            // the executor look up earlier) and the next turn cancels it. If
+            // the executor look up earlier) until a later turn replaces it
+            // (or keeps it, patch 9). If
             // it fired already, its completion is consumed below and the
             // turn must not sleep (see `user_timer_pending`).
             self.latency_preemption_timeout_src
@@ -1909,13 +1916,7 @@ impl Reactor {
         // deadline, only a count of main-ring completions, so a kept one
         // preempts after that many completions since it was armed rather
         // than since this turn began: at most once per that many, as before.
-        let keep_throughput = {
-            let src = self.throughput_preemption_timeout_src.take();
-            let keep = src.as_ref().is_some_and(Source::is_in_flight);
-            self.throughput_preemption_timeout_src.set(src);
-            keep
-        };
-        if !keep_throughput {
+        if !in_flight(&self.throughput_preemption_timeout_src) {
             self.throughput_preemption_timeout_src.replace(Some(
                 main_ring.prepare_throughput_preemption_timer(
                     self.ring_depth() as u32,
@@ -1936,12 +1937,8 @@ impl Reactor {
         // ringmq patch (PATCHES.md, 7): the user timer was armed above; if
         // it has already fired (a deadline microseconds away) and its
         // completion was consumed, nothing would wake a sleep for it.
-        let user_timer_pending = user_timer.is_none() || {
-            let src = self.latency_preemption_timeout_src.take();
-            let pending = src.as_ref().is_some_and(Source::is_in_flight);
-            self.latency_preemption_timeout_src.set(src);
-            pending
-        };
+        let user_timer_pending =
+            user_timer.is_none() || in_flight(&self.latency_preemption_timeout_src);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt_now.is_none()
